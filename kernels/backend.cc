@@ -1,0 +1,35 @@
+#include "kernels/backend.h"
+
+namespace fwp {
+
+absl::StatusOr<Buffer> Buffer::Allocate(Backend& backend, size_t bytes) {
+  auto ptr = backend.AllocateRaw(bytes);
+  if (!ptr.ok()) return ptr.status();
+  Buffer buffer;
+  buffer.backend_ = &backend;
+  buffer.data_ = *ptr;
+  buffer.bytes_ = bytes;
+  return buffer;
+}
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    Release();
+    backend_ = other.backend_;
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    other.backend_ = nullptr;
+    other.data_ = nullptr;
+    other.bytes_ = 0;
+  }
+  return *this;
+}
+
+void Buffer::Release() {
+  if (backend_ != nullptr && data_ != nullptr) backend_->FreeRaw(data_);
+  backend_ = nullptr;
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+}  // namespace fwp

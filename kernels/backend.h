@@ -1,0 +1,86 @@
+// Backend: the memory and the ops of one compute device, behind one interface.
+//
+// The CPU backend is the reference and the embedded default; the CUDA backend
+// (kernels/*.cu) implements the same interface for production. Every pointer an
+// op takes lives in the backend's own memory (host memory for the CPU, device
+// memory for CUDA); host data enters and leaves only through the Copy methods.
+// Ops are enqueued in order on the backend's one stream; Synchronize waits for
+// them. A backend is used by one thread at a time (the engine thread).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "kernels/activation.h"
+#include "kernels/fast_weight.h"
+#include "kernels/feature_map.h"
+
+namespace fwp {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual const char* Name() const = 0;
+
+  // Memory. Allocation can fail (RESOURCE_EXHAUSTED) and callers recover.
+  virtual absl::StatusOr<void*> AllocateRaw(size_t bytes) = 0;
+  virtual void FreeRaw(void* ptr) = 0;
+  virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
+  virtual void Zero(void* dst, size_t bytes) = 0;
+  virtual void Synchronize() = 0;
+
+  // Ops; shapes as in the op headers (kernels/<op>.h).
+  virtual void Matmul(const float* a, const float* b, const float* bias,
+                      float* c, int64_t m, int64_t n, int64_t k,
+                      bool accumulate) = 0;
+  virtual void Embedding(const int32_t* tokens, const int64_t* positions,
+                         int64_t n, const float* table, int64_t d,
+                         float* out) = 0;
+  virtual void LayerNorm(const float* x, const float* gamma, const float* beta,
+                         int64_t rows, int64_t d, float eps, float* y) = 0;
+  virtual void Activate(Activation act, float* x, int64_t n) = 0;
+  virtual void FeatureMap(const FeatureMapSpec& spec, const float* x,
+                          int64_t rows, int64_t d, int64_t x_stride,
+                          const float* favor_proj, float* phi) = 0;
+  virtual void FastWeightSequence(const FastWeightSpec& spec,
+                                  const float* qkvb, const float* favor_proj,
+                                  const int32_t* slots, int64_t batch,
+                                  int64_t time, const StateView& state,
+                                  float* y, int64_t chunk) = 0;
+  virtual void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
+                              const float* favor_proj, const int32_t* slots,
+                              int64_t n, const StateView& state, float* y) = 0;
+};
+
+// The CPU reference backend (BLAS for matmul).
+std::unique_ptr<Backend> MakeCpuBackend();
+
+// A block of backend memory, freed when it goes out of scope. Move-only.
+class Buffer {
+ public:
+  Buffer() = default;
+  static absl::StatusOr<Buffer> Allocate(Backend& backend, size_t bytes);
+  Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+  Buffer& operator=(Buffer&& other) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { Release(); }
+
+  void* data() const { return data_; }
+  float* f32() const { return static_cast<float*>(data_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void Release();
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace fwp

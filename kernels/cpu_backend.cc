@@ -1,0 +1,83 @@
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/backend.h"
+#include "kernels/embedding.h"
+#include "kernels/layernorm.h"
+#include "kernels/matmul.h"
+
+namespace fwp {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  const char* Name() const override { return "cpu"; }
+
+  absl::StatusOr<void*> AllocateRaw(size_t bytes) override {
+    // 64-byte alignment for vector loads; aligned_alloc needs a multiple.
+    size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cpu backend: cannot allocate ", bytes, " bytes"));
+    }
+    return p;
+  }
+  void FreeRaw(void* ptr) override { std::free(ptr); }
+  void CopyToDevice(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void CopyToHost(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void CopyOnDevice(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memmove(dst, src, bytes);
+  }
+  void Zero(void* dst, size_t bytes) override {
+    if (bytes) std::memset(dst, 0, bytes);
+  }
+  void Synchronize() override {}
+
+  void Matmul(const float* a, const float* b, const float* bias, float* c,
+              int64_t m, int64_t n, int64_t k, bool accumulate) override {
+    cpu::Matmul(a, b, bias, c, m, n, k, accumulate);
+  }
+  void Embedding(const int32_t* tokens, const int64_t* positions, int64_t n,
+                 const float* table, int64_t d, float* out) override {
+    cpu::Embedding(tokens, positions, n, table, d, out);
+  }
+  void LayerNorm(const float* x, const float* gamma, const float* beta,
+                 int64_t rows, int64_t d, float eps, float* y) override {
+    cpu::LayerNorm(x, gamma, beta, rows, d, eps, y);
+  }
+  void Activate(Activation act, float* x, int64_t n) override {
+    cpu::Activate(act, x, n);
+  }
+  void FeatureMap(const FeatureMapSpec& spec, const float* x, int64_t rows,
+                  int64_t d, int64_t x_stride, const float* favor_proj,
+                  float* phi) override {
+    cpu::FeatureMap(spec, x, rows, d, x_stride, favor_proj, phi);
+  }
+  void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
+                          const float* favor_proj, const int32_t* slots,
+                          int64_t batch, int64_t time, const StateView& state,
+                          float* y, int64_t chunk) override {
+    cpu::FastWeightSequence(spec, qkvb, favor_proj, slots, batch, time, state,
+                            y, chunk);
+  }
+  void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
+                      const float* favor_proj, const int32_t* slots, int64_t n,
+                      const StateView& state, float* y) override {
+    cpu::FastWeightStep(spec, qkvb, favor_proj, slots, n, state, y);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend() {
+  return std::make_unique<CpuBackend>();
+}
+
+}  // namespace fwp

@@ -1,0 +1,10 @@
+#include "kernels/device.h"
+
+namespace fwp {
+
+int CudaDeviceCount(std::string* why_not) {
+  if (why_not) *why_not = "this build has no CUDA backend (nvcc was not found)";
+  return 0;
+}
+
+}  // namespace fwp

@@ -1,0 +1,211 @@
+#include "kernels/fast_weight.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace fwp {
+
+const char* UpdateRuleName(UpdateRule rule) {
+  return rule == UpdateRule::kDelta ? "delta" : "sum";
+}
+
+}  // namespace fwp
+
+namespace fwp::cpu {
+namespace {
+
+float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Row-major C[m, n] = alpha · op(A) · op(B) + beta · C, through BLAS.
+void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+          float alpha, const float* a, int64_t lda, const float* b,
+          int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+}
+
+// Scratch for one chunk of one head; reused across chunks and calls.
+struct ChunkScratch {
+  std::vector<float> phi_q, phi_k, u, beta, kk, qk;
+  void Resize(int64_t c, int64_t d_phi, int64_t d_head) {
+    phi_q.resize(c * d_phi);
+    phi_k.resize(c * d_phi);
+    u.resize(c * d_head);
+    beta.resize(c);
+    kk.resize(c * c);
+    qk.resize(c * c);
+  }
+};
+
+// One chunk of `c` tokens of one head. Projection rows start at `rows`,
+// `row_stride` apart; outputs go to rows of y, `y_stride` apart.
+// s: [d_φ, d_head] and z: [d_φ] (or null) are advanced past the chunk.
+void SequenceChunk(const FastWeightSpec& spec, const float* rows,
+                   int64_t row_stride, const float* favor_proj, int64_t c,
+                   float* s, float* z, float* y, int64_t y_stride,
+                   ChunkScratch& w) {
+  const int64_t dh = spec.d_head;
+  const int64_t dp = spec.DPhi();
+  const bool delta = spec.update == UpdateRule::kDelta;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+
+  for (int64_t t = 0; t < c; ++t) {
+    const float* row = rows + t * row_stride;
+    FeatureMapRow(spec.phi, row, dh, favor_proj, &w.phi_q[t * dp]);
+    FeatureMapRow(spec.phi, row + dh, dh, favor_proj, &w.phi_k[t * dp]);
+    std::copy(row + 2 * dh, row + 3 * dh, &w.u[t * dh]);
+    if (delta) w.beta[t] = Sigmoid(row[3 * dh]);
+  }
+  float* u = w.u.data();  // [c, d_head]
+  if (delta) {
+    // u_t = β_t (v_t − S₀ᵀφk_t − Σ_{τ<t} (φk_τ·φk_t) u_τ)
+    Gemm(false, false, c, dh, dp, -1.0f, w.phi_k.data(), dp, s, dh, 1.0f, u,
+         dh);
+    Gemm(false, true, c, c, dp, 1.0f, w.phi_k.data(), dp, w.phi_k.data(), dp,
+         0.0f, w.kk.data(), c);
+    for (int64_t t = 0; t < c; ++t) {
+      float* ut = u + t * dh;
+      const float* kk_row = &w.kk[t * c];
+      for (int64_t tau = 0; tau < t; ++tau) {
+        const float a = kk_row[tau];
+        const float* uprev = u + tau * dh;
+        for (int64_t j = 0; j < dh; ++j) ut[j] -= a * uprev[j];
+      }
+      for (int64_t j = 0; j < dh; ++j) ut[j] *= w.beta[t];
+    }
+  }
+  // qk = tril(Φq Φkᵀ) [c, c]: token t reads the writes of τ ≤ t.
+  Gemm(false, true, c, c, dp, 1.0f, w.phi_q.data(), dp, w.phi_k.data(), dp,
+       0.0f, w.qk.data(), c);
+  for (int64_t t = 0; t < c; ++t) {
+    std::fill(&w.qk[t * c + t + 1], &w.qk[(t + 1) * c], 0.0f);
+  }
+  // y = Φq S₀ + qk · u, straight into the output rows.
+  Gemm(false, false, c, dh, dp, 1.0f, w.phi_q.data(), dp, s, dh, 0.0f, y,
+       y_stride);
+  Gemm(false, false, c, dh, c, 1.0f, w.qk.data(), c, u, dh, 1.0f, y, y_stride);
+  if (spec.HasNormalizer()) {
+    // den_t = φq_t·z₀ + Σ_{τ≤t} φq_t·φk_τ = φq_t·z_t.
+    for (int64_t t = 0; t < c; ++t) {
+      const float* pq = &w.phi_q[t * dp];
+      float den = 0.0f;
+      for (int64_t i = 0; i < dp; ++i) den += pq[i] * z[i];
+      for (int64_t tau = 0; tau <= t; ++tau) den += w.qk[t * c + tau];
+      float* yt = y + t * y_stride;
+      const float f = den > 0.0f ? scale / den : scale;
+      for (int64_t j = 0; j < dh; ++j) yt[j] *= f;
+    }
+    for (int64_t t = 0; t < c; ++t) {
+      const float* pk = &w.phi_k[t * dp];
+      for (int64_t i = 0; i < dp; ++i) z[i] += pk[i];
+    }
+  } else {
+    for (int64_t t = 0; t < c; ++t) {
+      float* yt = y + t * y_stride;
+      for (int64_t j = 0; j < dh; ++j) yt[j] *= scale;
+    }
+  }
+  // S = S₀ + Φkᵀ u.
+  Gemm(true, false, dp, dh, c, 1.0f, w.phi_k.data(), dp, u, dh, 1.0f, s, dh);
+}
+
+}  // namespace
+
+void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
+                        const float* favor_proj, const int32_t* slots,
+                        int64_t batch, int64_t time, const StateView& state,
+                        float* y, int64_t chunk) {
+  const int64_t dh = spec.d_head;
+  const int64_t dp = spec.DPhi();
+  const int64_t row_width = spec.RowWidth();
+  const int64_t y_width = spec.heads * dh;
+  chunk = std::max<int64_t>(1, std::min(chunk, time));
+  thread_local ChunkScratch scratch;
+  scratch.Resize(chunk, dp, dh);
+  for (int64_t b = 0; b < batch; ++b) {
+    float* slot = state.base + static_cast<int64_t>(slots[b]) * state.slot_floats;
+    for (int64_t h = 0; h < spec.heads; ++h) {
+      float* s = slot + state.s_offset + h * dp * dh;
+      float* z = spec.HasNormalizer() ? slot + state.z_offset + h * dp : nullptr;
+      for (int64_t t0 = 0; t0 < time; t0 += chunk) {
+        const int64_t c = std::min(chunk, time - t0);
+        const int64_t token = b * time + t0;
+        SequenceChunk(spec, qkvb + token * row_width + h * spec.HeadWidth(),
+                      row_width, favor_proj, c, s, z,
+                      y + token * y_width + h * dh, y_width, scratch);
+      }
+    }
+  }
+}
+
+void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
+                    const float* favor_proj, const int32_t* slots, int64_t n,
+                    const StateView& state, float* y) {
+  const int64_t dh = spec.d_head;
+  const int64_t dp = spec.DPhi();
+  const bool delta = spec.update == UpdateRule::kDelta;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  thread_local std::vector<float> scratch;
+  scratch.resize(2 * dp + 3 * dh);
+  float* phi_q = scratch.data();
+  float* phi_k = phi_q + dp;
+  float* vbar = phi_k + dp;  // [d_head], then the update u in place
+  float* out = vbar + dh;    // S₀ᵀφq
+  float* v = out + dh;
+  for (int64_t i = 0; i < n; ++i) {
+    float* slot = state.base + static_cast<int64_t>(slots[i]) * state.slot_floats;
+    for (int64_t h = 0; h < spec.heads; ++h) {
+      const float* row = qkvb + i * spec.RowWidth() + h * spec.HeadWidth();
+      float* s = slot + state.s_offset + h * dp * dh;  // [d_φ, d_head]
+      FeatureMapRow(spec.phi, row, dh, favor_proj, phi_q);
+      FeatureMapRow(spec.phi, row + dh, dh, favor_proj, phi_k);
+      std::copy(row + 2 * dh, row + 3 * dh, v);
+      // One read of S: what the memory holds for the key, and for the query.
+      std::fill(vbar, vbar + 2 * dh, 0.0f);
+      for (int64_t r = 0; r < dp; ++r) {
+        const float* sr = s + r * dh;
+        const float k = phi_k[r], q = phi_q[r];
+        for (int64_t j = 0; j < dh; ++j) {
+          vbar[j] += sr[j] * k;
+          out[j] += sr[j] * q;
+        }
+      }
+      float* u = vbar;
+      if (delta) {
+        const float beta = Sigmoid(row[3 * dh]);
+        for (int64_t j = 0; j < dh; ++j) u[j] = beta * (v[j] - vbar[j]);
+      } else {
+        std::copy(v, v + dh, u);
+      }
+      // One read-modify-write of S: S += φk ⊗ u.
+      float kq = 0.0f;
+      for (int64_t r = 0; r < dp; ++r) {
+        float* sr = s + r * dh;
+        const float k = phi_k[r];
+        kq += k * phi_q[r];
+        for (int64_t j = 0; j < dh; ++j) sr[j] += k * u[j];
+      }
+      // y = S_newᵀφq = S₀ᵀφq + (φk·φq) u.
+      float factor = scale;
+      if (spec.HasNormalizer()) {
+        float* z = slot + state.z_offset + h * dp;
+        float den = 0.0f;
+        for (int64_t r = 0; r < dp; ++r) {
+          z[r] += phi_k[r];
+          den += z[r] * phi_q[r];
+        }
+        if (den > 0.0f) factor = scale / den;
+      }
+      float* yh = y + i * spec.heads * dh + h * dh;
+      for (int64_t j = 0; j < dh; ++j) yh[j] = (out[j] + kq * u[j]) * factor;
+    }
+  }
+}
+
+}  // namespace fwp::cpu

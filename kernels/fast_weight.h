@@ -1,0 +1,85 @@
+// The fast-weight memory of FastWeightAttention (Schlag et al. 2021, eq. 14-19).
+//
+// Per head, token t, with q, k, v, b read from the fused projection row:
+//   φq, φk = φ(q), φ(k)                      (feature map, sum normalisation)
+//   delta:  β = sigmoid(b);  v̄ = W φk;  W ← W + β (v − v̄) ⊗ φk
+//   sum:    W ← W + v ⊗ φk;  z ← z + φk   (z only with the attention normaliser)
+//   y = W φq / sqrt(d_head)                  (sum + normaliser: divided by z·φq
+//                                             when it is positive)
+// The update comes before the read-out, so a token sees its own write.
+//
+// W is stored transposed, S = Wᵀ [d_φ, d_head], so that every update and read
+// walks contiguous rows. States live in a pool of slots; a slot's layers and
+// heads are addressed through StateView (see model/state.h for the layout).
+//
+// Projection row layout (one row per token, heads side by side), as in the
+// paper's code: [q (d_head) | k (d_head) | v (d_head) | b (1, delta only)].
+//
+// Two ops:
+//   FastWeightSequence  T tokens of each of B sequences from their states, in
+//                       chunks: inside a chunk the delta rule is the lower-
+//                       triangular system (I + diag(β)·tril(ΦkΦkᵀ, −1)) U =
+//                       diag(β)(V − Φk S₀), then Y = Φq S₀ + tril(ΦqΦkᵀ) U and
+//                       S = S₀ + Φkᵀ U (the chunkwise-parallel form; chunk = T
+//                       is the fully parallel form, chunk = 1 the recurrence).
+//   FastWeightStep      one token for each of n slots: the recurrent form, one
+//                       read of S and one read-modify-write per token.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "kernels/feature_map.h"
+
+namespace fwp {
+
+enum class UpdateRule { kDelta, kSum };
+
+const char* UpdateRuleName(UpdateRule rule);
+
+struct FastWeightSpec {
+  UpdateRule update = UpdateRule::kDelta;
+  FeatureMapSpec phi;
+  bool attention_normalizer = false;  // sum rule only
+  int64_t heads = 1;
+  int64_t d_head = 1;
+
+  int64_t DPhi() const { return phi.OutputDim(d_head); }
+  // Floats per head in a projection row.
+  int64_t HeadWidth() const {
+    return 3 * d_head + (update == UpdateRule::kDelta ? 1 : 0);
+  }
+  // Floats per token in a projection row.
+  int64_t RowWidth() const { return heads * HeadWidth(); }
+  bool HasNormalizer() const {
+    return update == UpdateRule::kSum && attention_normalizer;
+  }
+};
+
+// Where one layer's memory lives inside a pool of state slots:
+//   S of (slot, head)  at base + slot·slot_floats + s_offset + head·d_φ·d_head
+//   z of (slot, head)  at base + slot·slot_floats + z_offset + head·d_φ
+struct StateView {
+  float* base = nullptr;
+  int64_t slot_floats = 0;
+  int64_t s_offset = 0;
+  int64_t z_offset = 0;  // used only when the spec has a normaliser
+};
+
+}  // namespace fwp
+
+namespace fwp::cpu {
+
+// qkvb: [B, T, RowWidth]; slots: [B] (distinct); y: [B, T, heads·d_head].
+// favor_proj: Ω [m, d_head] for favor, else null. chunk ≥ 1.
+void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
+                        const float* favor_proj, const int32_t* slots,
+                        int64_t batch, int64_t time, const StateView& state,
+                        float* y, int64_t chunk);
+
+// qkvb: [n, RowWidth]; slots: [n] (distinct); y: [n, heads·d_head].
+void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
+                    const float* favor_proj, const int32_t* slots, int64_t n,
+                    const StateView& state, float* y);
+
+}  // namespace fwp::cpu

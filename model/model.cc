@@ -1,0 +1,208 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace fwp {
+namespace {
+
+absl::StatusOr<Buffer> Upload(Backend& backend, const std::vector<float>& host) {
+  auto buffer = Buffer::Allocate(backend, host.size() * sizeof(float));
+  if (!buffer.ok()) return buffer.status();
+  backend.CopyToDevice(buffer->data(), host.data(), host.size() * sizeof(float));
+  return buffer;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(Backend& backend,
+                                                     const Config& config,
+                                                     const HostWeights& weights) {
+  FWP_RETURN_IF_ERROR(config.Validate());
+  for (const TensorSpec& spec : ExpectedTensors(config)) {
+    auto it = weights.find(spec.name);
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    if (it == weights.end() || static_cast<int64_t>(it->second.size()) != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weights lack '", spec.name, "' or it has the wrong size"));
+    }
+  }
+  std::unique_ptr<Model> model(new Model(backend, config));
+  auto get = [&](const std::string& name) { return Upload(backend, weights.at(name)); };
+  FWP_ASSIGN_OR_RETURN(model->embed_, get("embed.weight"));
+  FWP_ASSIGN_OR_RETURN(model->final_norm_w_, get("final_norm.weight"));
+  FWP_ASSIGN_OR_RETURN(model->final_norm_b_, get("final_norm.bias"));
+  if (!config.tied_embeddings) {
+    FWP_ASSIGN_OR_RETURN(model->lm_head_, get("lm_head.weight"));
+  }
+  for (int64_t l = 0; l < config.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    Layer layer;
+    FWP_ASSIGN_OR_RETURN(layer.attn_norm_w, get(p + "attn_norm.weight"));
+    FWP_ASSIGN_OR_RETURN(layer.attn_norm_b, get(p + "attn_norm.bias"));
+    FWP_ASSIGN_OR_RETURN(layer.qkvb, get(p + (config.update == UpdateRule::kDelta
+                                                  ? "attn.qkvb.weight"
+                                                  : "attn.qkv.weight")));
+    FWP_ASSIGN_OR_RETURN(layer.out, get(p + "attn.out.weight"));
+    if (config.feature_map.kind == FeatureMapKind::kFavor) {
+      FWP_ASSIGN_OR_RETURN(layer.favor_proj, get(p + "attn.favor_proj"));
+    }
+    FWP_ASSIGN_OR_RETURN(layer.ffn_norm_w, get(p + "ffn_norm.weight"));
+    FWP_ASSIGN_OR_RETURN(layer.ffn_norm_b, get(p + "ffn_norm.bias"));
+    FWP_ASSIGN_OR_RETURN(layer.up_w, get(p + "ffn.up.weight"));
+    FWP_ASSIGN_OR_RETURN(layer.up_b, get(p + "ffn.up.bias"));
+    FWP_ASSIGN_OR_RETURN(layer.down_w, get(p + "ffn.down.weight"));
+    FWP_ASSIGN_OR_RETURN(layer.down_b, get(p + "ffn.down.bias"));
+    model->layers_.push_back(std::move(layer));
+  }
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<StatePool>> Model::NewStatePool(int32_t capacity) const {
+  return StatePool::Create(backend_, state_layout(), capacity);
+}
+
+absl::Status Model::Prefill(StatePool& pool, absl::Span<const int32_t> slots,
+                            absl::Span<const int32_t> tokens, bool all_logits,
+                            float* logits) {
+  if (slots.empty()) return absl::OkStatus();
+  if (tokens.empty() || tokens.size() % slots.size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill needs the same positive number of tokens for each of ",
+        slots.size(), " sessions, got ", tokens.size(), " tokens"));
+  }
+  return Run(pool, slots, tokens, tokens.size() / slots.size(), /*step=*/false,
+             all_logits, logits);
+}
+
+absl::Status Model::Step(StatePool& pool, absl::Span<const int32_t> slots,
+                         absl::Span<const int32_t> tokens, float* logits) {
+  if (tokens.size() != slots.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step needs one token per session: ", slots.size(), " sessions, ",
+        tokens.size(), " tokens"));
+  }
+  if (slots.empty()) return absl::OkStatus();
+  return Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, logits);
+}
+
+absl::Status Model::Validate(const StatePool& pool, absl::Span<const int32_t> slots,
+                             absl::Span<const int32_t> tokens) const {
+  if (pool.slot_bytes() != state_layout().SlotBytes()) {
+    return absl::InvalidArgumentError("state pool was made for another model");
+  }
+  std::set<int32_t> seen;
+  for (int32_t slot : slots) {
+    if (slot < 0 || slot >= pool.capacity()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "slot ", slot, " is outside the pool of ", pool.capacity()));
+    }
+    if (!seen.insert(slot).second) {
+      return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " given twice"));
+    }
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token ", tokens[i], " at index ", i, " is outside the vocabulary [0, ",
+          config_.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::Reserve(int64_t rows, int64_t batch) {
+  if (rows > rows_capacity_) {
+    const Config& c = config_;
+    const int64_t f = sizeof(float);
+    FWP_ASSIGN_OR_RETURN(x_, Buffer::Allocate(backend_, rows * c.d_model * f));
+    FWP_ASSIGN_OR_RETURN(xn_, Buffer::Allocate(backend_, rows * c.d_model * f));
+    FWP_ASSIGN_OR_RETURN(qkvb_, Buffer::Allocate(backend_, rows * c.Attention().RowWidth() * f));
+    FWP_ASSIGN_OR_RETURN(y_, Buffer::Allocate(backend_, rows * c.n_heads * c.d_head * f));
+    FWP_ASSIGN_OR_RETURN(ff_, Buffer::Allocate(backend_, rows * c.d_ff * f));
+    FWP_ASSIGN_OR_RETURN(logits_, Buffer::Allocate(backend_, rows * c.vocab_size * f));
+    FWP_ASSIGN_OR_RETURN(tokens_, Buffer::Allocate(backend_, rows * sizeof(int32_t)));
+    FWP_ASSIGN_OR_RETURN(positions_, Buffer::Allocate(backend_, rows * sizeof(int64_t)));
+    rows_capacity_ = rows;
+  }
+  if (batch > batch_capacity_) {
+    FWP_ASSIGN_OR_RETURN(slots_, Buffer::Allocate(backend_, batch * sizeof(int32_t)));
+    batch_capacity_ = batch;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::Run(StatePool& pool, absl::Span<const int32_t> slots,
+                        absl::Span<const int32_t> tokens, int64_t time, bool step,
+                        bool all_logits, float* logits) {
+  FWP_RETURN_IF_ERROR(Validate(pool, slots, tokens));
+  const Config& c = config_;
+  const FastWeightSpec attn = c.Attention();
+  const int64_t batch = slots.size();
+  const int64_t n = batch * time;  // rows of activations
+  const int64_t D = c.d_model, F = c.d_ff, V = c.vocab_size;
+  const int64_t HD = c.n_heads * c.d_head, RW = attn.RowWidth();
+  FWP_RETURN_IF_ERROR(Reserve(n, batch));
+
+  backend_.CopyToDevice(tokens_.data(), tokens.data(), n * sizeof(int32_t));
+  backend_.CopyToDevice(slots_.data(), slots.data(), batch * sizeof(int32_t));
+  const int64_t* positions = nullptr;
+  if (c.positions == Positions::kSinusoidal) {
+    std::vector<int64_t> host(n);  // [batch, time]
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t t = 0; t < time; ++t) host[b * time + t] = pool.position(slots[b]) + t;
+    }
+    backend_.CopyToDevice(positions_.data(), host.data(), n * sizeof(int64_t));
+    positions = static_cast<const int64_t*>(positions_.data());
+  }
+  const auto* token_ids = static_cast<const int32_t*>(tokens_.data());
+  const auto* slot_ids = static_cast<const int32_t*>(slots_.data());
+  float* x = x_.f32();      // [n, D]  residual stream
+  float* xn = xn_.f32();    // [n, D]  normalised
+  float* qkvb = qkvb_.f32();  // [n, RW] fused projection
+  float* y = y_.f32();      // [n, HD] memory read-out
+  float* ff = ff_.f32();    // [n, F]
+
+  backend_.Embedding(token_ids, positions, n, embed_.f32(), D, x);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const Layer& L = layers_[l];
+    backend_.LayerNorm(x, L.attn_norm_w.f32(), L.attn_norm_b.f32(), n, D, c.norm_eps, xn);
+    backend_.Matmul(xn, L.qkvb.f32(), nullptr, qkvb, n, RW, D, false);
+    const StateView view = pool.View(l);
+    if (step) {
+      backend_.FastWeightStep(attn, qkvb, L.favor_proj.f32(), slot_ids, batch, view, y);
+    } else {
+      backend_.FastWeightSequence(attn, qkvb, L.favor_proj.f32(), slot_ids, batch,
+                                  time, view, y, chunk_size_);
+    }
+    backend_.Matmul(y, L.out.f32(), nullptr, x, n, D, HD, /*accumulate=*/true);
+    backend_.LayerNorm(x, L.ffn_norm_w.f32(), L.ffn_norm_b.f32(), n, D, c.norm_eps, xn);
+    backend_.Matmul(xn, L.up_w.f32(), L.up_b.f32(), ff, n, F, D, false);
+    backend_.Activate(c.activation, ff, n * F);
+    backend_.Matmul(ff, L.down_w.f32(), L.down_b.f32(), x, n, D, F, /*accumulate=*/true);
+  }
+  // Logits for every row, or for each session's last token only.
+  int64_t out_rows = n;
+  const float* head_in = x;
+  if (!all_logits && time > 1) {
+    for (int64_t b = 0; b < batch; ++b) {
+      backend_.CopyOnDevice(xn + b * D, x + ((b + 1) * time - 1) * D, D * sizeof(float));
+    }
+    out_rows = batch;
+    head_in = xn;
+  }
+  backend_.LayerNorm(head_in, final_norm_w_.f32(), final_norm_b_.f32(), out_rows, D,
+                     c.norm_eps, xn);
+  const float* head = c.tied_embeddings ? embed_.f32() : lm_head_.f32();
+  backend_.Matmul(xn, head, nullptr, logits_.f32(), out_rows, V, D, false);
+  backend_.CopyToHost(logits, logits_.data(), out_rows * V * sizeof(float));
+  for (int64_t b = 0; b < batch; ++b) pool.Advance(slots[b], time);
+  return absl::OkStatus();
+}
+
+}  // namespace fwp

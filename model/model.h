@@ -1,0 +1,92 @@
+// Model: the FWP language model on one backend, in its three agreeing forms.
+//
+//   x = embed(tokens) (+ sinusoidal positions)
+//   per block:  h = x + W_o · FastWeightMemory(W_qkvβ · LN(x))
+//               x = h + W_down · act(W_up · LN(h) + b_up) + b_down
+//   logits = LN(x) · W_headᵀ            (W_head = embed when tied)
+//
+// Forms (the tests hold them to float precision):
+//   parallel   Prefill of a whole sequence from an empty state, all logits —
+//              the training form (chunkwise-parallel memory, chunk_size()).
+//   chunked    Prefill called repeatedly with pieces of any length; the state
+//              carries everything between the calls.
+//   recurrent  Step: one token for each of many sessions (slots of a pool),
+//              the decode form (fast-weight step op).
+//
+// A Model is used by one thread at a time (the engine thread); it keeps its
+// activation workspace between calls so a steady decode loop allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/state.h"
+#include "model/weights.h"
+
+namespace fwp {
+
+class Model {
+ public:
+  // Uploads `weights` (checked against ExpectedTensors) to the backend.
+  static absl::StatusOr<std::unique_ptr<Model>> Create(Backend& backend,
+                                                       const Config& config,
+                                                       const HostWeights& weights);
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const Config& config() const { return config_; }
+  Backend& backend() const { return backend_; }
+  StateLayout state_layout() const { return StateLayout::For(config_); }
+
+  // A pool of `capacity` empty states for this model.
+  absl::StatusOr<std::unique_ptr<StatePool>> NewStatePool(int32_t capacity) const;
+
+  // Feeds `time` tokens to each session in `slots`. tokens: [slots, time],
+  // row-major (host). logits (host): [slots, time, vocab] with all_logits,
+  // else [slots, vocab] for each session's last token.
+  absl::Status Prefill(StatePool& pool, absl::Span<const int32_t> slots,
+                       absl::Span<const int32_t> tokens, bool all_logits,
+                       float* logits);
+
+  // One token per session. tokens: [slots]; logits (host): [slots, vocab].
+  absl::Status Step(StatePool& pool, absl::Span<const int32_t> slots,
+                    absl::Span<const int32_t> tokens, float* logits);
+
+  // The fast-weight op's chunk length for Prefill (≥ 1; default 64).
+  int64_t chunk_size() const { return chunk_size_; }
+  void set_chunk_size(int64_t chunk) { chunk_size_ = chunk < 1 ? 1 : chunk; }
+
+ private:
+  struct Layer {
+    Buffer attn_norm_w, attn_norm_b, qkvb, out, favor_proj;
+    Buffer ffn_norm_w, ffn_norm_b, up_w, up_b, down_w, down_b;
+  };
+
+  Model(Backend& backend, const Config& config)
+      : backend_(backend), config_(config) {}
+
+  absl::Status Run(StatePool& pool, absl::Span<const int32_t> slots,
+                   absl::Span<const int32_t> tokens, int64_t time, bool step,
+                   bool all_logits, float* logits);
+  absl::Status Validate(const StatePool& pool, absl::Span<const int32_t> slots,
+                        absl::Span<const int32_t> tokens) const;
+  absl::Status Reserve(int64_t rows, int64_t batch);
+
+  Backend& backend_;
+  Config config_;
+  int64_t chunk_size_ = 64;
+  Buffer embed_, final_norm_w_, final_norm_b_, lm_head_;
+  std::vector<Layer> layers_;
+
+  // Workspace, grown on demand: rows = tokens in one call.
+  int64_t rows_capacity_ = 0;
+  int64_t batch_capacity_ = 0;
+  Buffer x_, xn_, qkvb_, y_, ff_, logits_;  // activations
+  Buffer tokens_, positions_, slots_;       // inputs
+};
+
+}  // namespace fwp

@@ -1,0 +1,31 @@
+// A model directory: config.json + model.safetensors + tokenizer.model, loaded
+// and checked as one unit (the tokenizer must fit the model's vocabulary).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+
+namespace fwp {
+
+struct LoadedModel {
+  Config config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Model> model;
+};
+
+absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, Backend& backend);
+
+// Writes config.json and model.safetensors into `dir` (created if needed), and
+// copies `tokenizer_path` to tokenizer.model when it is not empty.
+absl::Status WriteModelDir(const std::string& dir, const Config& config,
+                           const HostWeights& weights,
+                           const std::string& tokenizer_path);
+
+}  // namespace fwp

@@ -1,0 +1,73 @@
+#include "model/tokenizer.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace fwp {
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& path) {
+  std::unique_ptr<Tokenizer> t(new Tokenizer());
+  std::string error;
+  t->sp_ = SentencePieceModel::Load(path, &error);
+  t->path_ = path;
+  if (t->sp_ == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot load tokenizer ", path, ": ", error));
+  }
+  return t;
+}
+
+Tokenizer::~Tokenizer() = default;
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
+  const std::vector<int> ids = sp_->Encode(text);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+std::string Tokenizer::Decode(absl::Span<const int32_t> ids) const {
+  std::vector<int> known;
+  known.reserve(ids.size());
+  const int32_t n = vocab_size();
+  for (int32_t id : ids) {
+    if (id >= 0 && id < n) known.push_back(id);
+  }
+  return sp_->Decode(known);
+}
+
+int32_t Tokenizer::vocab_size() const { return sp_->PieceCount(); }
+int32_t Tokenizer::bos_id() const { return sp_->BosId(); }
+int32_t Tokenizer::eos_id() const { return sp_->EosId(); }
+
+namespace {
+// SentencePiece renders an incomplete UTF-8 sequence as U+FFFD.
+constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+}  // namespace
+
+std::string StreamDecoder::Push(int32_t id) {
+  ids_.push_back(id);
+  absl::Span<const int32_t> all(ids_);
+  const std::string before = tokenizer_.Decode(all.subspan(prefix_, read_ - prefix_));
+  const std::string now = tokenizer_.Decode(all.subspan(prefix_));
+  if (now.size() <= before.size() || now.ends_with(kReplacement) ||
+      !now.starts_with(before)) {
+    return "";
+  }
+  prefix_ = read_;
+  read_ = ids_.size();
+  if (prefix_ > 64) {  // the window only needs the ids since prefix_
+    ids_.erase(ids_.begin(), ids_.begin() + prefix_);
+    read_ -= prefix_;
+    prefix_ = 0;
+  }
+  return now.substr(before.size());
+}
+
+std::string StreamDecoder::Flush() {
+  absl::Span<const int32_t> all(ids_);
+  const std::string before = tokenizer_.Decode(all.subspan(prefix_, read_ - prefix_));
+  const std::string now = tokenizer_.Decode(all.subspan(prefix_));
+  prefix_ = read_ = ids_.size();
+  if (now.size() <= before.size() || !now.starts_with(before)) return "";
+  return now.substr(before.size());
+}
+
+}  // namespace fwp

@@ -1,0 +1,61 @@
+// Tokenizer: a thin wrapper over a SentencePiece model (tokenizer.model).
+//
+// Ids the SentencePiece model does not know (a model may pad its vocabulary
+// past the tokenizer's) decode to nothing rather than failing, so whatever a
+// model samples can always be shown.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "model/sentencepiece_adapter.h"
+
+namespace fwp {
+
+class Tokenizer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& path);
+  ~Tokenizer();
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
+
+  std::vector<int32_t> Encode(std::string_view text) const;
+  std::string Decode(absl::Span<const int32_t> ids) const;
+
+  int32_t vocab_size() const;
+  int32_t bos_id() const;  // −1 when the model has none
+  int32_t eos_id() const;  // −1 when the model has none
+  const std::string& path() const { return path_; }
+
+ private:
+  Tokenizer() = default;
+  std::unique_ptr<SentencePieceModel> sp_;
+  std::string path_;
+};
+
+// Turns a stream of token ids into a stream of text without ever emitting
+// half a character: a multi-byte character whose bytes arrive in separate
+// (byte-fallback) tokens is held back until it is whole. Decoding works on a
+// short window of recent tokens, so each Push costs O(window), not O(stream).
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+
+  // Appends one token; returns the text that became complete (maybe empty).
+  std::string Push(int32_t id);
+  // Returns what is still held back (an incomplete character at the end).
+  std::string Flush();
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::vector<int32_t> ids_;
+  size_t prefix_ = 0;  // start of the decoding window
+  size_t read_ = 0;    // ids before this index have been emitted
+};
+
+}  // namespace fwp

@@ -1,0 +1,97 @@
+#include "model/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/test_tokenizer.h"
+
+namespace fwp {
+namespace {
+
+// True when `s` is complete UTF-8 (no sequence cut short).
+bool WholeUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    const size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : 4;
+    if (i + len > s.size()) return false;
+    for (size_t j = 1; j < len; ++j) {
+      if ((static_cast<unsigned char>(s[i + j]) >> 6) != 0x2) return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+class TokenizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto t = Tokenizer::Load(testing::TestTokenizerPath());
+    ASSERT_TRUE(t.ok()) << t.status();
+    tokenizer_ = std::move(*t);
+  }
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+TEST_F(TokenizerTest, EncodesAndDecodesBackToTheText) {
+  const std::string text = "The jury said the memory holds a key.";
+  const auto ids = tokenizer_->Encode(text);
+  EXPECT_GT(ids.size(), 3u);
+  EXPECT_LT(ids.size(), text.size());
+  EXPECT_EQ(tokenizer_->Decode(ids), text);
+  EXPECT_EQ(tokenizer_->vocab_size(), 320);
+  EXPECT_GE(tokenizer_->bos_id(), 0);
+  EXPECT_GE(tokenizer_->eos_id(), 0);
+  EXPECT_NE(tokenizer_->bos_id(), tokenizer_->eos_id());
+}
+
+TEST_F(TokenizerTest, UnknownIdsDecodeToNothing) {
+  auto ids = tokenizer_->Encode("The jury");
+  const std::string plain = tokenizer_->Decode(ids);
+  ids.insert(ids.begin() + 1, 100000);
+  ids.push_back(-3);
+  EXPECT_EQ(tokenizer_->Decode(ids), plain);
+}
+
+TEST_F(TokenizerTest, StreamingNeverSplitsAMultiByteCharacter) {
+  const std::string text = "The caf\xC3\xA9 costs 3 \xE2\x82\xAC; \xE6\x97\xA5\xE6\x9C\xAC the jury";
+  const auto ids = tokenizer_->Encode(text);
+  ASSERT_EQ(tokenizer_->Decode(ids), text);
+  // The euro sign is rare: it arrives as three byte tokens.
+  const auto euro = tokenizer_->Encode("\xE2\x82\xAC");
+  ASSERT_GE(euro.size(), 3u) << "expected byte fallback for the euro sign";
+
+  StreamDecoder stream(*tokenizer_);
+  std::string streamed;
+  int held = 0;
+  for (int32_t id : ids) {
+    const std::string piece = stream.Push(id);
+    EXPECT_TRUE(WholeUtf8(piece)) << "emitted half a character: " << piece;
+    if (piece.empty()) ++held;
+    streamed += piece;
+  }
+  streamed += stream.Flush();
+  EXPECT_EQ(streamed, text);
+  EXPECT_GE(held, 2);  // at least the first two bytes of the euro sign waited
+}
+
+TEST_F(TokenizerTest, FlushReleasesAnIncompleteTail) {
+  const auto euro = tokenizer_->Encode("\xE2\x82\xAC");
+  ASSERT_GE(euro.size(), 3u);
+  StreamDecoder stream(*tokenizer_);
+  for (size_t i = 0; i + 1 < euro.size(); ++i) EXPECT_EQ(stream.Push(euro[i]), "");
+  EXPECT_NE(stream.Flush().find("\xEF\xBF\xBD"), std::string::npos);  // U+FFFD, once
+  EXPECT_EQ(stream.Flush(), "");
+}
+
+TEST(Tokenizer, MissingOrCorruptModelIsRefused) {
+  auto missing = Tokenizer::Load("/nonexistent/tokenizer.model");
+  EXPECT_FALSE(missing.ok());
+  const std::string bad = ::testing::TempDir() + "bad_tokenizer.model";
+  { std::ofstream(bad) << "not a sentencepiece model"; }
+  auto corrupt = Tokenizer::Load(bad);
+  ASSERT_FALSE(corrupt.ok());
+  EXPECT_NE(corrupt.status().message().find(bad), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fwp

@@ -1,0 +1,156 @@
+// Test helpers: fresh random inputs and float64 reference loops, written as
+// plainly as possible and independently of the code under test.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/fast_weight.h"
+#include "kernels/feature_map.h"
+#include "kernels/random.h"
+
+namespace fwp::testing {
+
+inline std::vector<float> RandomVector(int64_t n, Rng& rng, double scale = 1.0) {
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(rng.Normal() * scale);
+  return v;
+}
+
+// ‖out − ref‖ / ‖ref‖.
+template <typename A, typename B>
+double RelativeError(const A& out, const B& ref) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = static_cast<double>(out[i]) - static_cast<double>(ref[i]);
+    num += d * d;
+    den += static_cast<double>(ref[i]) * static_cast<double>(ref[i]);
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
+}
+
+// φ in float64, straight from the definitions in feature_map.h.
+inline std::vector<double> FeatureMap64(const FeatureMapSpec& s, const float* x,
+                                        int64_t d, const float* omega) {
+  std::vector<double> phi;
+  switch (s.kind) {
+    case FeatureMapKind::kDpfp: {
+      std::vector<double> r(2 * d);
+      for (int64_t i = 0; i < d; ++i) {
+        r[i] = std::max(0.0, static_cast<double>(x[i]));
+        r[d + i] = std::max(0.0, -static_cast<double>(x[i]));
+      }
+      for (int j = 1; j <= s.nu; ++j) {
+        for (int64_t i = 0; i < 2 * d; ++i) {
+          int64_t src = (i - j) % (2 * d);
+          if (src < 0) src += 2 * d;
+          phi.push_back(r[i] * r[src]);
+        }
+      }
+      break;
+    }
+    case FeatureMapKind::kElu1:
+      for (int64_t i = 0; i < d; ++i) {
+        phi.push_back(x[i] > 0 ? x[i] + 1.0 : std::exp(static_cast<double>(x[i])));
+      }
+      break;
+    case FeatureMapKind::kFavor: {
+      const int64_t m = s.favor_features;
+      double sq = 0.0;
+      for (int64_t i = 0; i < d; ++i) sq += static_cast<double>(x[i]) * x[i];
+      phi.assign(2 * m, 0.0);
+      for (int64_t f = 0; f < m; ++f) {
+        double dot = 0.0;
+        for (int64_t i = 0; i < d; ++i) dot += static_cast<double>(omega[f * d + i]) * x[i];
+        phi[f] = std::exp(dot - sq / 2) / std::sqrt(2.0 * m);
+        phi[m + f] = std::exp(-dot - sq / 2) / std::sqrt(2.0 * m);
+      }
+      break;
+    }
+    case FeatureMapKind::kRelu:
+      for (int64_t i = 0; i < d; ++i) phi.push_back(std::max(0.0, static_cast<double>(x[i])));
+      break;
+    case FeatureMapKind::kIdentity:
+      for (int64_t i = 0; i < d; ++i) phi.push_back(x[i]);
+      break;
+  }
+  if (s.sum_norm) {
+    double sum = 0.0;
+    for (double p : phi) sum += p;
+    if (sum > 0) {
+      for (double& p : phi) p /= sum;
+    }
+  }
+  return phi;
+}
+
+// The recurrent form in float64 over one sequence of one head.
+// rows: projection rows of this head, `stride` apart; s [d_φ·d_head] and
+// z [d_φ] are advanced; y gets d_head values per token.
+inline void FastWeightRecurrence64(const FastWeightSpec& spec, const float* rows,
+                                   int64_t stride, int64_t time, const float* omega,
+                                   std::vector<double>& s, std::vector<double>& z,
+                                   std::vector<double>& y) {
+  const int64_t dh = spec.d_head, dp = spec.DPhi();
+  for (int64_t t = 0; t < time; ++t) {
+    const float* row = rows + t * stride;
+    const auto q = FeatureMap64(spec.phi, row, dh, omega);
+    const auto k = FeatureMap64(spec.phi, row + dh, dh, omega);
+    std::vector<double> u(dh);
+    for (int64_t j = 0; j < dh; ++j) u[j] = row[2 * dh + j];
+    if (spec.update == UpdateRule::kDelta) {
+      const double beta = 1.0 / (1.0 + std::exp(-static_cast<double>(row[3 * dh])));
+      for (int64_t j = 0; j < dh; ++j) {
+        double vbar = 0.0;
+        for (int64_t i = 0; i < dp; ++i) vbar += s[i * dh + j] * k[i];
+        u[j] = beta * (u[j] - vbar);
+      }
+    }
+    for (int64_t i = 0; i < dp; ++i) {
+      for (int64_t j = 0; j < dh; ++j) s[i * dh + j] += k[i] * u[j];
+    }
+    double den = 1.0;
+    if (spec.HasNormalizer()) {
+      den = 0.0;
+      for (int64_t i = 0; i < dp; ++i) {
+        z[i] += k[i];
+        den += z[i] * q[i];
+      }
+      if (!(den > 0)) den = 1.0;
+    }
+    for (int64_t j = 0; j < dh; ++j) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < dp; ++i) acc += s[i * dh + j] * q[i];
+      y.push_back(acc / den / std::sqrt(static_cast<double>(dh)));
+    }
+  }
+}
+
+// Every update rule × feature map combination the model supports.
+inline std::vector<FastWeightSpec> AllAttentionVariants(int64_t heads, int64_t d_head) {
+  std::vector<FastWeightSpec> out;
+  const FeatureMapKind kinds[] = {FeatureMapKind::kDpfp, FeatureMapKind::kElu1,
+                                  FeatureMapKind::kFavor, FeatureMapKind::kRelu,
+                                  FeatureMapKind::kIdentity};
+  for (UpdateRule rule : {UpdateRule::kDelta, UpdateRule::kSum}) {
+    for (FeatureMapKind kind : kinds) {
+      FastWeightSpec s;
+      s.update = rule;
+      s.heads = heads;
+      s.d_head = d_head;
+      s.phi.kind = kind;
+      s.phi.nu = 2;
+      s.phi.favor_features = 24;
+      s.phi.sum_norm = kind != FeatureMapKind::kIdentity;
+      out.push_back(s);
+      if (rule == UpdateRule::kSum && kind != FeatureMapKind::kIdentity) {
+        s.attention_normalizer = true;  // the linear Transformer's normaliser
+        out.push_back(s);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace fwp::testing
