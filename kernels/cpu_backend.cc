@@ -2,6 +2,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <cblas.h>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
 #include "kernels/embedding.h"
@@ -77,6 +79,10 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> MakeCpuBackend() {
+  // Our ops parallelise over heads and columns with CpuThreadPool; the small
+  // per-chunk GEMMs inside them run single-threaded in BLAS, so that two
+  // thread pools never compete for the same cores.
+  openblas_set_num_threads(1);
   return std::make_unique<CpuBackend>();
 }
 

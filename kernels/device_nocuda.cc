@@ -3,7 +3,7 @@
 namespace fwp {
 
 int CudaDeviceCount(std::string* why_not) {
-  if (why_not) *why_not = "this build has no CUDA backend (nvcc was not found)";
+  if (why_not) *why_not = "this build has no CUDA backend (FWP_CUDA=OFF, or nvcc was not found)";
   return 0;
 }
 

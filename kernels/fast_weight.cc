@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/thread_pool.h"
+
 namespace fwp {
 
 const char* UpdateRuleName(UpdateRule rule) {
@@ -126,22 +128,21 @@ void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
   const int64_t row_width = spec.RowWidth();
   const int64_t y_width = spec.heads * dh;
   chunk = std::max<int64_t>(1, std::min(chunk, time));
-  thread_local ChunkScratch scratch;
-  scratch.Resize(chunk, dp, dh);
-  for (int64_t b = 0; b < batch; ++b) {
+  // (sequence, head) pairs are independent: one task each.
+  CpuThreadPool().ParallelFor(batch * spec.heads, [&](int64_t task) {
+    const int64_t b = task / spec.heads, h = task % spec.heads;
+    thread_local ChunkScratch scratch;
+    scratch.Resize(chunk, dp, dh);
     float* slot = state.base + static_cast<int64_t>(slots[b]) * state.slot_floats;
-    for (int64_t h = 0; h < spec.heads; ++h) {
-      float* s = slot + state.s_offset + h * dp * dh;
-      float* z = spec.HasNormalizer() ? slot + state.z_offset + h * dp : nullptr;
-      for (int64_t t0 = 0; t0 < time; t0 += chunk) {
-        const int64_t c = std::min(chunk, time - t0);
-        const int64_t token = b * time + t0;
-        SequenceChunk(spec, qkvb + token * row_width + h * spec.HeadWidth(),
-                      row_width, favor_proj, c, s, z,
-                      y + token * y_width + h * dh, y_width, scratch);
-      }
+    float* s = slot + state.s_offset + h * dp * dh;
+    float* z = spec.HasNormalizer() ? slot + state.z_offset + h * dp : nullptr;
+    for (int64_t t0 = 0; t0 < time; t0 += chunk) {
+      const int64_t c = std::min(chunk, time - t0);
+      const int64_t token = b * time + t0;
+      SequenceChunk(spec, qkvb + token * row_width + h * spec.HeadWidth(), row_width,
+                    favor_proj, c, s, z, y + token * y_width + h * dh, y_width, scratch);
     }
-  }
+  });
 }
 
 void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
@@ -151,60 +152,66 @@ void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
   const int64_t dp = spec.DPhi();
   const bool delta = spec.update == UpdateRule::kDelta;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  thread_local std::vector<float> scratch;
-  scratch.resize(2 * dp + 3 * dh);
-  float* phi_q = scratch.data();
-  float* phi_k = phi_q + dp;
-  float* vbar = phi_k + dp;  // [d_head], then the update u in place
-  float* out = vbar + dh;    // S₀ᵀφq
-  float* v = out + dh;
-  for (int64_t i = 0; i < n; ++i) {
+  // (slot, head) pairs are independent; small batches run on the caller.
+  auto one = [&](int64_t task) {
+    const int64_t i = task / spec.heads, h = task % spec.heads;
+    thread_local std::vector<float> scratch;
+    scratch.resize(2 * dp + 3 * dh);
+    float* phi_q = scratch.data();
+    float* phi_k = phi_q + dp;
+    float* vbar = phi_k + dp;  // [d_head], then the update u in place
+    float* out = vbar + dh;    // S₀ᵀφq
+    float* v = out + dh;
     float* slot = state.base + static_cast<int64_t>(slots[i]) * state.slot_floats;
-    for (int64_t h = 0; h < spec.heads; ++h) {
-      const float* row = qkvb + i * spec.RowWidth() + h * spec.HeadWidth();
-      float* s = slot + state.s_offset + h * dp * dh;  // [d_φ, d_head]
-      FeatureMapRow(spec.phi, row, dh, favor_proj, phi_q);
-      FeatureMapRow(spec.phi, row + dh, dh, favor_proj, phi_k);
-      std::copy(row + 2 * dh, row + 3 * dh, v);
-      // One read of S: what the memory holds for the key, and for the query.
-      std::fill(vbar, vbar + 2 * dh, 0.0f);
-      for (int64_t r = 0; r < dp; ++r) {
-        const float* sr = s + r * dh;
-        const float k = phi_k[r], q = phi_q[r];
-        for (int64_t j = 0; j < dh; ++j) {
-          vbar[j] += sr[j] * k;
-          out[j] += sr[j] * q;
-        }
+    const float* row = qkvb + i * spec.RowWidth() + h * spec.HeadWidth();
+    float* s = slot + state.s_offset + h * dp * dh;  // [d_φ, d_head]
+    FeatureMapRow(spec.phi, row, dh, favor_proj, phi_q);
+    FeatureMapRow(spec.phi, row + dh, dh, favor_proj, phi_k);
+    std::copy(row + 2 * dh, row + 3 * dh, v);
+    // One read of S: what the memory holds for the key, and for the query.
+    std::fill(vbar, vbar + 2 * dh, 0.0f);
+    for (int64_t r = 0; r < dp; ++r) {
+      const float* sr = s + r * dh;
+      const float k = phi_k[r], q = phi_q[r];
+      for (int64_t j = 0; j < dh; ++j) {
+        vbar[j] += sr[j] * k;
+        out[j] += sr[j] * q;
       }
-      float* u = vbar;
-      if (delta) {
-        const float beta = Sigmoid(row[3 * dh]);
-        for (int64_t j = 0; j < dh; ++j) u[j] = beta * (v[j] - vbar[j]);
-      } else {
-        std::copy(v, v + dh, u);
-      }
-      // One read-modify-write of S: S += φk ⊗ u.
-      float kq = 0.0f;
-      for (int64_t r = 0; r < dp; ++r) {
-        float* sr = s + r * dh;
-        const float k = phi_k[r];
-        kq += k * phi_q[r];
-        for (int64_t j = 0; j < dh; ++j) sr[j] += k * u[j];
-      }
-      // y = S_newᵀφq = S₀ᵀφq + (φk·φq) u.
-      float factor = scale;
-      if (spec.HasNormalizer()) {
-        float* z = slot + state.z_offset + h * dp;
-        float den = 0.0f;
-        for (int64_t r = 0; r < dp; ++r) {
-          z[r] += phi_k[r];
-          den += z[r] * phi_q[r];
-        }
-        if (den > 0.0f) factor = scale / den;
-      }
-      float* yh = y + i * spec.heads * dh + h * dh;
-      for (int64_t j = 0; j < dh; ++j) yh[j] = (out[j] + kq * u[j]) * factor;
     }
+    float* u = vbar;
+    if (delta) {
+      const float beta = Sigmoid(row[3 * dh]);
+      for (int64_t j = 0; j < dh; ++j) u[j] = beta * (v[j] - vbar[j]);
+    } else {
+      std::copy(v, v + dh, u);
+    }
+    // One read-modify-write of S: S += φk ⊗ u.
+    float kq = 0.0f;
+    for (int64_t r = 0; r < dp; ++r) {
+      float* sr = s + r * dh;
+      const float k = phi_k[r];
+      kq += k * phi_q[r];
+      for (int64_t j = 0; j < dh; ++j) sr[j] += k * u[j];
+    }
+    // y = S_newᵀφq = S₀ᵀφq + (φk·φq) u.
+    float factor = scale;
+    if (spec.HasNormalizer()) {
+      float* z = slot + state.z_offset + h * dp;
+      float den = 0.0f;
+      for (int64_t r = 0; r < dp; ++r) {
+        z[r] += phi_k[r];
+        den += z[r] * phi_q[r];
+      }
+      if (den > 0.0f) factor = scale / den;
+    }
+    float* yh = y + i * spec.heads * dh + h * dh;
+    for (int64_t j = 0; j < dh; ++j) yh[j] = (out[j] + kq * u[j]) * factor;
+  };
+  const int64_t tasks = n * spec.heads;
+  if (tasks * dp * dh < (int64_t{1} << 16)) {
+    for (int64_t t = 0; t < tasks; ++t) one(t);
+  } else {
+    CpuThreadPool().ParallelFor(tasks, one);
   }
 }
 

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "kernels/activation.h"
@@ -39,6 +40,26 @@ TEST(Matmul, MatchesFloat64WithAndWithoutBiasAndAccumulation) {
         }
         EXPECT_LT(RelativeError(c, ref), 1e-5) << m << "x" << n << "x" << k;
       }
+    }
+  }
+}
+
+TEST(Matmul, EachRowIsBitIdenticalWhateverTheNumberOfRows) {
+  // k not a multiple of 8 and n not of 4 exercise every tail; m = 67 spans
+  // several row blocks, thread tasks and both tile heights.
+  Rng rng(9);
+  const int64_t m = 67, n = 1029, k = 261;
+  const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng);
+  const auto bias = RandomVector(n, rng);
+  std::vector<float> all(m * n);
+  cpu::Matmul(a.data(), b.data(), bias.data(), all.data(), m, n, k, false);
+  for (int64_t start : {0, 1, 2, 5, 31, 66}) {
+    for (int64_t rows : {1, 2, 3, 16}) {
+      if (start + rows > m) continue;
+      std::vector<float> some(rows * n);
+      cpu::Matmul(a.data() + start * k, b.data(), bias.data(), some.data(), rows, n, k, false);
+      ASSERT_EQ(0, std::memcmp(some.data(), all.data() + start * n, rows * n * sizeof(float)))
+          << "rows " << start << ".." << start + rows;
     }
   }
 }

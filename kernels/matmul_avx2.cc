@@ -1,0 +1,33 @@
+// The AVX2 + FMA variant of the matmul micro-kernel (compiled with -mavx2
+// -mfma; called only where the CPU has both). Every multiply-add is an
+// explicit FMA, so each element's arithmetic is fixed here too.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "kernels/matmul_tile.h"
+
+namespace fwp::cpu::matmul_internal {
+namespace {
+
+struct Avx2Isa {
+  using V = __m256;
+  static V Zero() { return _mm256_setzero_ps(); }
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V Madd(V acc, V a, V b) { return _mm256_fmadd_ps(a, b, acc); }
+  static float Reduce(V v) {
+    alignas(32) float l[8];
+    _mm256_store_ps(l, v);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+  }
+  static float MaddScalar(float acc, float a, float b) { return std::fma(a, b, acc); }
+};
+
+}  // namespace
+
+void ColumnsAvx2(const float* a, const float* b, const float* bias, float* c, int64_t m,
+                 int64_t n, int64_t k, int64_t j0, int64_t j1, bool accumulate) {
+  Columns<Avx2Isa>(a, b, bias, c, m, n, k, j0, j1, accumulate);
+}
+
+}  // namespace fwp::cpu::matmul_internal
