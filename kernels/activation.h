@@ -18,4 +18,7 @@ namespace fwp::cpu {
 // x: [n], overwritten with act(x).
 void Activate(Activation act, float* x, int64_t n);
 
+// dx = dy · act'(x) from the pre-activation x; dx may alias dy.
+void ActivateBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx);
+
 }  // namespace fwp::cpu

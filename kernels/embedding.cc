@@ -31,4 +31,13 @@ void Embedding(const int32_t* tokens, const int64_t* positions, int64_t n,
   }
 }
 
+void EmbeddingBackward(const int32_t* tokens, int64_t n, const float* dout, int64_t d,
+                       float* dtable) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = dtable + static_cast<int64_t>(tokens[i]) * d;
+    const float* g = dout + i * d;
+    for (int64_t j = 0; j < d; ++j) row[j] += g[j];
+  }
+}
+
 }  // namespace fwp::cpu

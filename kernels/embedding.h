@@ -24,4 +24,8 @@ namespace fwp::cpu {
 void Embedding(const int32_t* tokens, const int64_t* positions, int64_t n,
                const float* table, int64_t d, float* out);
 
+// dtable[tokens[i], :] += dout[i, :] (positions have no parameters).
+void EmbeddingBackward(const int32_t* tokens, int64_t n, const float* dout, int64_t d,
+                       float* dtable);
+
 }  // namespace fwp::cpu

@@ -145,6 +145,205 @@ void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
   });
 }
 
+namespace {
+
+// One token of the recurrence from S_{t−1} = s: φq, φk, β, v − v̄ and the
+// update u (ComputeToken); ApplyToken then writes it into (s, z). The backward
+// uses them to recompute states and per-token values.
+struct TokenValues {
+  std::vector<float> phi_q, phi_k, u, v_minus_vbar;
+  float beta = 1.0f;
+};
+
+void ComputeToken(const FastWeightSpec& spec, const float* row, const float* favor_proj,
+                  const float* s, TokenValues& tv) {
+  const int64_t dh = spec.d_head, dp = spec.DPhi();
+  tv.phi_q.resize(dp);
+  tv.phi_k.resize(dp);
+  tv.u.resize(dh);
+  tv.v_minus_vbar.resize(dh);
+  FeatureMapRow(spec.phi, row, dh, favor_proj, tv.phi_q.data());
+  FeatureMapRow(spec.phi, row + dh, dh, favor_proj, tv.phi_k.data());
+  float* u = tv.u.data();
+  std::copy(row + 2 * dh, row + 3 * dh, u);
+  if (spec.update == UpdateRule::kDelta) {
+    tv.beta = Sigmoid(row[3 * dh]);
+    for (int64_t j = 0; j < dh; ++j) {
+      float vbar = 0.0f;
+      for (int64_t r = 0; r < dp; ++r) vbar += s[r * dh + j] * tv.phi_k[r];
+      tv.v_minus_vbar[j] = u[j] - vbar;
+      u[j] = tv.beta * tv.v_minus_vbar[j];
+    }
+  }
+}
+
+void ApplyToken(const FastWeightSpec& spec, const TokenValues& tv, float* s, float* z) {
+  const int64_t dh = spec.d_head, dp = spec.DPhi();
+  const float* u = tv.u.data();
+  for (int64_t r = 0; r < dp; ++r) {
+    for (int64_t j = 0; j < dh; ++j) s[r * dh + j] += tv.phi_k[r] * u[j];
+  }
+  if (z != nullptr) {
+    for (int64_t r = 0; r < dp; ++r) z[r] += tv.phi_k[r];
+  }
+}
+
+}  // namespace
+
+void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
+                                const float* favor_proj, const int32_t* slots,
+                                int64_t batch, int64_t time, const StateView& state,
+                                const float* dy, float* dqkvb, const StateView& dstate,
+                                int64_t chunk) {
+  const int64_t dh = spec.d_head, dp = spec.DPhi();
+  const int64_t sz = dp * dh;
+  const int64_t zf = spec.HasNormalizer() ? dp : 0;
+  const int64_t row_width = spec.RowWidth(), y_width = spec.heads * dh;
+  const bool delta = spec.update == UpdateRule::kDelta;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  chunk = std::max<int64_t>(1, std::min(chunk, time));
+  const int64_t chunks = (time + chunk - 1) / chunk;
+
+  CpuThreadPool().ParallelFor(batch * spec.heads, [&](int64_t task) {
+    const int64_t b = task / spec.heads, h = task % spec.heads;
+    const int64_t slot = slots[b];
+    const float* s0 = state.base + slot * state.slot_floats + state.s_offset + h * sz;
+    const float* z0 = zf ? state.base + slot * state.slot_floats + state.z_offset + h * dp
+                         : nullptr;
+    const float* rows = qkvb + b * time * row_width + h * spec.HeadWidth();
+    auto row_of = [&](int64_t t) { return rows + t * row_width; };
+
+    // Checkpoints of (S, z) at every chunk start.
+    thread_local std::vector<float> checkpoints, states, ds, dz, dn, du, dphi_q, dphi_k, dvbar;
+    thread_local TokenValues tv;
+    checkpoints.resize(chunks * (sz + zf));
+    std::vector<float> s(s0, s0 + sz), z(z0 ? z0 : s0, z0 ? z0 + dp : s0);
+    for (int64_t c = 0; c < chunks; ++c) {
+      std::copy(s.begin(), s.end(), checkpoints.begin() + c * (sz + zf));
+      if (zf) std::copy(z.begin(), z.end(), checkpoints.begin() + c * (sz + zf) + sz);
+      for (int64_t t = c * chunk; t < std::min(time, (c + 1) * chunk); ++t) {
+        ComputeToken(spec, row_of(t), favor_proj, s.data(), tv);
+        ApplyToken(spec, tv, s.data(), zf ? z.data() : nullptr);
+      }
+    }
+
+    // ∂L/∂S_T, ∂L/∂z_T from the caller (or zero).
+    ds.assign(sz, 0.0f);
+    dz.assign(zf, 0.0f);
+    float* ds_out = dstate.base ? dstate.base + slot * dstate.slot_floats + dstate.s_offset + h * sz
+                                : nullptr;
+    float* dz_out = dstate.base && zf
+                        ? dstate.base + slot * dstate.slot_floats + dstate.z_offset + h * dp
+                        : nullptr;
+    if (ds_out) std::copy(ds_out, ds_out + sz, ds.begin());
+    if (dz_out) std::copy(dz_out, dz_out + dp, dz.begin());
+    dn.resize(dh);
+    du.resize(dh);
+    dvbar.resize(dh);
+    dphi_q.resize(dp);
+    dphi_k.resize(dp);
+
+    for (int64_t c = chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * chunk, t1 = std::min(time, (c + 1) * chunk);
+      // Recompute the chunk: states[i] is (S, z) after token t0 + i; the
+      // state before the chunk is its checkpoint.
+      states.resize((t1 - t0) * (sz + zf));
+      std::copy(checkpoints.begin() + c * (sz + zf), checkpoints.begin() + (c + 1) * (sz + zf),
+                s.begin());
+      if (zf) std::copy(checkpoints.begin() + c * (sz + zf) + sz,
+                        checkpoints.begin() + (c + 1) * (sz + zf), z.begin());
+      for (int64_t t = t0; t < t1; ++t) {
+        ComputeToken(spec, row_of(t), favor_proj, s.data(), tv);
+        ApplyToken(spec, tv, s.data(), zf ? z.data() : nullptr);
+        std::copy(s.begin(), s.end(), states.begin() + (t - t0) * (sz + zf));
+        if (zf) std::copy(z.begin(), z.end(), states.begin() + (t - t0) * (sz + zf) + sz);
+      }
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const float* row = row_of(t);
+        const float* st = &states[(t - t0) * (sz + zf)];  // S_t
+        const float* zt = st + sz;                         // z_t
+        const float* sp = t > t0 ? &states[(t - t0 - 1) * (sz + zf)]
+                                 : &checkpoints[c * (sz + zf)];  // S_{t−1}
+        // Recompute this token's φq, φk and update from S_{t−1}.
+        ComputeToken(spec, row, favor_proj, sp, tv);
+        const float* pq = tv.phi_q.data();
+        const float* pk = tv.phi_k.data();
+        const float* u = tv.u.data();
+        const float* dyt = dy + (b * time + t) * y_width + h * dh;
+        // y = factor · S_tᵀφq, factor = scale (or scale / (z_t·φq)).
+        float factor = scale, dden = 0.0f;
+        bool normalised = false;
+        if (zf) {
+          float den = 0.0f;
+          for (int64_t r = 0; r < dp; ++r) den += zt[r] * pq[r];
+          if (den > 0.0f) {
+            normalised = true;
+            factor = scale / den;
+            // ∂L/∂den = −Σ_j dy_j y_j / den, with y = factor · S_tᵀφq.
+            float dot = 0.0f;
+            for (int64_t j = 0; j < dh; ++j) {
+              float n = 0.0f;
+              for (int64_t r = 0; r < dp; ++r) n += st[r * dh + j] * pq[r];
+              dot += dyt[j] * n * factor;
+            }
+            dden = -dot / den;
+          }
+        }
+        for (int64_t j = 0; j < dh; ++j) dn[j] = dyt[j] * factor;
+        // φq gets S_t dn (+ z_t dden); S_t gets φq dnᵀ; z_t gets φq dden.
+        for (int64_t r = 0; r < dp; ++r) {
+          float acc = 0.0f;
+          const float* str = st + r * dh;
+          for (int64_t j = 0; j < dh; ++j) acc += str[j] * dn[j];
+          dphi_q[r] = acc + (normalised ? zt[r] * dden : 0.0f);
+          float* dsr = &ds[r * dh];
+          for (int64_t j = 0; j < dh; ++j) dsr[j] += pq[r] * dn[j];
+          if (normalised) dz[r] += pq[r] * dden;
+        }
+        // S_t = S_{t−1} + φk uᵀ: du = dS_tᵀφk, dφk = dS_t u (+ dz_t).
+        std::fill(du.begin(), du.end(), 0.0f);
+        for (int64_t r = 0; r < dp; ++r) {
+          const float* dsr = &ds[r * dh];
+          float acc = 0.0f;
+          for (int64_t j = 0; j < dh; ++j) {
+            du[j] += dsr[j] * pk[r];
+            acc += dsr[j] * u[j];
+          }
+          dphi_k[r] = acc + (zf ? dz[r] : 0.0f);
+        }
+        float* drow = dqkvb + (b * time + t) * row_width + h * spec.HeadWidth();
+        if (delta) {
+          // u = β (v − v̄), v̄ = S_{t−1}ᵀφk.
+          const float beta = tv.beta;
+          float dbeta = 0.0f;
+          for (int64_t j = 0; j < dh; ++j) {
+            dbeta += du[j] * tv.v_minus_vbar[j];
+            drow[2 * dh + j] = beta * du[j];
+            dvbar[j] = -beta * du[j];
+          }
+          drow[3 * dh] = dbeta * beta * (1.0f - beta);
+          for (int64_t r = 0; r < dp; ++r) {
+            const float* spr = sp + r * dh;
+            float* dsr = &ds[r * dh];
+            float acc = 0.0f;
+            for (int64_t j = 0; j < dh; ++j) {
+              acc += spr[j] * dvbar[j];
+              dsr[j] += pk[r] * dvbar[j];  // dS_{t−1} = dS_t + φk dv̄ᵀ
+            }
+            dphi_k[r] += acc;
+          }
+        } else {
+          for (int64_t j = 0; j < dh; ++j) drow[2 * dh + j] = du[j];
+        }
+        FeatureMapRowBackward(spec.phi, row, dh, favor_proj, dphi_q.data(), drow);
+        FeatureMapRowBackward(spec.phi, row + dh, dh, favor_proj, dphi_k.data(), drow + dh);
+      }
+    }
+    if (ds_out) std::copy(ds.begin(), ds.end(), ds_out);
+    if (dz_out) std::copy(dz.begin(), dz.end(), dz_out);
+  });
+}
+
 void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
                     const float* favor_proj, const int32_t* slots, int64_t n,
                     const StateView& state, float* y) {

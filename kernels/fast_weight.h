@@ -77,6 +77,18 @@ void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
                         int64_t batch, int64_t time, const StateView& state,
                         float* y, int64_t chunk);
 
+// Backward of FastWeightSequence over the same inputs. `state` holds the
+// states the forward started from (S₀, z₀) and is only read. dy: [B, T,
+// heads·d_head]. dqkvb: [B, T, RowWidth], written. dstate (base may be null):
+// on entry ∂L/∂(S_T, z_T) of the final states, on return ∂L/∂(S₀, z₀), laid out
+// like `state`. Memory stays linear in T: the state is checkpointed at chunk
+// starts (T/chunk copies) and recomputed inside one chunk at a time.
+void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
+                                const float* favor_proj, const int32_t* slots,
+                                int64_t batch, int64_t time, const StateView& state,
+                                const float* dy, float* dqkvb, const StateView& dstate,
+                                int64_t chunk);
+
 // qkvb: [n, RowWidth]; slots: [n] (distinct); y: [n, heads·d_head].
 void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
                     const float* favor_proj, const int32_t* slots, int64_t n,

@@ -1,6 +1,7 @@
 #include "kernels/feature_map.h"
 
 #include <cmath>
+#include <vector>
 
 namespace fwp {
 
@@ -78,6 +79,78 @@ void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
   }
 }
 
+void FeatureMapRowBackward(const FeatureMapSpec& spec, const float* x, int64_t d,
+                           const float* favor_proj, const float* dphi, float* dx) {
+  const int64_t d_phi = spec.OutputDim(d);
+  thread_local std::vector<float> g, dg, r, dr;
+  g.resize(d_phi);
+  dg.assign(dphi, dphi + d_phi);
+  if (spec.sum_norm) {
+    // φ = g / Σg  ⇒  ∂L/∂g_i = (∂L/∂φ_i − Σ_j ∂L/∂φ_j φ_j) / Σg.
+    FeatureMapSpec raw = spec;
+    raw.sum_norm = false;
+    FeatureMapRow(raw, x, d, favor_proj, g.data());
+    float sum = 0.0f;
+    for (int64_t i = 0; i < d_phi; ++i) sum += g[i];
+    if (sum > 0.0f) {
+      const float inv = 1.0f / sum;
+      float dot = 0.0f;
+      for (int64_t i = 0; i < d_phi; ++i) dot += dphi[i] * g[i] * inv;
+      for (int64_t i = 0; i < d_phi; ++i) dg[i] = (dphi[i] - dot) * inv;
+    }
+  }
+  switch (spec.kind) {
+    case FeatureMapKind::kDpfp: {
+      const int64_t two_d = 2 * d;
+      r.resize(two_d);
+      dr.assign(two_d, 0.0f);
+      for (int64_t i = 0; i < d; ++i) {
+        r[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        r[d + i] = x[i] < 0.0f ? -x[i] : 0.0f;
+      }
+      for (int64_t j = 1; j <= spec.nu; ++j) {
+        const float* dgj = dg.data() + (j - 1) * two_d;
+        for (int64_t i = 0; i < two_d; ++i) {
+          const int64_t src = ((i - j) % two_d + two_d) % two_d;
+          dr[i] += dgj[i] * r[src];
+          dr[src] += dgj[i] * r[i];
+        }
+      }
+      for (int64_t i = 0; i < d; ++i) {
+        dx[i] = (x[i] > 0.0f ? dr[i] : 0.0f) - (x[i] < 0.0f ? dr[d + i] : 0.0f);
+      }
+      break;
+    }
+    case FeatureMapKind::kElu1:
+      for (int64_t i = 0; i < d; ++i) dx[i] = dg[i] * (x[i] > 0.0f ? 1.0f : std::exp(x[i]));
+      break;
+    case FeatureMapKind::kFavor: {
+      // g_f = e^{ω_f·x − ‖x‖²/2}/√(2m), g_{m+f} = e^{−ω_f·x − ‖x‖²/2}/√(2m):
+      // ∂g_f/∂x = g_f (ω_f − x), ∂g_{m+f}/∂x = g_{m+f} (−ω_f − x).
+      const int64_t m = spec.favor_features;
+      FeatureMapSpec raw = spec;
+      raw.sum_norm = false;
+      FeatureMapRow(raw, x, d, favor_proj, g.data());
+      float along_x = 0.0f;  // Σ_f dg_f g_f + dg_{m+f} g_{m+f}
+      for (int64_t i = 0; i < d; ++i) dx[i] = 0.0f;
+      for (int64_t f = 0; f < m; ++f) {
+        const float plus = dg[f] * g[f], minus = dg[m + f] * g[m + f];
+        along_x += plus + minus;
+        const float* w = favor_proj + f * d;
+        for (int64_t i = 0; i < d; ++i) dx[i] += (plus - minus) * w[i];
+      }
+      for (int64_t i = 0; i < d; ++i) dx[i] -= along_x * x[i];
+      break;
+    }
+    case FeatureMapKind::kRelu:
+      for (int64_t i = 0; i < d; ++i) dx[i] = x[i] > 0.0f ? dg[i] : 0.0f;
+      break;
+    case FeatureMapKind::kIdentity:
+      for (int64_t i = 0; i < d; ++i) dx[i] = dg[i];
+      break;
+  }
+}
+
 }  // namespace fwp
 
 namespace fwp::cpu {
@@ -88,6 +161,16 @@ void FeatureMap(const FeatureMapSpec& spec, const float* x, int64_t rows,
   const int64_t d_phi = spec.OutputDim(d);
   for (int64_t r = 0; r < rows; ++r) {
     FeatureMapRow(spec, x + r * x_stride, d, favor_proj, phi + r * d_phi);
+  }
+}
+
+void FeatureMapBackward(const FeatureMapSpec& spec, const float* x, int64_t rows,
+                        int64_t d, int64_t x_stride, const float* favor_proj,
+                        const float* dphi, float* dx, int64_t dx_stride) {
+  const int64_t d_phi = spec.OutputDim(d);
+  for (int64_t r = 0; r < rows; ++r) {
+    FeatureMapRowBackward(spec, x + r * x_stride, d, favor_proj, dphi + r * d_phi,
+                          dx + r * dx_stride);
   }
 }
 

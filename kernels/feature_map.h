@@ -42,6 +42,11 @@ struct FeatureMapSpec {
 void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
                    const float* favor_proj, float* phi);
 
+// Backward of one row: given x and dphi = ∂L/∂φ, writes dx = ∂L/∂x (=, not +=).
+// Ω is fixed (drawn once, not trained), so it gets no gradient.
+void FeatureMapRowBackward(const FeatureMapSpec& spec, const float* x, int64_t d,
+                           const float* favor_proj, const float* dphi, float* dx);
+
 }  // namespace fwp
 
 namespace fwp::cpu {
@@ -51,5 +56,10 @@ namespace fwp::cpu {
 void FeatureMap(const FeatureMapSpec& spec, const float* x, int64_t rows,
                 int64_t d, int64_t x_stride, const float* favor_proj,
                 float* phi);
+
+// dphi: [rows, OutputDim(d)] → dx rows (d wide, `dx_stride` apart), written.
+void FeatureMapBackward(const FeatureMapSpec& spec, const float* x, int64_t rows,
+                        int64_t d, int64_t x_stride, const float* favor_proj,
+                        const float* dphi, float* dx, int64_t dx_stride);
 
 }  // namespace fwp::cpu

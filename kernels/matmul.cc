@@ -1,5 +1,7 @@
 #include "kernels/matmul.h"
 
+#include <cblas.h>
+
 #include <cstring>
 
 #include "kernels/matmul_tile.h"
@@ -77,6 +79,27 @@ void Matmul(const float* a, const float* b, const float* bias, float* c,
   CpuThreadPool().ParallelFor(tasks, [&](int64_t t) {
     columns(a, b, bias, c, m, n, k, t * cols, std::min(n, (t + 1) * cols), accumulate);
   });
+}
+
+void MatmulBackward(const float* dc, const float* a, const float* b, float* da,
+                    float* db, float* dbias, int64_t m, int64_t n, int64_t k) {
+  // Training shapes, not decode: BLAS is the right tool (batch invariance is a
+  // serving property). OpenBLAS runs single-threaded here (see cpu_backend.cc).
+  if (da != nullptr) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+                static_cast<int>(k), static_cast<int>(n), 1.0f, dc, static_cast<int>(n), b,
+                static_cast<int>(k), 0.0f, da, static_cast<int>(k));
+  }
+  if (db != nullptr) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(n),
+                static_cast<int>(k), static_cast<int>(m), 1.0f, dc, static_cast<int>(n), a,
+                static_cast<int>(k), 1.0f, db, static_cast<int>(k));
+  }
+  if (dbias != nullptr) {
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) dbias[j] += dc[i * n + j];
+    }
+  }
 }
 
 }  // namespace fwp::cpu

@@ -16,4 +16,13 @@ namespace fwp::cpu {
 void Matmul(const float* a, const float* b, const float* bias, float* c,
             int64_t m, int64_t n, int64_t k, bool accumulate);
 
+// Backward of Matmul given dc = ∂L/∂C [m, n]:
+//   da = dc · b      [m, k]   written (=), skipped when null
+//   db += dcᵀ · a    [n, k]   parameter gradients accumulate (+=)
+//   dbias += Σ_rows dc [n]    skipped when null
+// (With accumulate, C's old value is an input too: its gradient is dc itself,
+// which the caller already holds.)
+void MatmulBackward(const float* dc, const float* a, const float* b, float* da,
+                    float* db, float* dbias, int64_t m, int64_t n, int64_t k);
+
 }  // namespace fwp::cpu

@@ -31,8 +31,9 @@ double RelativeError(const A& out, const B& ref) {
 }
 
 // φ in float64, straight from the definitions in feature_map.h.
-inline std::vector<double> FeatureMap64(const FeatureMapSpec& s, const float* x,
-                                        int64_t d, const float* omega) {
+template <typename T>
+std::vector<double> FeatureMap64(const FeatureMapSpec& s, const T* x, int64_t d,
+                                 const float* omega) {
   std::vector<double> phi;
   switch (s.kind) {
     case FeatureMapKind::kDpfp: {
@@ -88,13 +89,13 @@ inline std::vector<double> FeatureMap64(const FeatureMapSpec& s, const float* x,
 // The recurrent form in float64 over one sequence of one head.
 // rows: projection rows of this head, `stride` apart; s [d_φ·d_head] and
 // z [d_φ] are advanced; y gets d_head values per token.
-inline void FastWeightRecurrence64(const FastWeightSpec& spec, const float* rows,
-                                   int64_t stride, int64_t time, const float* omega,
-                                   std::vector<double>& s, std::vector<double>& z,
-                                   std::vector<double>& y) {
+template <typename T>
+void FastWeightRecurrence64(const FastWeightSpec& spec, const T* rows, int64_t stride,
+                            int64_t time, const float* omega, std::vector<double>& s,
+                            std::vector<double>& z, std::vector<double>& y) {
   const int64_t dh = spec.d_head, dp = spec.DPhi();
   for (int64_t t = 0; t < time; ++t) {
-    const float* row = rows + t * stride;
+    const T* row = rows + t * stride;
     const auto q = FeatureMap64(spec.phi, row, dh, omega);
     const auto k = FeatureMap64(spec.phi, row + dh, dh, omega);
     std::vector<double> u(dh);
@@ -125,6 +126,22 @@ inline void FastWeightRecurrence64(const FastWeightSpec& spec, const float* rows
       y.push_back(acc / den / std::sqrt(static_cast<double>(dh)));
     }
   }
+}
+
+// Central finite differences of `loss` (a float64 function of x) at x.
+template <typename F>
+std::vector<double> NumericGradient(std::vector<double> x, const F& loss, double h = 1e-6) {
+  std::vector<double> grad(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double saved = x[i];
+    x[i] = saved + h;
+    const double up = loss(x);
+    x[i] = saved - h;
+    const double down = loss(x);
+    x[i] = saved;
+    grad[i] = (up - down) / (2 * h);
+  }
+  return grad;
 }
 
 // Every update rule × feature map combination the model supports.
