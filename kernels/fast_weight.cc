@@ -248,7 +248,7 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
       // Recompute the chunk: states[i] is (S, z) after token t0 + i; the
       // state before the chunk is its checkpoint.
       states.resize((t1 - t0) * (sz + zf));
-      std::copy(checkpoints.begin() + c * (sz + zf), checkpoints.begin() + (c + 1) * (sz + zf),
+      std::copy(checkpoints.begin() + c * (sz + zf), checkpoints.begin() + c * (sz + zf) + sz,
                 s.begin());
       if (zf) std::copy(checkpoints.begin() + c * (sz + zf) + sz,
                         checkpoints.begin() + (c + 1) * (sz + zf), z.begin());
