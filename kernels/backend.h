@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/activation.h"
+#include "kernels/adamw.h"
 #include "kernels/fast_weight.h"
 #include "kernels/feature_map.h"
 
@@ -25,6 +26,10 @@ class Backend {
   virtual ~Backend() = default;
 
   virtual const char* Name() const = 0;
+
+  // Whether the fast-weight ops of this backend handle `spec` (the CUDA
+  // kernels have shape limits); the model asks before it is built.
+  virtual absl::Status CheckAttention(const FastWeightSpec& spec) const = 0;
 
   // Memory. Allocation can fail (RESOURCE_EXHAUSTED) and callers recover.
   virtual absl::StatusOr<void*> AllocateRaw(size_t bytes) = 0;
@@ -56,10 +61,40 @@ class Backend {
   virtual void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
                               const float* favor_proj, const int32_t* slots,
                               int64_t n, const StateView& state, float* y) = 0;
+
+  // Backward ops and the optimiser (training); gradient conventions as in the
+  // op headers: activation gradients are written (or added where an op says
+  // so), parameter gradients accumulate.
+  virtual void MatmulBackward(const float* dc, const float* a, const float* b, float* da,
+                              float* db, float* dbias, int64_t m, int64_t n, int64_t k) = 0;
+  virtual void EmbeddingBackward(const int32_t* tokens, int64_t n, const float* dout,
+                                 int64_t d, float* dtable) = 0;
+  virtual void LayerNormBackward(const float* x, const float* gamma, const float* dy,
+                                 int64_t rows, int64_t d, float eps, float* dx,
+                                 float* dgamma, float* dbeta) = 0;
+  virtual void ActivateBackward(Activation act, const float* x, const float* dy, int64_t n,
+                                float* dx) = 0;
+  virtual void FeatureMapBackward(const FeatureMapSpec& spec, const float* x, int64_t rows,
+                                  int64_t d, int64_t x_stride, const float* favor_proj,
+                                  const float* dphi, float* dx, int64_t dx_stride) = 0;
+  virtual void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
+                                          const float* favor_proj, const int32_t* slots,
+                                          int64_t batch, int64_t time, const StateView& state,
+                                          const float* dy, float* dqkvb,
+                                          const StateView& dstate, int64_t chunk) = 0;
+  virtual void SoftmaxCrossEntropy(const float* logits, const int32_t* targets, int64_t rows,
+                                   int64_t vocab, float* losses, float* dlogits,
+                                   float dloss) = 0;
+  virtual void AdamW(float* param, const float* grad, float* m, float* v, int64_t n,
+                     const AdamWParams& params) = 0;
 };
 
-// The CPU reference backend (BLAS for matmul).
+// The CPU reference backend.
 std::unique_ptr<Backend> MakeCpuBackend();
+
+// The CUDA backend on GPU `device`: UNAVAILABLE when this build has no CUDA
+// backend or the device cannot be used, with the reason.
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device);
 
 // A block of backend memory, freed when it goes out of scope. Move-only.
 class Buffer {

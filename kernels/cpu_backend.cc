@@ -5,7 +5,9 @@
 #include <cblas.h>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/adamw.h"
 #include "kernels/backend.h"
+#include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/layernorm.h"
 #include "kernels/matmul.h"
@@ -16,6 +18,9 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   const char* Name() const override { return "cpu"; }
+  absl::Status CheckAttention(const FastWeightSpec&) const override {
+    return absl::OkStatus();
+  }
 
   absl::StatusOr<void*> AllocateRaw(size_t bytes) override {
     // 64-byte alignment for vector loads; aligned_alloc needs a multiple.
@@ -73,6 +78,45 @@ class CpuBackend final : public Backend {
                       const float* favor_proj, const int32_t* slots, int64_t n,
                       const StateView& state, float* y) override {
     cpu::FastWeightStep(spec, qkvb, favor_proj, slots, n, state, y);
+  }
+
+  void MatmulBackward(const float* dc, const float* a, const float* b, float* da, float* db,
+                      float* dbias, int64_t m, int64_t n, int64_t k) override {
+    cpu::MatmulBackward(dc, a, b, da, db, dbias, m, n, k);
+  }
+  void EmbeddingBackward(const int32_t* tokens, int64_t n, const float* dout, int64_t d,
+                         float* dtable) override {
+    cpu::EmbeddingBackward(tokens, n, dout, d, dtable);
+  }
+  void LayerNormBackward(const float* x, const float* gamma, const float* dy, int64_t rows,
+                         int64_t d, float eps, float* dx, float* dgamma,
+                         float* dbeta) override {
+    cpu::LayerNormBackward(x, gamma, dy, rows, d, eps, dx, dgamma, dbeta);
+  }
+  void ActivateBackward(Activation act, const float* x, const float* dy, int64_t n,
+                        float* dx) override {
+    cpu::ActivateBackward(act, x, dy, n, dx);
+  }
+  void FeatureMapBackward(const FeatureMapSpec& spec, const float* x, int64_t rows, int64_t d,
+                          int64_t x_stride, const float* favor_proj, const float* dphi,
+                          float* dx, int64_t dx_stride) override {
+    cpu::FeatureMapBackward(spec, x, rows, d, x_stride, favor_proj, dphi, dx, dx_stride);
+  }
+  void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
+                                  const float* favor_proj, const int32_t* slots, int64_t batch,
+                                  int64_t time, const StateView& state, const float* dy,
+                                  float* dqkvb, const StateView& dstate,
+                                  int64_t chunk) override {
+    cpu::FastWeightSequenceBackward(spec, qkvb, favor_proj, slots, batch, time, state, dy,
+                                    dqkvb, dstate, chunk);
+  }
+  void SoftmaxCrossEntropy(const float* logits, const int32_t* targets, int64_t rows,
+                           int64_t vocab, float* losses, float* dlogits, float dloss) override {
+    cpu::SoftmaxCrossEntropy(logits, targets, rows, vocab, losses, dlogits, dloss);
+  }
+  void AdamW(float* param, const float* grad, float* m, float* v, int64_t n,
+             const AdamWParams& params) override {
+    cpu::AdamW(param, grad, m, v, n, params);
   }
 };
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/shared_math.h"
 #include "kernels/thread_pool.h"
 
 namespace fwp {
@@ -19,7 +20,7 @@ const char* UpdateRuleName(UpdateRule rule) {
 namespace fwp::cpu {
 namespace {
 
-float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+using math::Sigmoid;
 
 // Row-major C[m, n] = alpha · op(A) · op(B) + beta · C, through BLAS.
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,

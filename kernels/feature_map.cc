@@ -1,5 +1,7 @@
 #include "kernels/feature_map.h"
 
+#include "kernels/shared_math.h"
+
 #include <cmath>
 #include <vector>
 
@@ -30,22 +32,16 @@ void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
   switch (spec.kind) {
     case FeatureMapKind::kDpfp: {
       const int64_t two_d = 2 * d;
-      auto r = [&](int64_t i) {
-        float v = i < d ? x[i] : -x[i - d];
-        return v > 0.0f ? v : 0.0f;
-      };
       for (int64_t j = 1; j <= spec.nu; ++j) {
         float* out = phi + (j - 1) * two_d;
         for (int64_t i = 0; i < two_d; ++i) {
-          out[i] = r(i) * r(((i - j) % two_d + two_d) % two_d);
+          out[i] = math::DpfpR(x, d, i) * math::DpfpR(x, d, math::RollSource(i, j, two_d));
         }
       }
       break;
     }
     case FeatureMapKind::kElu1:
-      for (int64_t i = 0; i < d; ++i) {
-        phi[i] = x[i] > 0.0f ? x[i] + 1.0f : std::exp(x[i]);
-      }
+      for (int64_t i = 0; i < d; ++i) phi[i] = math::Elu1(x[i]);
       break;
     case FeatureMapKind::kFavor: {
       const int64_t m = spec.favor_features;
@@ -63,7 +59,7 @@ void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
       break;
     }
     case FeatureMapKind::kRelu:
-      for (int64_t i = 0; i < d; ++i) phi[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      for (int64_t i = 0; i < d; ++i) phi[i] = math::Relu(x[i]);
       break;
     case FeatureMapKind::kIdentity:
       for (int64_t i = 0; i < d; ++i) phi[i] = x[i];
@@ -104,14 +100,11 @@ void FeatureMapRowBackward(const FeatureMapSpec& spec, const float* x, int64_t d
       const int64_t two_d = 2 * d;
       r.resize(two_d);
       dr.assign(two_d, 0.0f);
-      for (int64_t i = 0; i < d; ++i) {
-        r[i] = x[i] > 0.0f ? x[i] : 0.0f;
-        r[d + i] = x[i] < 0.0f ? -x[i] : 0.0f;
-      }
+      for (int64_t i = 0; i < two_d; ++i) r[i] = math::DpfpR(x, d, i);
       for (int64_t j = 1; j <= spec.nu; ++j) {
         const float* dgj = dg.data() + (j - 1) * two_d;
         for (int64_t i = 0; i < two_d; ++i) {
-          const int64_t src = ((i - j) % two_d + two_d) % two_d;
+          const int64_t src = math::RollSource(i, j, two_d);
           dr[i] += dgj[i] * r[src];
           dr[src] += dgj[i] * r[i];
         }
@@ -122,7 +115,7 @@ void FeatureMapRowBackward(const FeatureMapSpec& spec, const float* x, int64_t d
       break;
     }
     case FeatureMapKind::kElu1:
-      for (int64_t i = 0; i < d; ++i) dx[i] = dg[i] * (x[i] > 0.0f ? 1.0f : std::exp(x[i]));
+      for (int64_t i = 0; i < d; ++i) dx[i] = dg[i] * math::Elu1Grad(x[i]);
       break;
     case FeatureMapKind::kFavor: {
       // g_f = e^{ω_f·x − ‖x‖²/2}/√(2m), g_{m+f} = e^{−ω_f·x − ‖x‖²/2}/√(2m):

@@ -23,6 +23,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(Backend& backend,
                                                      const Config& config,
                                                      const HostWeights& weights) {
   FWP_RETURN_IF_ERROR(config.Validate());
+  FWP_RETURN_IF_ERROR(backend.CheckAttention(config.Attention()));
   for (const TensorSpec& spec : ExpectedTensors(config)) {
     auto it = weights.find(spec.name);
     int64_t n = 1;

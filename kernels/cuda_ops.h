@@ -1,0 +1,77 @@
+// Launchers of the CUDA ops: the same shapes and conventions as the CPU ops
+// (kernels/<op>.h), device pointers, enqueued on `stream`. Implemented in the
+// .cu file beside each op's .cc; used through CudaBackend.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/activation.h"
+#include "kernels/adamw.h"
+#include "kernels/fast_weight.h"
+#include "kernels/feature_map.h"
+
+namespace fwp::cuda {
+
+// matmul.cu (cuBLAS, full float32: no TF32)
+void Matmul(cublasHandle_t handle, cudaStream_t stream, const float* a, const float* b,
+            const float* bias, float* c, int64_t m, int64_t n, int64_t k, bool accumulate);
+void MatmulBackward(cublasHandle_t handle, cudaStream_t stream, const float* dc,
+                    const float* a, const float* b, float* da, float* db, float* dbias,
+                    int64_t m, int64_t n, int64_t k);
+
+// embedding.cu
+void Embedding(cudaStream_t stream, const int32_t* tokens, const int64_t* positions, int64_t n,
+               const float* table, int64_t d, float* out);
+void EmbeddingBackward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* dout,
+                       int64_t d, float* dtable);
+
+// layernorm.cu; the backward needs 2·rows floats of device scratch.
+void LayerNorm(cudaStream_t stream, const float* x, const float* gamma, const float* beta,
+               int64_t rows, int64_t d, float eps, float* y);
+void LayerNormBackward(cudaStream_t stream, const float* x, const float* gamma, const float* dy,
+                       int64_t rows, int64_t d, float eps, float* dx, float* dgamma,
+                       float* dbeta, float* scratch);
+
+// activation.cu
+void Activate(cudaStream_t stream, Activation act, float* x, int64_t n);
+void ActivateBackward(cudaStream_t stream, Activation act, const float* x, const float* dy,
+                      int64_t n, float* dx);
+
+// feature_map.cu
+void FeatureMap(cudaStream_t stream, const FeatureMapSpec& spec, const float* x, int64_t rows,
+                int64_t d, int64_t x_stride, const float* favor_proj, float* phi);
+void FeatureMapBackward(cudaStream_t stream, const FeatureMapSpec& spec, const float* x,
+                        int64_t rows, int64_t d, int64_t x_stride, const float* favor_proj,
+                        const float* dphi, float* dx, int64_t dx_stride);
+
+// fast_weight.cu. Supported shapes: d_head a power of two in [8, 256] and
+// d_φ·d_head ≤ 65536 (FastWeightSupported says why not otherwise). The
+// backward needs FastWeightBackwardScratch(...) floats of device scratch.
+bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not);
+void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const float* qkvb,
+                        const float* favor_proj, const int32_t* slots, int64_t batch,
+                        int64_t time, const StateView& state, float* y);
+void FastWeightStep(cudaStream_t stream, const FastWeightSpec& spec, const float* qkvb,
+                    const float* favor_proj, const int32_t* slots, int64_t n,
+                    const StateView& state, float* y);
+int64_t FastWeightBackwardScratch(const FastWeightSpec& spec, int64_t batch, int64_t time,
+                                  int64_t chunk);
+void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
+                                const float* qkvb, const float* favor_proj,
+                                const int32_t* slots, int64_t batch, int64_t time,
+                                const StateView& state, const float* dy, float* dqkvb,
+                                const StateView& dstate, int64_t chunk, float* scratch);
+
+// cross_entropy.cu
+void SoftmaxCrossEntropy(cudaStream_t stream, const float* logits, const int32_t* targets,
+                         int64_t rows, int64_t vocab, float* losses, float* dlogits,
+                         float dloss);
+
+// adamw.cu
+void AdamW(cudaStream_t stream, float* param, const float* grad, float* m, float* v, int64_t n,
+           const AdamWParams& params);
+
+}  // namespace fwp::cuda

@@ -1,0 +1,373 @@
+// Every CUDA op against the CPU backend on fresh random inputs, with outputs
+// poisoned (NaN) before the run so that an element the kernel never writes
+// fails the comparison. Skips, saying why, where no GPU can be used.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/backend.h"
+#include "kernels/cross_entropy.h"
+#include "model/model.h"
+#include "tests/reference.h"
+
+namespace fwp {
+namespace {
+
+using testing::RandomVector;
+using testing::RelativeError;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto gpu = MakeCudaBackend(0);
+    if (!gpu.ok()) GTEST_SKIP() << "no CUDA backend: " << gpu.status().message();
+    gpu_ = std::move(*gpu);
+    cpu_ = MakeCpuBackend();
+  }
+
+  // A device copy of host data; lives as long as the fixture.
+  template <typename T>
+  T* Up(const std::vector<T>& host) {
+    auto buffer = Buffer::Allocate(*gpu_, std::max<size_t>(host.size(), 1) * sizeof(T));
+    EXPECT_TRUE(buffer.ok());
+    gpu_->CopyToDevice(buffer->data(), host.data(), host.size() * sizeof(T));
+    T* p = static_cast<T*>(buffer->data());
+    buffers_.push_back(std::move(*buffer));
+    return p;
+  }
+  template <typename T>
+  std::vector<T> Down(const T* device, size_t n) {
+    std::vector<T> host(n);
+    gpu_->CopyToHost(host.data(), device, n * sizeof(T));
+    return host;
+  }
+  float* Poisoned(size_t n) { return Up(std::vector<float>(n, kNaN)); }
+
+  std::unique_ptr<Backend> gpu_, cpu_;
+  std::vector<Buffer> buffers_;
+};
+
+TEST_F(CudaOps, Matmul) {
+  Rng rng(1);
+  for (auto [m, n, k] : {std::tuple{1, 7, 5}, {33, 65, 129}, {256, 512, 256}}) {
+    const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng);
+    const auto bias = RandomVector(n, rng), c0 = RandomVector(m * n, rng);
+    for (bool accumulate : {false, true}) {
+      std::vector<float> want = c0;
+      cpu_->Matmul(a.data(), b.data(), bias.data(), want.data(), m, n, k, accumulate);
+      float* c = accumulate ? Up(c0) : Poisoned(m * n);
+      gpu_->Matmul(Up(a), Up(b), Up(bias), c, m, n, k, accumulate);
+      EXPECT_LT(RelativeError(Down(c, m * n), want), 1e-5) << m << "x" << n << "x" << k;
+    }
+  }
+}
+
+TEST_F(CudaOps, MatmulBackward) {
+  Rng rng(2);
+  const int64_t m = 37, n = 50, k = 64;
+  const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng), dc = RandomVector(m * n, rng);
+  const auto db0 = RandomVector(n * k, rng), dbias0 = RandomVector(n, rng);
+  std::vector<float> da(m * k), db = db0, dbias = dbias0;
+  cpu_->MatmulBackward(dc.data(), a.data(), b.data(), da.data(), db.data(), dbias.data(), m, n, k);
+  float* gda = Poisoned(m * k);
+  float* gdb = Up(db0);
+  float* gdbias = Up(dbias0);
+  gpu_->MatmulBackward(Up(dc), Up(a), Up(b), gda, gdb, gdbias, m, n, k);
+  EXPECT_LT(RelativeError(Down(gda, m * k), da), 1e-5);
+  EXPECT_LT(RelativeError(Down(gdb, n * k), db), 1e-5);
+  EXPECT_LT(RelativeError(Down(gdbias, n), dbias), 1e-5);
+}
+
+TEST_F(CudaOps, EmbeddingForwardAndBackward) {
+  Rng rng(3);
+  const int64_t vocab = 300, d = 64, n = 77;
+  const auto table = RandomVector(vocab * d, rng);
+  std::vector<int32_t> tokens(n);
+  std::vector<int64_t> positions(n);
+  for (int64_t i = 0; i < n; ++i) {
+    tokens[i] = static_cast<int32_t>(rng.Next() % vocab);
+    positions[i] = static_cast<int64_t>(rng.Next() % 50000);
+  }
+  std::vector<float> want(n * d);
+  cpu_->Embedding(tokens.data(), positions.data(), n, table.data(), d, want.data());
+  float* out = Poisoned(n * d);
+  gpu_->Embedding(Up(tokens), Up(positions), n, Up(table), d, out);
+  EXPECT_LT(RelativeError(Down(out, n * d), want), 1e-6);
+
+  const auto dout = RandomVector(n * d, rng);
+  std::vector<float> dtable(vocab * d, 0.25f);
+  cpu_->EmbeddingBackward(tokens.data(), n, dout.data(), d, dtable.data());
+  float* gdtable = Up(std::vector<float>(vocab * d, 0.25f));
+  gpu_->EmbeddingBackward(Up(tokens), n, Up(dout), d, gdtable);
+  EXPECT_LT(RelativeError(Down(gdtable, vocab * d), dtable), 1e-6);
+}
+
+TEST_F(CudaOps, LayerNormForwardAndBackward) {
+  Rng rng(4);
+  const int64_t rows = 45, d = 200;
+  auto x = RandomVector(rows * d, rng, 3.0);
+  const auto gamma = RandomVector(d, rng), beta = RandomVector(d, rng), dy = RandomVector(rows * d, rng);
+  std::vector<float> want(rows * d);
+  cpu_->LayerNorm(x.data(), gamma.data(), beta.data(), rows, d, 1e-5f, want.data());
+  float* gx = Up(x);
+  float* y = Poisoned(rows * d);
+  gpu_->LayerNorm(gx, Up(gamma), Up(beta), rows, d, 1e-5f, y);
+  EXPECT_LT(RelativeError(Down(y, rows * d), want), 1e-5);
+
+  const auto dx0 = RandomVector(rows * d, rng);
+  std::vector<float> dx = dx0, dgamma(d, 0.0f), dbeta(d, 0.0f);
+  cpu_->LayerNormBackward(x.data(), gamma.data(), dy.data(), rows, d, 1e-5f, dx.data(),
+                          dgamma.data(), dbeta.data());
+  float* gdx = Up(dx0);
+  float* gdgamma = Up(std::vector<float>(d, 0.0f));
+  float* gdbeta = Up(std::vector<float>(d, 0.0f));
+  gpu_->LayerNormBackward(gx, Up(gamma), Up(dy), rows, d, 1e-5f, gdx, gdgamma, gdbeta);
+  EXPECT_LT(RelativeError(Down(gdx, rows * d), dx), 1e-5);
+  EXPECT_LT(RelativeError(Down(gdgamma, d), dgamma), 1e-5);
+  EXPECT_LT(RelativeError(Down(gdbeta, d), dbeta), 1e-5);
+}
+
+TEST_F(CudaOps, ActivationForwardAndBackward) {
+  Rng rng(5);
+  const int64_t n = 5000;
+  const auto x = RandomVector(n, rng, 3.0), dy = RandomVector(n, rng);
+  for (Activation act : {Activation::kRelu, Activation::kGelu}) {
+    std::vector<float> want = x, dwant(n);
+    cpu_->Activate(act, want.data(), n);
+    cpu_->ActivateBackward(act, x.data(), dy.data(), n, dwant.data());
+    float* gx = Up(x);
+    float* gdx = Poisoned(n);
+    gpu_->ActivateBackward(act, gx, Up(dy), n, gdx);
+    gpu_->Activate(act, gx, n);
+    EXPECT_LT(RelativeError(Down(gx, n), want), 1e-6) << ActivationName(act);
+    EXPECT_LT(RelativeError(Down(gdx, n), dwant), 1e-6) << ActivationName(act);
+  }
+}
+
+TEST_F(CudaOps, FeatureMapsForwardAndBackward) {
+  const int64_t rows = 40, d = 32, stride = 3 * d + 1;
+  const FeatureMapKind kinds[] = {FeatureMapKind::kDpfp, FeatureMapKind::kElu1,
+                                  FeatureMapKind::kFavor, FeatureMapKind::kRelu,
+                                  FeatureMapKind::kIdentity};
+  for (FeatureMapKind kind : kinds) {
+    for (bool sum_norm : {false, true}) {
+      if (sum_norm && kind == FeatureMapKind::kIdentity) continue;
+      FeatureMapSpec spec{kind, 3, 48, sum_norm};
+      SCOPED_TRACE(absl::StrCat(FeatureMapName(kind), " sum_norm ", sum_norm));
+      Rng rng(6);
+      const auto x = RandomVector(rows * stride, rng, 0.7);
+      const auto omega = RandomVector(48 * d, rng, 0.3);
+      const int64_t dp = spec.OutputDim(d);
+      const auto dphi = RandomVector(rows * dp, rng);
+      std::vector<float> phi(rows * dp), dx(rows * d);
+      cpu_->FeatureMap(spec, x.data() + d, rows, d, stride, omega.data(), phi.data());
+      cpu_->FeatureMapBackward(spec, x.data() + d, rows, d, stride, omega.data(), dphi.data(),
+                               dx.data(), d);
+      float* gx = Up(x);
+      float* gomega = Up(omega);
+      float* gphi = Poisoned(rows * dp);
+      float* gdx = Poisoned(rows * d);
+      gpu_->FeatureMap(spec, gx + d, rows, d, stride, gomega, gphi);
+      gpu_->FeatureMapBackward(spec, gx + d, rows, d, stride, gomega, Up(dphi), gdx, d);
+      EXPECT_LT(RelativeError(Down(gphi, rows * dp), phi), 1e-5);
+      EXPECT_LT(RelativeError(Down(gdx, rows * d), dx), 1e-5);
+    }
+  }
+}
+
+// A pool of slots laid out like the model's: S for all heads, then z.
+struct PoolLayout {
+  explicit PoolLayout(const FastWeightSpec& spec)
+      : s_floats(spec.heads * spec.DPhi() * spec.d_head),
+        z_floats(spec.HasNormalizer() ? spec.heads * spec.DPhi() : 0) {}
+  int64_t slot_floats() const { return s_floats + z_floats; }
+  StateView View(float* base) const { return StateView{base, slot_floats(), 0, s_floats}; }
+  std::vector<float> Random(int64_t slots, Rng& rng) const {
+    auto v = RandomVector(slots * slot_floats(), rng, 0.1);
+    for (int64_t s = 0; s < slots; ++s) {
+      for (int64_t i = s_floats; i < slot_floats(); ++i) v[s * slot_floats() + i] = std::abs(v[s * slot_floats() + i]);
+    }
+    return v;
+  }
+  int64_t s_floats, z_floats;
+};
+
+std::string Name(const FastWeightSpec& s) {
+  return absl::StrCat(UpdateRuleName(s.update), "+", FeatureMapName(s.phi.kind),
+                      s.attention_normalizer ? "+normaliser" : "");
+}
+
+TEST_F(CudaOps, FastWeightSequenceForwardAndBackward) {
+  const int64_t heads = 4, d_head = 32, batch = 3, time = 200, slots_in_pool = 5;
+  const std::vector<int32_t> slots = {4, 0, 2};
+  for (const FastWeightSpec& spec : testing::AllAttentionVariants(heads, d_head)) {
+    SCOPED_TRACE(Name(spec));
+    Rng rng(7);
+    const PoolLayout layout(spec);
+    const auto initial = layout.Random(slots_in_pool, rng);
+    const auto qkvb = RandomVector(batch * time * spec.RowWidth(), rng, 0.3);
+    const auto omega = RandomVector(spec.phi.favor_features * d_head, rng, 0.5);
+    const auto dy = RandomVector(batch * time * heads * d_head, rng);
+    const auto dfinal = RandomVector(slots_in_pool * layout.slot_floats(), rng);
+    const int64_t ny = batch * time * heads * d_head;
+
+    std::vector<float> state = initial, y(ny);
+    cpu_->FastWeightSequence(spec, qkvb.data(), omega.data(), slots.data(), batch, time,
+                             layout.View(state.data()), y.data(), 64);
+    std::vector<float> dqkvb(qkvb.size()), dstate = dfinal;
+    cpu_->FastWeightSequenceBackward(spec, qkvb.data(), omega.data(), slots.data(), batch, time,
+                                     layout.View(const_cast<float*>(initial.data())), dy.data(),
+                                     dqkvb.data(), layout.View(dstate.data()), 16);
+
+    float* gstate = Up(initial);
+    float* gq = Up(qkvb);
+    float* gomega = Up(omega);
+    int32_t* gslots = Up(slots);
+    float* gy = Poisoned(ny);
+    gpu_->FastWeightSequence(spec, gq, gomega, gslots, batch, time, layout.View(gstate), gy, 64);
+    EXPECT_LT(RelativeError(Down(gy, ny), y), 1e-5) << "y";
+    const auto got_state = Down(gstate, state.size());
+    EXPECT_LT(RelativeError(got_state, state), 1e-5) << "final state";
+    for (int32_t untouched : {1, 3}) {
+      const int64_t f = layout.slot_floats();
+      EXPECT_EQ(0, std::memcmp(got_state.data() + untouched * f, initial.data() + untouched * f,
+                               f * sizeof(float)));
+    }
+    float* ginitial = Up(initial);
+    float* gdq = Poisoned(qkvb.size());
+    float* gdstate = Up(dfinal);
+    gpu_->FastWeightSequenceBackward(spec, gq, gomega, gslots, batch, time, layout.View(ginitial),
+                                     Up(dy), gdq, layout.View(gdstate), 16);
+    EXPECT_LT(RelativeError(Down(gdq, qkvb.size()), dqkvb), 1e-5) << "dqkvb";
+    EXPECT_LT(RelativeError(Down(gdstate, dstate.size()), dstate), 1e-5) << "dstate";
+  }
+}
+
+TEST_F(CudaOps, ThousandDecodeStepsOverSixtyFourSlotsMatchTheCpu) {
+  const int64_t heads = 4, d_head = 64, num_slots = 64, steps = 1000;
+  for (const FastWeightSpec& spec : testing::AllAttentionVariants(heads, d_head)) {
+    if (spec.phi.kind != FeatureMapKind::kDpfp && spec.phi.kind != FeatureMapKind::kElu1) continue;
+    SCOPED_TRACE(Name(spec));
+    Rng rng(8);
+    const PoolLayout layout(spec);
+    auto state = layout.Random(num_slots, rng);
+    float* gstate = Up(state);
+    const auto omega = RandomVector(spec.phi.favor_features * d_head, rng, 0.5);
+    float* gomega = Up(omega);
+    std::vector<int32_t> order(num_slots);
+    std::iota(order.begin(), order.end(), 0);
+    std::vector<double> ys, ys_ref;
+    auto qkvb_buffer = Buffer::Allocate(*gpu_, num_slots * spec.RowWidth() * sizeof(float));
+    auto slots_buffer = Buffer::Allocate(*gpu_, num_slots * sizeof(int32_t));
+    auto y_buffer = Buffer::Allocate(*gpu_, num_slots * heads * d_head * sizeof(float));
+    ASSERT_TRUE(qkvb_buffer.ok() && slots_buffer.ok() && y_buffer.ok());
+    for (int64_t step = 0; step < steps; ++step) {
+      for (int64_t i = num_slots - 1; i > 0; --i) std::swap(order[i], order[rng.Next() % (i + 1)]);
+      const int64_t n = 1 + rng.Next() % num_slots;
+      const auto qkvb = RandomVector(n * spec.RowWidth(), rng, 0.3);
+      std::vector<float> y(n * heads * d_head);
+      const std::vector<float> before = state;
+      cpu_->FastWeightStep(spec, qkvb.data(), omega.data(), order.data(), n,
+                           layout.View(state.data()), y.data());
+      gpu_->CopyToDevice(qkvb_buffer->data(), qkvb.data(), qkvb.size() * sizeof(float));
+      gpu_->CopyToDevice(slots_buffer->data(), order.data(), n * sizeof(int32_t));
+      gpu_->FastWeightStep(spec, qkvb_buffer->f32(), gomega,
+                           static_cast<const int32_t*>(slots_buffer->data()), n,
+                           layout.View(gstate), y_buffer->f32());
+      const auto gy = Down(y_buffer->f32(), n * heads * d_head);
+      ys.insert(ys.end(), gy.begin(), gy.end());
+      ys_ref.insert(ys_ref.end(), y.begin(), y.end());
+      if (step % 100 == 0) {  // untouched slots stay bit-identical on the GPU
+        const auto got = Down(gstate, state.size());
+        const int64_t f = layout.slot_floats();
+        for (int64_t i = n; i < num_slots; ++i) {
+          ASSERT_EQ(0, std::memcmp(got.data() + order[i] * f, before.data() + order[i] * f,
+                                   f * sizeof(float)))
+              << "slot " << order[i] << " changed at step " << step;
+        }
+        // Re-align the CPU reference with the GPU so drift cannot compound.
+        EXPECT_LT(RelativeError(got, state), 1e-5) << "state at step " << step;
+        state = got;
+      }
+    }
+    EXPECT_LT(RelativeError(ys, ys_ref), 1e-5);
+  }
+}
+
+TEST_F(CudaOps, SoftmaxCrossEntropyAndAdamW) {
+  Rng rng(9);
+  const int64_t rows = 20, vocab = 3000;
+  const auto logits = RandomVector(rows * vocab, rng, 3.0);
+  std::vector<int32_t> targets(rows);
+  for (int64_t r = 0; r < rows; ++r) targets[r] = r == 3 ? -1 : static_cast<int32_t>(rng.Next() % vocab);
+  std::vector<float> losses(rows), dlogits(rows * vocab);
+  cpu_->SoftmaxCrossEntropy(logits.data(), targets.data(), rows, vocab, losses.data(),
+                            dlogits.data(), 0.05f);
+  float* glosses = Poisoned(rows);
+  float* gdlogits = Poisoned(rows * vocab);
+  gpu_->SoftmaxCrossEntropy(Up(logits), Up(targets), rows, vocab, glosses, gdlogits, 0.05f);
+  EXPECT_LT(RelativeError(Down(glosses, rows), losses), 1e-5);
+  EXPECT_LT(RelativeError(Down(gdlogits, rows * vocab), dlogits), 1e-5);
+
+  const int64_t n = 10000;
+  auto param = RandomVector(n, rng), m = RandomVector(n, rng, 0.1), v = RandomVector(n, rng, 0.1);
+  for (float& x : v) x = std::abs(x);
+  const auto grad = RandomVector(n, rng);
+  float* gp = Up(param);
+  float* gm = Up(m);
+  float* gv = Up(v);
+  AdamWParams hp;
+  hp.lr = 3e-3f;
+  hp.weight_decay = 0.1f;
+  hp.step = 7;
+  cpu_->AdamW(param.data(), grad.data(), m.data(), v.data(), n, hp);
+  gpu_->AdamW(gp, Up(grad), gm, gv, n, hp);
+  EXPECT_LT(RelativeError(Down(gp, n), param), 1e-6);
+  EXPECT_LT(RelativeError(Down(gm, n), m), 1e-6);
+  EXPECT_LT(RelativeError(Down(gv, n), v), 1e-6);
+}
+
+TEST_F(CudaOps, TheWholeModelAgreesWithTheCpuModelInEveryForm) {
+  Config c;
+  c.vocab_size = 512;
+  c.d_model = 128;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.d_head = 32;
+  c.d_ff = 256;
+  c.positions = Positions::kSinusoidal;
+  const HostWeights weights = RandomWeights(c, 11, 0.1f);
+  auto cpu_model = Model::Create(*cpu_, c, weights);
+  auto gpu_model = Model::Create(*gpu_, c, weights);
+  ASSERT_TRUE(cpu_model.ok() && gpu_model.ok());
+  Rng rng(12);
+  std::vector<int32_t> tokens(150);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng.Next() % c.vocab_size);
+  const int64_t V = c.vocab_size;
+  auto run = [&](Model& model, int form) {  // 0 parallel, 1 chunked by 7, 2 recurrent
+    auto pool = model.NewStatePool(2);
+    const int32_t slot = 1;
+    std::vector<float> logits(tokens.size() * V);
+    for (size_t t0 = 0; t0 < tokens.size();) {
+      const size_t n = form == 0 ? tokens.size() : form == 1 ? std::min<size_t>(7, tokens.size() - t0) : 1;
+      auto piece = absl::MakeConstSpan(tokens).subspan(t0, n);
+      auto status = form == 2 ? model.Step(**pool, {&slot, 1}, piece, logits.data() + t0 * V)
+                              : model.Prefill(**pool, {&slot, 1}, piece, true, logits.data() + t0 * V);
+      EXPECT_TRUE(status.ok()) << status;
+      t0 += n;
+    }
+    return logits;
+  };
+  const auto want = run(**cpu_model, 0);
+  for (int form : {0, 1, 2}) {
+    EXPECT_LT(RelativeError(run(**gpu_model, form), want), 1e-4) << "form " << form;
+  }
+}
+
+}  // namespace
+}  // namespace fwp
