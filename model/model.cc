@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "model/train_workspace.h"
 
 namespace fwp {
 namespace {
@@ -18,6 +19,10 @@ absl::StatusOr<Buffer> Upload(Backend& backend, const std::vector<float>& host) 
 }
 
 }  // namespace
+
+Model::Model(Backend& backend, const Config& config) : backend_(backend), config_(config) {}
+
+Model::~Model() = default;
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(Backend& backend,
                                                      const Config& config,
@@ -62,6 +67,33 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(Backend& backend,
     model->layers_.push_back(std::move(layer));
   }
   return model;
+}
+
+std::vector<Model::Parameter> Model::Parameters() {
+  std::vector<Parameter> params;
+  auto add = [&](const std::string& name, Buffer& b) {
+    params.push_back({name, b.f32(), static_cast<int64_t>(b.bytes() / sizeof(float))});
+  };
+  add("embed.weight", embed_);
+  for (int64_t l = 0; l < config_.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    Layer& L = layers_[l];
+    add(p + "attn_norm.weight", L.attn_norm_w);
+    add(p + "attn_norm.bias", L.attn_norm_b);
+    add(p + (config_.update == UpdateRule::kDelta ? "attn.qkvb.weight" : "attn.qkv.weight"),
+        L.qkvb);
+    add(p + "attn.out.weight", L.out);
+    add(p + "ffn_norm.weight", L.ffn_norm_w);
+    add(p + "ffn_norm.bias", L.ffn_norm_b);
+    add(p + "ffn.up.weight", L.up_w);
+    add(p + "ffn.up.bias", L.up_b);
+    add(p + "ffn.down.weight", L.down_w);
+    add(p + "ffn.down.bias", L.down_b);
+  }
+  add("final_norm.weight", final_norm_w_);
+  add("final_norm.bias", final_norm_b_);
+  if (!config_.tied_embeddings) add("lm_head.weight", lm_head_);
+  return params;
 }
 
 absl::StatusOr<std::unique_ptr<StatePool>> Model::NewStatePool(int32_t capacity) const {

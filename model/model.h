@@ -19,6 +19,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -37,6 +39,7 @@ class Model {
                                                        const HostWeights& weights);
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
+  ~Model();
 
   const Config& config() const { return config_; }
   Backend& backend() const { return backend_; }
@@ -56,6 +59,29 @@ class Model {
   absl::Status Step(StatePool& pool, absl::Span<const int32_t> slots,
                     absl::Span<const int32_t> tokens, float* logits);
 
+  // A trainable tensor: its name (model/README.md), device data, element count.
+  struct Parameter {
+    std::string name;
+    float* data;
+    int64_t size;
+  };
+  // Every parameter, in ExpectedTensors order (a tied output matrix is the
+  // embedding, listed once; FAVOR projections are fixed and not listed).
+  std::vector<Parameter> Parameters();
+
+  // The training form (model_train.cc): runs tokens [batch, time] from empty
+  // states, scores the next-token targets [batch, time] (negative: ignored),
+  // and backpropagates the mean loss, adding each parameter's gradient into
+  // grads[i] (one device buffer per Parameters()[i]). Returns the mean loss
+  // and the number of scored targets.
+  struct Loss {
+    double mean = 0.0;
+    int64_t count = 0;
+  };
+  absl::StatusOr<Loss> ForwardBackward(absl::Span<const int32_t> tokens,
+                                       absl::Span<const int32_t> targets, int64_t batch,
+                                       std::vector<Buffer>& grads);
+
   // The fast-weight op's chunk length for Prefill (≥ 1; default 64).
   int64_t chunk_size() const { return chunk_size_; }
   void set_chunk_size(int64_t chunk) { chunk_size_ = chunk < 1 ? 1 : chunk; }
@@ -66,8 +92,7 @@ class Model {
     Buffer ffn_norm_w, ffn_norm_b, up_w, up_b, down_w, down_b;
   };
 
-  Model(Backend& backend, const Config& config)
-      : backend_(backend), config_(config) {}
+  Model(Backend& backend, const Config& config);
 
   absl::Status Run(StatePool& pool, absl::Span<const int32_t> slots,
                    absl::Span<const int32_t> tokens, int64_t time, bool step,
@@ -75,6 +100,8 @@ class Model {
   absl::Status Validate(const StatePool& pool, absl::Span<const int32_t> slots,
                         absl::Span<const int32_t> tokens) const;
   absl::Status Reserve(int64_t rows, int64_t batch);
+
+  struct TrainWorkspace;
 
   Backend& backend_;
   Config config_;
@@ -87,6 +114,8 @@ class Model {
   int64_t batch_capacity_ = 0;
   Buffer x_, xn_, qkvb_, y_, ff_, logits_;  // activations
   Buffer tokens_, positions_, slots_;       // inputs
+
+  std::unique_ptr<TrainWorkspace> train_;  // model_train.cc
 };
 
 }  // namespace fwp
