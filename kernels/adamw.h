@@ -15,6 +15,7 @@ struct AdamWParams {
   float eps = 1e-8f;
   float weight_decay = 0.0f;
   int64_t step = 1;  // 1-based, after this update
+  float grad_scale = 1.0f;  // multiplies every gradient (norm clipping)
 };
 
 }  // namespace fwp
@@ -24,5 +25,8 @@ namespace fwp::cpu {
 // param, grad, m, v: [n]; param, m and v are updated in place.
 void AdamW(float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWParams& p);
+
+// Σ x_i² in double (for the global gradient norm).
+double SumSquares(const float* x, int64_t n);
 
 }  // namespace fwp::cpu

@@ -87,6 +87,8 @@ class Backend {
                                    float dloss) = 0;
   virtual void AdamW(float* param, const float* grad, float* m, float* v, int64_t n,
                      const AdamWParams& params) = 0;
+  // Σ x², returned to the host (synchronises).
+  virtual double SumSquares(const float* x, int64_t n) = 0;
 };
 
 // The CPU reference backend.

@@ -118,6 +118,7 @@ class CpuBackend final : public Backend {
              const AdamWParams& params) override {
     cpu::AdamW(param, grad, m, v, n, params);
   }
+  double SumSquares(const float* x, int64_t n) override { return cpu::SumSquares(x, n); }
 };
 
 }  // namespace

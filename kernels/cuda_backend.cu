@@ -4,6 +4,7 @@
 // a failed launch aborts (cuda_common.cuh).
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
@@ -140,6 +141,17 @@ class CudaBackend final : public Backend {
   void AdamW(float* param, const float* grad, float* m, float* v, int64_t n,
              const AdamWParams& params) override {
     cuda::AdamW(stream_, param, grad, m, v, n, params);
+  }
+  double SumSquares(const float* x, int64_t n) override {
+    if (n == 0) return 0.0;
+    const int blocks = cuda::SumSquaresBlocks(n);
+    auto* partial = reinterpret_cast<double*>(Scratch(2 * blocks));
+    cuda::SumSquares(stream_, x, n, partial);
+    std::vector<double> host(blocks);
+    CopyToHost(host.data(), partial, blocks * sizeof(double));
+    double total = 0.0;
+    for (double v : host) total += v;
+    return total;
   }
 
  private:

@@ -73,5 +73,8 @@ void SoftmaxCrossEntropy(cudaStream_t stream, const float* logits, const int32_t
 // adamw.cu
 void AdamW(cudaStream_t stream, float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWParams& params);
+// Σ x² as SumSquaresBlocks(n) partial doubles (device) for the host to add.
+int SumSquaresBlocks(int64_t n);
+void SumSquares(cudaStream_t stream, const float* x, int64_t n, double* partial);
 
 }  // namespace fwp::cuda

@@ -1,0 +1,72 @@
+#include "train/optimizer.h"
+
+#include <gtest/gtest.h>
+
+#include "kernels/random.h"
+
+namespace fwp {
+namespace {
+
+TEST(LearningRate, WarmsUpLinearlyThenDecaysOnACosine) {
+  OptimizerConfig c;
+  c.lr = 1.0f;
+  c.min_lr_ratio = 0.1f;
+  c.warmup_steps = 10;
+  c.total_steps = 110;
+  EXPECT_FLOAT_EQ(LearningRate(c, 1), 0.1f);
+  EXPECT_FLOAT_EQ(LearningRate(c, 5), 0.5f);
+  EXPECT_FLOAT_EQ(LearningRate(c, 10), 1.0f);
+  EXPECT_NEAR(LearningRate(c, 60), 0.55f, 1e-6);  // half way: (1 + 0.1) / 2
+  EXPECT_NEAR(LearningRate(c, 110), 0.1f, 1e-6);
+  EXPECT_NEAR(LearningRate(c, 500), 0.1f, 1e-6);  // stays at the floor
+}
+
+// Memorises one batch of random tokens: the loss must fall from ln(vocab).
+void OverfitOneBatch(Backend& backend) {
+  Config c;
+  c.vocab_size = 32;
+  c.d_model = 32;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.d_head = 16;
+  c.d_ff = 64;
+  auto model = Model::Create(backend, c, RandomWeights(c, 1));
+  ASSERT_TRUE(model.ok()) << model.status();
+  OptimizerConfig oc;
+  oc.lr = 1e-2f;
+  oc.warmup_steps = 10;
+  oc.total_steps = 150;
+  oc.weight_decay = 0.0f;
+  auto opt = Optimizer::Create(**model, oc);
+  ASSERT_TRUE(opt.ok());
+  const int64_t batch = 4, time = 32;
+  Rng rng(2);
+  std::vector<int32_t> stream(batch * time + 1);
+  for (auto& t : stream) t = static_cast<int32_t>(rng.Next() % c.vocab_size);
+  std::vector<int32_t> tokens(stream.begin(), stream.end() - 1), targets(stream.begin() + 1, stream.end());
+  double first = 0, last = 0;
+  for (int64_t step = 0; step < oc.total_steps; ++step) {
+    (*opt)->ZeroGrads();
+    auto loss = (*model)->ForwardBackward(tokens, targets, batch, (*opt)->grads());
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    if (step == 0) first = loss->mean;
+    last = loss->mean;
+    (*opt)->Step();
+  }
+  EXPECT_NEAR(first, std::log(32.0), 0.3);
+  EXPECT_LT(last, 0.3) << "from " << first;
+}
+
+TEST(Training, ATinyModelOverfitsOneBatchOnTheCpu) {
+  auto backend = MakeCpuBackend();
+  OverfitOneBatch(*backend);
+}
+
+TEST(Training, ATinyModelOverfitsOneBatchOnTheGpu) {
+  auto gpu = MakeCudaBackend(0);
+  if (!gpu.ok()) GTEST_SKIP() << "no CUDA backend: " << gpu.status().message();
+  OverfitOneBatch(**gpu);
+}
+
+}  // namespace
+}  // namespace fwp
