@@ -83,18 +83,27 @@ void Matmul(const float* a, const float* b, const float* bias, float* c,
 
 void MatmulBackward(const float* dc, const float* a, const float* b, float* da,
                     float* db, float* dbias, int64_t m, int64_t n, int64_t k) {
-  // Training shapes, not decode: BLAS is the right tool (batch invariance is a
-  // serving property). OpenBLAS runs single-threaded here (see cpu_backend.cc).
-  if (da != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
-                static_cast<int>(k), static_cast<int>(n), 1.0f, dc, static_cast<int>(n), b,
-                static_cast<int>(k), 0.0f, da, static_cast<int>(k));
-  }
-  if (db != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(n),
-                static_cast<int>(k), static_cast<int>(m), 1.0f, dc, static_cast<int>(n), a,
-                static_cast<int>(k), 1.0f, db, static_cast<int>(k));
-  }
+  // Training shapes, not decode: BLAS kernels do the work (batch invariance is
+  // a serving property), each task on its own block of the output so the
+  // result does not depend on the number of threads.
+  constexpr int64_t kRows = 64;
+  const int64_t da_tasks = da ? (m + kRows - 1) / kRows : 0;
+  const int64_t db_tasks = db ? (n + kRows - 1) / kRows : 0;
+  CpuThreadPool().ParallelFor(da_tasks + db_tasks, [&](int64_t task) {
+    if (task < da_tasks) {  // da[i0:i1] = dc[i0:i1] · b
+      const int64_t i0 = task * kRows, rows = std::min(kRows, m - i0);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
+                  static_cast<int>(k), static_cast<int>(n), 1.0f, dc + i0 * n,
+                  static_cast<int>(n), b, static_cast<int>(k), 0.0f, da + i0 * k,
+                  static_cast<int>(k));
+    } else {  // db[j0:j1] += dc[:, j0:j1]ᵀ · a
+      const int64_t j0 = (task - da_tasks) * kRows, rows = std::min(kRows, n - j0);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(rows),
+                  static_cast<int>(k), static_cast<int>(m), 1.0f, dc + j0,
+                  static_cast<int>(n), a, static_cast<int>(k), 1.0f, db + j0 * k,
+                  static_cast<int>(k));
+    }
+  });
   if (dbias != nullptr) {
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) dbias[j] += dc[i * n + j];

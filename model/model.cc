@@ -96,6 +96,24 @@ std::vector<Model::Parameter> Model::Parameters() {
   return params;
 }
 
+HostWeights Model::Weights() {
+  HostWeights weights;
+  for (const Parameter& p : Parameters()) {
+    std::vector<float> host(p.size);
+    backend_.CopyToHost(host.data(), p.data, p.size * sizeof(float));
+    weights[p.name] = std::move(host);
+  }
+  if (config_.feature_map.kind == FeatureMapKind::kFavor) {
+    for (int64_t l = 0; l < config_.n_layers; ++l) {
+      const Buffer& b = layers_[l].favor_proj;
+      std::vector<float> host(b.bytes() / sizeof(float));
+      backend_.CopyToHost(host.data(), b.data(), b.bytes());
+      weights[absl::StrCat("layers.", l, ".attn.favor_proj")] = std::move(host);
+    }
+  }
+  return weights;
+}
+
 absl::StatusOr<std::unique_ptr<StatePool>> Model::NewStatePool(int32_t capacity) const {
   return StatePool::Create(backend_, state_layout(), capacity);
 }

@@ -68,19 +68,21 @@ class Model {
   // Every parameter, in ExpectedTensors order (a tied output matrix is the
   // embedding, listed once; FAVOR projections are fixed and not listed).
   std::vector<Parameter> Parameters();
+  // Host copies of every tensor (ExpectedTensors), for checkpoints.
+  HostWeights Weights();
 
   // The training form (model_train.cc): runs tokens [batch, time] from empty
   // states, scores the next-token targets [batch, time] (negative: ignored),
   // and backpropagates the mean loss, adding each parameter's gradient into
-  // grads[i] (one device buffer per Parameters()[i]). Returns the mean loss
-  // and the number of scored targets.
+  // (*grads)[i] (one device buffer per Parameters()[i]); with grads null it
+  // only scores. Returns the mean loss and the number of scored targets.
   struct Loss {
     double mean = 0.0;
     int64_t count = 0;
   };
   absl::StatusOr<Loss> ForwardBackward(absl::Span<const int32_t> tokens,
                                        absl::Span<const int32_t> targets, int64_t batch,
-                                       std::vector<Buffer>& grads);
+                                       std::vector<Buffer>* grads);
 
   // The fast-weight op's chunk length for Prefill (≥ 1; default 64).
   int64_t chunk_size() const { return chunk_size_; }

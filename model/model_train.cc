@@ -14,7 +14,7 @@ namespace fwp {
 
 absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tokens,
                                                   absl::Span<const int32_t> targets,
-                                                  int64_t batch, std::vector<Buffer>& grads) {
+                                                  int64_t batch, std::vector<Buffer>* grads) {
   const Config& c = config_;
   if (batch <= 0 || tokens.empty() || tokens.size() % batch != 0 ||
       targets.size() != tokens.size()) {
@@ -23,9 +23,9 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
         " tokens, ", targets.size(), " targets, batch ", batch));
   }
   const std::vector<Parameter> params = Parameters();
-  if (grads.size() != params.size()) {
+  if (grads != nullptr && grads->size() != params.size()) {
     return absl::InvalidArgumentError(absl::StrCat("expected ", params.size(),
-                                                   " gradient buffers, got ", grads.size()));
+                                                   " gradient buffers, got ", grads->size()));
   }
   const int64_t time = tokens.size() / batch;
   const int64_t n = batch * time;
@@ -134,13 +134,21 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
   backend_.Matmul(w.xn_final.f32(), head, nullptr, w.logits.f32(), n, V, D, false);
   const float dloss = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
   backend_.SoftmaxCrossEntropy(w.logits.f32(), static_cast<const int32_t*>(w.targets.data()), n,
-                               V, w.losses.f32(), w.logits.f32(), dloss);
+                               V, w.losses.f32(), grads ? w.logits.f32() : nullptr, dloss);
+  auto mean_loss = [&]() -> Loss {
+    std::vector<float> losses(n);
+    backend_.CopyToHost(losses.data(), w.losses.data(), n * sizeof(float));
+    double total = 0.0;
+    for (float v : losses) total += v;
+    return Loss{count > 0 ? total / count : 0.0, count};
+  };
+  if (grads == nullptr) return mean_loss();
 
   // ---- backward, in reverse ----
   // The gradient buffer of a parameter, by name.
   auto grad_of = [&](const std::string& name) -> float* {
     for (size_t i = 0; i < params.size(); ++i) {
-      if (params[i].name == name) return grads[i].f32();
+      if (params[i].name == name) return (*grads)[i].f32();
     }
     return nullptr;
   };
@@ -178,12 +186,7 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
                                grad_of(p + "attn_norm.weight"), grad_of(p + "attn_norm.bias"));
   }
   backend_.EmbeddingBackward(token_ids, n, dx, D, grad_of("embed.weight"));
-
-  std::vector<float> losses(n);
-  backend_.CopyToHost(losses.data(), w.losses.data(), n * sizeof(float));
-  double total = 0.0;
-  for (float v : losses) total += v;
-  return Loss{count > 0 ? total / count : 0.0, count};
+  return mean_loss();
 }
 
 }  // namespace fwp

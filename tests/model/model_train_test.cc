@@ -159,7 +159,7 @@ TEST(ModelTraining, GradientsMatchFiniteDifferencesOfAFloat64ReferenceForEveryVa
       grads.push_back(std::move(*g));
     }
     (*model)->set_chunk_size(4);  // several chunks in the memory's backward
-    auto loss = (*model)->ForwardBackward(tokens, targets, batch, grads);
+    auto loss = (*model)->ForwardBackward(tokens, targets, batch, &grads);
     ASSERT_TRUE(loss.ok()) << loss.status();
     EXPECT_EQ(loss->count, batch * time - 1);
 

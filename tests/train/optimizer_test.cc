@@ -47,7 +47,7 @@ void OverfitOneBatch(Backend& backend) {
   double first = 0, last = 0;
   for (int64_t step = 0; step < oc.total_steps; ++step) {
     (*opt)->ZeroGrads();
-    auto loss = (*model)->ForwardBackward(tokens, targets, batch, (*opt)->grads());
+    auto loss = (*model)->ForwardBackward(tokens, targets, batch, &(*opt)->grads());
     ASSERT_TRUE(loss.ok()) << loss.status();
     if (step == 0) first = loss->mean;
     last = loss->mean;

@@ -1,0 +1,151 @@
+// fwp-train: trains an FWP language model on prepared token files.
+//
+//   fwp-train --config models/default.json --data data/brown --out runs/default \
+//             --batch 16 --seq 128 --steps 4000 --lr 2e-3
+//   fwp-train --out runs/default --resume [--steps 6000]
+//
+// Prints a progress line (loss, tokens/s, ETA) on a terminal, always appends
+// to <out>/log.csv, and at the end plots <out>/loss.png with gnuplot when it
+// is installed. --backend cuda trains on the GPU.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "train/trainer.h"
+
+ABSL_FLAG(std::string, config, "", "model config.json (new runs)");
+ABSL_FLAG(std::string, data, "data/brown", "prepared data: train.tok, valid.tok, tokenizer.model");
+ABSL_FLAG(std::string, out, "", "checkpoint directory");
+ABSL_FLAG(bool, resume, false, "continue the run in --out");
+ABSL_FLAG(std::string, backend, "cpu", "cpu or cuda");
+ABSL_FLAG(int64_t, batch, 16, "sequences per step");
+ABSL_FLAG(int64_t, seq, 128, "tokens per sequence");
+ABSL_FLAG(int64_t, steps, 1000, "optimiser steps in all");
+ABSL_FLAG(double, lr, 1e-3, "peak learning rate");
+ABSL_FLAG(double, min_lr_ratio, 0.1, "final learning rate as a fraction of --lr");
+ABSL_FLAG(int64_t, warmup, 100, "linear warm-up steps");
+ABSL_FLAG(double, weight_decay, 0.1, "decoupled weight decay of matrices");
+ABSL_FLAG(double, clip, 1.0, "gradient-norm clipping (0: off)");
+ABSL_FLAG(int64_t, eval_every, 200, "steps between evaluations on the valid split");
+ABSL_FLAG(int64_t, eval_windows, 0, "valid windows per evaluation (0: the whole split)");
+ABSL_FLAG(int64_t, checkpoint_every, 500, "steps between checkpoints");
+ABSL_FLAG(uint64_t, seed, 1, "seed of the initial weights and of the batches");
+
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "fwp-train: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+void Plot(const std::string& out) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
+  const std::string script = absl::StrCat(
+      "set terminal pngcairo size 900,500; set output '", out, "/loss.png';",
+      "set datafile separator ','; set key top right; set xlabel 'step'; set ylabel 'loss (nats)';",
+      "set title 'fwp-train'; plot '", out, "/log.csv' every ::1 using 1:3 with lines title 'train',",
+      " '' every ::1 using 1:($6 >= 0 ? $6 : 1/0) with linespoints title 'valid'");
+  const std::string cmd = absl::StrCat("gnuplot -e \"", script, "\" 2>/dev/null");
+  if (std::system(cmd.c_str()) == 0) std::printf("plotted %s/loss.png\n", out.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
+  std::unique_ptr<fwp::Backend> backend;
+  if (absl::GetFlag(FLAGS_backend) == "cuda") {
+    auto gpu = fwp::MakeCudaBackend(0);
+    if (!gpu.ok()) return Fail(gpu.status());
+    backend = std::move(*gpu);
+  } else if (absl::GetFlag(FLAGS_backend) == "cpu") {
+    backend = fwp::MakeCpuBackend();
+  } else {
+    return Fail(absl::InvalidArgumentError("--backend must be cpu or cuda"));
+  }
+  const std::string data = absl::GetFlag(FLAGS_data);
+  auto train = fwp::ReadTokenFile(data + "/train.tok");
+  if (!train.ok()) return Fail(train.status());
+  auto valid = fwp::ReadTokenFile(data + "/valid.tok");
+  if (!valid.ok()) return Fail(valid.status());
+
+  std::unique_ptr<fwp::Trainer> trainer;
+  if (absl::GetFlag(FLAGS_resume)) {
+    auto t = fwp::Trainer::Resume(*backend, out, std::move(*train), std::move(*valid),
+                                  absl::GetFlag(FLAGS_steps));
+    if (!t.ok()) return Fail(t.status());
+    trainer = std::move(*t);
+    std::printf("resuming %s at step %lld\n", out.c_str(), (long long)trainer->step());
+  } else {
+    if (absl::GetFlag(FLAGS_config).empty()) {
+      return Fail(absl::InvalidArgumentError("a new run needs --config (or --resume)"));
+    }
+    auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_config));
+    if (!config.ok()) return Fail(config.status());
+    fwp::TrainerConfig tc;
+    tc.batch = absl::GetFlag(FLAGS_batch);
+    tc.seq = absl::GetFlag(FLAGS_seq);
+    tc.steps = absl::GetFlag(FLAGS_steps);
+    tc.eval_every = absl::GetFlag(FLAGS_eval_every);
+    tc.eval_windows = absl::GetFlag(FLAGS_eval_windows);
+    tc.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+    tc.seed = absl::GetFlag(FLAGS_seed);
+    tc.optimizer.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
+    tc.optimizer.min_lr_ratio = static_cast<float>(absl::GetFlag(FLAGS_min_lr_ratio));
+    tc.optimizer.warmup_steps = absl::GetFlag(FLAGS_warmup);
+    tc.optimizer.total_steps = tc.steps;
+    tc.optimizer.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
+    tc.optimizer.clip_norm = static_cast<float>(absl::GetFlag(FLAGS_clip));
+    std::filesystem::create_directories(out);
+    auto t = fwp::Trainer::Create(*backend, *config, fwp::RandomWeights(*config, tc.seed), tc,
+                                  std::move(*train), std::move(*valid), out,
+                                  data + "/tokenizer.model");
+    if (!t.ok()) return Fail(t.status());
+    trainer = std::move(*t);
+    std::ofstream(out + "/log.csv") << "step,lr,loss,grad_norm,tokens_per_s,valid_loss,valid_ppl\n";
+    std::printf("training %lld parameters on %s for %lld steps\n",
+                (long long)config->ParameterCount(), backend->Name(), (long long)tc.steps);
+  }
+  const bool tty = isatty(fileno(stdout));
+  std::ofstream log(out + "/log.csv", std::ios::app);
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t first = trainer->step();
+  double smooth = 0;
+  auto status = trainer->Run([&](const fwp::StepReport& r) {
+    smooth = r.step == first + 1 ? r.loss : 0.95 * smooth + 0.05 * r.loss;
+    log << r.step << ',' << r.lr << ',' << r.loss << ',' << r.grad_norm << ','
+        << r.tokens_per_second << ',' << r.valid_loss << ','
+        << (r.valid_loss >= 0 ? std::exp(r.valid_loss) : -1) << '\n';
+    log.flush();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double eta = elapsed / (r.step - first) * (trainer->config().steps - r.step);
+    if (tty) {
+      const int width = 30;
+      const int filled = static_cast<int>(width * r.step / trainer->config().steps);
+      std::printf("\r[%.*s%*s] %lld/%lld loss %.3f  %.0f tok/s  ETA %.0fs ", filled,
+                  "##############################", width - filled, "", (long long)r.step,
+                  (long long)trainer->config().steps, smooth, r.tokens_per_second, eta);
+      std::fflush(stdout);
+    }
+    if (r.valid_loss >= 0) {
+      std::printf("%sstep %lld  train %.4f  valid %.4f (ppl %.2f)  %.0f tok/s  %.0fs\n",
+                  tty ? "\n" : "", (long long)r.step, smooth, r.valid_loss, std::exp(r.valid_loss),
+                  r.tokens_per_second, elapsed);
+      std::fflush(stdout);
+    }
+  });
+  if (!status.ok()) return Fail(status);
+  Plot(out);
+  return 0;
+}

@@ -1,0 +1,202 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/random.h"
+#include "kernels/status_macros.h"
+#include "model/atomic_file.h"
+#include "model/model_dir.h"
+#include "model/safetensors.h"
+#include "nlohmann/json.hpp"
+
+namespace fwp {
+namespace {
+
+using nlohmann::json;
+
+json ToJson(const TrainerConfig& c, int64_t step) {
+  const OptimizerConfig& o = c.optimizer;
+  return {{"step", step},
+          {"batch", c.batch},
+          {"seq", c.seq},
+          {"steps", c.steps},
+          {"eval_every", c.eval_every},
+          {"eval_windows", c.eval_windows},
+          {"checkpoint_every", c.checkpoint_every},
+          {"seed", c.seed},
+          {"optimizer",
+           {{"lr", o.lr},
+            {"min_lr_ratio", o.min_lr_ratio},
+            {"warmup_steps", o.warmup_steps},
+            {"total_steps", o.total_steps},
+            {"beta1", o.beta1},
+            {"beta2", o.beta2},
+            {"eps", o.eps},
+            {"weight_decay", o.weight_decay},
+            {"clip_norm", o.clip_norm}}}};
+}
+
+absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("no checkpoint: cannot open ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    const json j = json::parse(text.str());
+    TrainerConfig c;
+    c.batch = j.at("batch");
+    c.seq = j.at("seq");
+    c.steps = j.at("steps");
+    c.eval_every = j.at("eval_every");
+    c.eval_windows = j.at("eval_windows");
+    c.checkpoint_every = j.at("checkpoint_every");
+    c.seed = j.at("seed");
+    const json& o = j.at("optimizer");
+    c.optimizer.lr = o.at("lr");
+    c.optimizer.min_lr_ratio = o.at("min_lr_ratio");
+    c.optimizer.warmup_steps = o.at("warmup_steps");
+    c.optimizer.total_steps = o.at("total_steps");
+    c.optimizer.beta1 = o.at("beta1");
+    c.optimizer.beta2 = o.at("beta2");
+    c.optimizer.eps = o.at("eps");
+    c.optimizer.weight_decay = o.at("weight_decay");
+    c.optimizer.clip_norm = o.at("clip_norm");
+    return c;
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
+  }
+}
+
+absl::Status CheckData(const TokenFile& file, const char* name, const Config& config,
+                       int64_t seq) {
+  if (file.vocab_size > config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " tokens use a vocabulary of ",
+                                                   file.vocab_size, ", the model has ",
+                                                   config.vocab_size));
+  }
+  if (static_cast<int64_t>(file.tokens.size()) < seq + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " split has ", file.tokens.size(),
+                                                   " tokens, fewer than one window of ", seq + 1));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
+    Backend& backend, const Config& config, const HostWeights& weights,
+    const TrainerConfig& trainer, TokenFile train, TokenFile valid, std::string out_dir,
+    std::string tokenizer_path) {
+  if (trainer.batch < 1 || trainer.seq < 1 || trainer.steps < 0) {
+    return absl::InvalidArgumentError("batch and seq must be positive, steps non-negative");
+  }
+  FWP_RETURN_IF_ERROR(CheckData(train, "train", config, trainer.seq));
+  FWP_RETURN_IF_ERROR(CheckData(valid, "valid", config, trainer.seq));
+  std::unique_ptr<Trainer> t(new Trainer());
+  t->config_ = trainer;
+  t->model_config_ = config;
+  FWP_ASSIGN_OR_RETURN(t->model_, Model::Create(backend, config, weights));
+  FWP_ASSIGN_OR_RETURN(t->optimizer_, Optimizer::Create(*t->model_, trainer.optimizer));
+  t->train_ = std::move(train);
+  t->valid_ = std::move(valid);
+  t->out_dir_ = std::move(out_dir);
+  t->tokenizer_path_ = std::move(tokenizer_path);
+  return t;
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
+                                                         const std::string& out_dir,
+                                                         TokenFile train, TokenFile valid,
+                                                         int64_t steps) {
+  FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, FromJson(out_dir + "/trainer.json"));
+  if (steps > 0) trainer.steps = steps;
+  FWP_ASSIGN_OR_RETURN(Config config, Config::FromFile(out_dir + "/config.json"));
+  FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(out_dir + "/model.safetensors"));
+  FWP_ASSIGN_OR_RETURN(HostWeights weights, ReadWeights(*file, config));
+  const std::string tokenizer = out_dir + "/tokenizer.model";
+  FWP_ASSIGN_OR_RETURN(auto t, Create(backend, config, weights, trainer, std::move(train),
+                                      std::move(valid), out_dir,
+                                      std::filesystem::exists(tokenizer) ? tokenizer : ""));
+  FWP_RETURN_IF_ERROR(t->optimizer_->Load(out_dir + "/optimizer.safetensors"));
+  return t;
+}
+
+absl::StatusOr<StepReport> Trainer::Step() {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t step = optimizer_->step() + 1;
+  const int64_t B = config_.batch, T = config_.seq;
+  Rng rng(config_.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step));
+  std::vector<int32_t> tokens(B * T), targets(B * T);
+  const uint64_t span = train_.tokens.size() - T;  // window starts in [0, span)
+  for (int64_t b = 0; b < B; ++b) {
+    const uint64_t offset = rng.Next() % span;
+    for (int64_t t = 0; t < T; ++t) {
+      tokens[b * T + t] = train_.tokens[offset + t];
+      targets[b * T + t] = train_.tokens[offset + t + 1];
+    }
+  }
+  optimizer_->ZeroGrads();
+  FWP_ASSIGN_OR_RETURN(Model::Loss loss,
+                       model_->ForwardBackward(tokens, targets, B, &optimizer_->grads()));
+  StepReport report;
+  report.step = step;
+  report.lr = LearningRate(optimizer_->config(), step);
+  report.loss = loss.mean;
+  report.grad_norm = optimizer_->Step();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.tokens_per_second = B * T / seconds;
+  return report;
+}
+
+absl::StatusOr<Model::Loss> Trainer::Evaluate() {
+  const int64_t B = config_.batch, T = config_.seq;
+  const int64_t windows_total = (static_cast<int64_t>(valid_.tokens.size()) - 1) / T;
+  const int64_t windows = config_.eval_windows > 0 ? std::min(config_.eval_windows, windows_total)
+                                                   : windows_total;
+  double total = 0;
+  int64_t count = 0;
+  for (int64_t w0 = 0; w0 < windows; w0 += B) {
+    const int64_t nb = std::min(B, windows - w0);
+    std::vector<int32_t> tokens(nb * T), targets(nb * T);
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        tokens[b * T + t] = valid_.tokens[(w0 + b) * T + t];
+        targets[b * T + t] = valid_.tokens[(w0 + b) * T + t + 1];
+      }
+    }
+    FWP_ASSIGN_OR_RETURN(Model::Loss loss, model_->ForwardBackward(tokens, targets, nb, nullptr));
+    total += loss.mean * loss.count;
+    count += loss.count;
+  }
+  return Model::Loss{count ? total / count : 0.0, count};
+}
+
+absl::Status Trainer::SaveCheckpoint() {
+  FWP_RETURN_IF_ERROR(WriteModelDir(out_dir_, model_config_, model_->Weights(), tokenizer_path_));
+  FWP_RETURN_IF_ERROR(optimizer_->Save(out_dir_ + "/optimizer.safetensors"));
+  return WriteFileAtomically(out_dir_ + "/trainer.json",
+                             ToJson(config_, optimizer_->step()).dump(2) + "\n");
+}
+
+absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) {
+  while (optimizer_->step() < config_.steps) {
+    FWP_ASSIGN_OR_RETURN(StepReport r, Step());
+    const bool last = r.step == config_.steps;
+    if ((config_.eval_every > 0 && r.step % config_.eval_every == 0) || last) {
+      FWP_ASSIGN_OR_RETURN(Model::Loss valid, Evaluate());
+      r.valid_loss = valid.mean;
+    }
+    if ((config_.checkpoint_every > 0 && r.step % config_.checkpoint_every == 0) || last) {
+      FWP_RETURN_IF_ERROR(SaveCheckpoint());
+    }
+    report(r);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fwp

@@ -1,0 +1,82 @@
+// Trainer: the loop of fwp-train. Each step draws `batch` windows of `seq`
+// tokens at offsets from an Rng seeded by (seed, step), so a run resumed
+// from a checkpoint draws exactly the batches the uninterrupted run would
+// have; with the optimiser moments and the float32 weights restored, the
+// CPU losses match the uninterrupted run bit for bit.
+//
+// A checkpoint directory is a model directory (config.json,
+// model.safetensors, tokenizer.model) plus optimizer.safetensors and
+// trainer.json (the settings and the step).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/model.h"
+#include "train/optimizer.h"
+#include "train/token_file.h"
+
+namespace fwp {
+
+struct TrainerConfig {
+  int64_t batch = 16;
+  int64_t seq = 128;
+  int64_t steps = 1000;
+  int64_t eval_every = 200;        // 0: only at the end
+  int64_t eval_windows = 0;        // 0: the whole valid split
+  int64_t checkpoint_every = 500;  // 0: only at the end
+  uint64_t seed = 1;
+  OptimizerConfig optimizer;
+};
+
+struct StepReport {
+  int64_t step = 0;
+  float lr = 0;
+  double loss = 0;
+  double grad_norm = 0;
+  double tokens_per_second = 0;
+  double valid_loss = -1;  // < 0: not evaluated at this step
+};
+
+class Trainer {
+ public:
+  // A new run in `out_dir` from `weights`.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(
+      Backend& backend, const Config& config, const HostWeights& weights,
+      const TrainerConfig& trainer, TokenFile train, TokenFile valid, std::string out_dir,
+      std::string tokenizer_path);
+  // Continues the run checkpointed in `out_dir`; `steps` > 0 replaces the
+  // total step count (the schedule keeps its own total).
+  static absl::StatusOr<std::unique_ptr<Trainer>> Resume(Backend& backend,
+                                                         const std::string& out_dir,
+                                                         TokenFile train, TokenFile valid,
+                                                         int64_t steps);
+
+  // One optimiser step.
+  absl::StatusOr<StepReport> Step();
+  // Steps until `config().steps`, evaluating and checkpointing on schedule;
+  // `report` is called after every step.
+  absl::Status Run(const std::function<void(const StepReport&)>& report);
+  // Mean loss on the valid split (windows of `seq` tokens, fresh states).
+  absl::StatusOr<Model::Loss> Evaluate();
+  absl::Status SaveCheckpoint();
+
+  int64_t step() const { return optimizer_->step(); }
+  const TrainerConfig& config() const { return config_; }
+  Model& model() { return *model_; }
+
+ private:
+  Trainer() = default;
+
+  TrainerConfig config_;
+  Config model_config_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Optimizer> optimizer_;
+  TokenFile train_, valid_;
+  std::string out_dir_, tokenizer_path_;
+};
+
+}  // namespace fwp
