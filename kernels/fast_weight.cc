@@ -15,6 +15,10 @@ const char* UpdateRuleName(UpdateRule rule) {
   return rule == UpdateRule::kDelta ? "delta" : "sum";
 }
 
+float FastWeightSpec::Scale() const {
+  return scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d_head));
+}
+
 }  // namespace fwp
 
 namespace fwp::cpu {
@@ -53,34 +57,33 @@ void SequenceChunk(const FastWeightSpec& spec, const float* rows,
                    int64_t row_stride, const float* favor_proj, int64_t c,
                    float* s, float* z, float* y, int64_t y_stride,
                    ChunkScratch& w) {
-  const int64_t dh = spec.d_head;
+  const int64_t dk = spec.d_head, dv = spec.DValue();
   const int64_t dp = spec.DPhi();
   const bool delta = spec.update == UpdateRule::kDelta;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const float scale = spec.Scale();
 
   for (int64_t t = 0; t < c; ++t) {
     const float* row = rows + t * row_stride;
-    FeatureMapRow(spec.phi, row, dh, favor_proj, &w.phi_q[t * dp]);
-    FeatureMapRow(spec.phi, row + dh, dh, favor_proj, &w.phi_k[t * dp]);
-    std::copy(row + 2 * dh, row + 3 * dh, &w.u[t * dh]);
-    if (delta) w.beta[t] = Sigmoid(row[3 * dh]);
+    FeatureMapRow(spec.phi, row, dk, favor_proj, &w.phi_q[t * dp]);
+    FeatureMapRow(spec.phi, row + dk, dk, favor_proj, &w.phi_k[t * dp]);
+    std::copy(row + 2 * dk, row + 2 * dk + dv, &w.u[t * dv]);
+    if (delta) w.beta[t] = Sigmoid(row[2 * dk + dv]);
   }
-  float* u = w.u.data();  // [c, d_head]
+  float* u = w.u.data();  // [c, d_value]
   if (delta) {
     // u_t = β_t (v_t − S₀ᵀφk_t − Σ_{τ<t} (φk_τ·φk_t) u_τ)
-    Gemm(false, false, c, dh, dp, -1.0f, w.phi_k.data(), dp, s, dh, 1.0f, u,
-         dh);
+    Gemm(false, false, c, dv, dp, -1.0f, w.phi_k.data(), dp, s, dv, 1.0f, u, dv);
     Gemm(false, true, c, c, dp, 1.0f, w.phi_k.data(), dp, w.phi_k.data(), dp,
          0.0f, w.kk.data(), c);
     for (int64_t t = 0; t < c; ++t) {
-      float* ut = u + t * dh;
+      float* ut = u + t * dv;
       const float* kk_row = &w.kk[t * c];
       for (int64_t tau = 0; tau < t; ++tau) {
         const float a = kk_row[tau];
-        const float* uprev = u + tau * dh;
-        for (int64_t j = 0; j < dh; ++j) ut[j] -= a * uprev[j];
+        const float* uprev = u + tau * dv;
+        for (int64_t j = 0; j < dv; ++j) ut[j] -= a * uprev[j];
       }
-      for (int64_t j = 0; j < dh; ++j) ut[j] *= w.beta[t];
+      for (int64_t j = 0; j < dv; ++j) ut[j] *= w.beta[t];
     }
   }
   // qk = tril(Φq Φkᵀ) [c, c]: token t reads the writes of τ ≤ t.
@@ -90,9 +93,8 @@ void SequenceChunk(const FastWeightSpec& spec, const float* rows,
     std::fill(&w.qk[t * c + t + 1], &w.qk[(t + 1) * c], 0.0f);
   }
   // y = Φq S₀ + qk · u, straight into the output rows.
-  Gemm(false, false, c, dh, dp, 1.0f, w.phi_q.data(), dp, s, dh, 0.0f, y,
-       y_stride);
-  Gemm(false, false, c, dh, c, 1.0f, w.qk.data(), c, u, dh, 1.0f, y, y_stride);
+  Gemm(false, false, c, dv, dp, 1.0f, w.phi_q.data(), dp, s, dv, 0.0f, y, y_stride);
+  Gemm(false, false, c, dv, c, 1.0f, w.qk.data(), c, u, dv, 1.0f, y, y_stride);
   if (spec.HasNormalizer()) {
     // den_t = φq_t·z₀ + Σ_{τ≤t} φq_t·φk_τ = φq_t·z_t.
     for (int64_t t = 0; t < c; ++t) {
@@ -102,7 +104,7 @@ void SequenceChunk(const FastWeightSpec& spec, const float* rows,
       for (int64_t tau = 0; tau <= t; ++tau) den += w.qk[t * c + tau];
       float* yt = y + t * y_stride;
       const float f = den > 0.0f ? scale / den : scale;
-      for (int64_t j = 0; j < dh; ++j) yt[j] *= f;
+      for (int64_t j = 0; j < dv; ++j) yt[j] *= f;
     }
     for (int64_t t = 0; t < c; ++t) {
       const float* pk = &w.phi_k[t * dp];
@@ -111,11 +113,11 @@ void SequenceChunk(const FastWeightSpec& spec, const float* rows,
   } else {
     for (int64_t t = 0; t < c; ++t) {
       float* yt = y + t * y_stride;
-      for (int64_t j = 0; j < dh; ++j) yt[j] *= scale;
+      for (int64_t j = 0; j < dv; ++j) yt[j] *= scale;
     }
   }
   // S = S₀ + Φkᵀ u.
-  Gemm(true, false, dp, dh, c, 1.0f, w.phi_k.data(), dp, u, dh, 1.0f, s, dh);
+  Gemm(true, false, dp, dv, c, 1.0f, w.phi_k.data(), dp, u, dv, 1.0f, s, dv);
 }
 
 }  // namespace
@@ -124,24 +126,24 @@ void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
                         const float* favor_proj, const int32_t* slots,
                         int64_t batch, int64_t time, const StateView& state,
                         float* y, int64_t chunk) {
-  const int64_t dh = spec.d_head;
+  const int64_t dv = spec.DValue();
   const int64_t dp = spec.DPhi();
   const int64_t row_width = spec.RowWidth();
-  const int64_t y_width = spec.heads * dh;
+  const int64_t y_width = spec.heads * dv;
   chunk = std::max<int64_t>(1, std::min(chunk, time));
   // (sequence, head) pairs are independent: one task each.
   CpuThreadPool().ParallelFor(batch * spec.heads, [&](int64_t task) {
     const int64_t b = task / spec.heads, h = task % spec.heads;
     thread_local ChunkScratch scratch;
-    scratch.Resize(chunk, dp, dh);
+    scratch.Resize(chunk, dp, dv);
     float* slot = state.base + static_cast<int64_t>(slots[b]) * state.slot_floats;
-    float* s = slot + state.s_offset + h * dp * dh;
+    float* s = slot + state.s_offset + h * dp * dv;
     float* z = spec.HasNormalizer() ? slot + state.z_offset + h * dp : nullptr;
     for (int64_t t0 = 0; t0 < time; t0 += chunk) {
       const int64_t c = std::min(chunk, time - t0);
       const int64_t token = b * time + t0;
       SequenceChunk(spec, qkvb + token * row_width + h * spec.HeadWidth(), row_width,
-                    favor_proj, c, s, z, y + token * y_width + h * dh, y_width, scratch);
+                    favor_proj, c, s, z, y + token * y_width + h * dv, y_width, scratch);
     }
   });
 }
@@ -158,20 +160,20 @@ struct TokenValues {
 
 void ComputeToken(const FastWeightSpec& spec, const float* row, const float* favor_proj,
                   const float* s, TokenValues& tv) {
-  const int64_t dh = spec.d_head, dp = spec.DPhi();
+  const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
   tv.phi_q.resize(dp);
   tv.phi_k.resize(dp);
-  tv.u.resize(dh);
-  tv.v_minus_vbar.resize(dh);
-  FeatureMapRow(spec.phi, row, dh, favor_proj, tv.phi_q.data());
-  FeatureMapRow(spec.phi, row + dh, dh, favor_proj, tv.phi_k.data());
+  tv.u.resize(dv);
+  tv.v_minus_vbar.resize(dv);
+  FeatureMapRow(spec.phi, row, dk, favor_proj, tv.phi_q.data());
+  FeatureMapRow(spec.phi, row + dk, dk, favor_proj, tv.phi_k.data());
   float* u = tv.u.data();
-  std::copy(row + 2 * dh, row + 3 * dh, u);
+  std::copy(row + 2 * dk, row + 2 * dk + dv, u);
   if (spec.update == UpdateRule::kDelta) {
-    tv.beta = Sigmoid(row[3 * dh]);
-    for (int64_t j = 0; j < dh; ++j) {
+    tv.beta = Sigmoid(row[2 * dk + dv]);
+    for (int64_t j = 0; j < dv; ++j) {
       float vbar = 0.0f;
-      for (int64_t r = 0; r < dp; ++r) vbar += s[r * dh + j] * tv.phi_k[r];
+      for (int64_t r = 0; r < dp; ++r) vbar += s[r * dv + j] * tv.phi_k[r];
       tv.v_minus_vbar[j] = u[j] - vbar;
       u[j] = tv.beta * tv.v_minus_vbar[j];
     }
@@ -179,10 +181,10 @@ void ComputeToken(const FastWeightSpec& spec, const float* row, const float* fav
 }
 
 void ApplyToken(const FastWeightSpec& spec, const TokenValues& tv, float* s, float* z) {
-  const int64_t dh = spec.d_head, dp = spec.DPhi();
+  const int64_t dv = spec.DValue(), dp = spec.DPhi();
   const float* u = tv.u.data();
   for (int64_t r = 0; r < dp; ++r) {
-    for (int64_t j = 0; j < dh; ++j) s[r * dh + j] += tv.phi_k[r] * u[j];
+    for (int64_t j = 0; j < dv; ++j) s[r * dv + j] += tv.phi_k[r] * u[j];
   }
   if (z != nullptr) {
     for (int64_t r = 0; r < dp; ++r) z[r] += tv.phi_k[r];
@@ -196,12 +198,12 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
                                 int64_t batch, int64_t time, const StateView& state,
                                 const float* dy, float* dqkvb, const StateView& dstate,
                                 int64_t chunk) {
-  const int64_t dh = spec.d_head, dp = spec.DPhi();
-  const int64_t sz = dp * dh;
+  const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
+  const int64_t sz = dp * dv;
   const int64_t zf = spec.HasNormalizer() ? dp : 0;
-  const int64_t row_width = spec.RowWidth(), y_width = spec.heads * dh;
+  const int64_t row_width = spec.RowWidth(), y_width = spec.heads * dv;
   const bool delta = spec.update == UpdateRule::kDelta;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const float scale = spec.Scale();
   chunk = std::max<int64_t>(1, std::min(chunk, time));
   const int64_t chunks = (time + chunk - 1) / chunk;
 
@@ -238,9 +240,9 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
                         : nullptr;
     if (ds_out) std::copy(ds_out, ds_out + sz, ds.begin());
     if (dz_out) std::copy(dz_out, dz_out + dp, dz.begin());
-    dn.resize(dh);
-    du.resize(dh);
-    dvbar.resize(dh);
+    dn.resize(dv);
+    du.resize(dv);
+    dvbar.resize(dv);
     dphi_q.resize(dp);
     dphi_k.resize(dp);
 
@@ -270,7 +272,7 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
         const float* pq = tv.phi_q.data();
         const float* pk = tv.phi_k.data();
         const float* u = tv.u.data();
-        const float* dyt = dy + (b * time + t) * y_width + h * dh;
+        const float* dyt = dy + (b * time + t) * y_width + h * dv;
         // y = factor · S_tᵀφq, factor = scale (or scale / (z_t·φq)).
         float factor = scale, dden = 0.0f;
         bool normalised = false;
@@ -282,31 +284,31 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
             factor = scale / den;
             // ∂L/∂den = −Σ_j dy_j y_j / den, with y = factor · S_tᵀφq.
             float dot = 0.0f;
-            for (int64_t j = 0; j < dh; ++j) {
+            for (int64_t j = 0; j < dv; ++j) {
               float n = 0.0f;
-              for (int64_t r = 0; r < dp; ++r) n += st[r * dh + j] * pq[r];
+              for (int64_t r = 0; r < dp; ++r) n += st[r * dv + j] * pq[r];
               dot += dyt[j] * n * factor;
             }
             dden = -dot / den;
           }
         }
-        for (int64_t j = 0; j < dh; ++j) dn[j] = dyt[j] * factor;
+        for (int64_t j = 0; j < dv; ++j) dn[j] = dyt[j] * factor;
         // φq gets S_t dn (+ z_t dden); S_t gets φq dnᵀ; z_t gets φq dden.
         for (int64_t r = 0; r < dp; ++r) {
           float acc = 0.0f;
-          const float* str = st + r * dh;
-          for (int64_t j = 0; j < dh; ++j) acc += str[j] * dn[j];
+          const float* str = st + r * dv;
+          for (int64_t j = 0; j < dv; ++j) acc += str[j] * dn[j];
           dphi_q[r] = acc + (normalised ? zt[r] * dden : 0.0f);
-          float* dsr = &ds[r * dh];
-          for (int64_t j = 0; j < dh; ++j) dsr[j] += pq[r] * dn[j];
+          float* dsr = &ds[r * dv];
+          for (int64_t j = 0; j < dv; ++j) dsr[j] += pq[r] * dn[j];
           if (normalised) dz[r] += pq[r] * dden;
         }
         // S_t = S_{t−1} + φk uᵀ: du = dS_tᵀφk, dφk = dS_t u (+ dz_t).
         std::fill(du.begin(), du.end(), 0.0f);
         for (int64_t r = 0; r < dp; ++r) {
-          const float* dsr = &ds[r * dh];
+          const float* dsr = &ds[r * dv];
           float acc = 0.0f;
-          for (int64_t j = 0; j < dh; ++j) {
+          for (int64_t j = 0; j < dv; ++j) {
             du[j] += dsr[j] * pk[r];
             acc += dsr[j] * u[j];
           }
@@ -317,27 +319,27 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
           // u = β (v − v̄), v̄ = S_{t−1}ᵀφk.
           const float beta = tv.beta;
           float dbeta = 0.0f;
-          for (int64_t j = 0; j < dh; ++j) {
+          for (int64_t j = 0; j < dv; ++j) {
             dbeta += du[j] * tv.v_minus_vbar[j];
-            drow[2 * dh + j] = beta * du[j];
+            drow[2 * dk + j] = beta * du[j];
             dvbar[j] = -beta * du[j];
           }
-          drow[3 * dh] = dbeta * beta * (1.0f - beta);
+          drow[2 * dk + dv] = dbeta * beta * (1.0f - beta);
           for (int64_t r = 0; r < dp; ++r) {
-            const float* spr = sp + r * dh;
-            float* dsr = &ds[r * dh];
+            const float* spr = sp + r * dv;
+            float* dsr = &ds[r * dv];
             float acc = 0.0f;
-            for (int64_t j = 0; j < dh; ++j) {
+            for (int64_t j = 0; j < dv; ++j) {
               acc += spr[j] * dvbar[j];
               dsr[j] += pk[r] * dvbar[j];  // dS_{t−1} = dS_t + φk dv̄ᵀ
             }
             dphi_k[r] += acc;
           }
         } else {
-          for (int64_t j = 0; j < dh; ++j) drow[2 * dh + j] = du[j];
+          for (int64_t j = 0; j < dv; ++j) drow[2 * dk + j] = du[j];
         }
-        FeatureMapRowBackward(spec.phi, row, dh, favor_proj, dphi_q.data(), drow);
-        FeatureMapRowBackward(spec.phi, row + dh, dh, favor_proj, dphi_k.data(), drow + dh);
+        FeatureMapRowBackward(spec.phi, row, dk, favor_proj, dphi_q.data(), drow);
+        FeatureMapRowBackward(spec.phi, row + dk, dk, favor_proj, dphi_k.data(), drow + dk);
       }
     }
     if (ds_out) std::copy(ds.begin(), ds.end(), ds_out);
@@ -348,50 +350,50 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
 void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
                     const float* favor_proj, const int32_t* slots, int64_t n,
                     const StateView& state, float* y) {
-  const int64_t dh = spec.d_head;
+  const int64_t dk = spec.d_head, dv = spec.DValue();
   const int64_t dp = spec.DPhi();
   const bool delta = spec.update == UpdateRule::kDelta;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const float scale = spec.Scale();
   // (slot, head) pairs are independent; small batches run on the caller.
   auto one = [&](int64_t task) {
     const int64_t i = task / spec.heads, h = task % spec.heads;
     thread_local std::vector<float> scratch;
-    scratch.resize(2 * dp + 3 * dh);
+    scratch.resize(2 * dp + 3 * dv);
     float* phi_q = scratch.data();
     float* phi_k = phi_q + dp;
-    float* vbar = phi_k + dp;  // [d_head], then the update u in place
-    float* out = vbar + dh;    // S₀ᵀφq
-    float* v = out + dh;
+    float* vbar = phi_k + dp;  // [d_value], then the update u in place
+    float* out = vbar + dv;    // S₀ᵀφq
+    float* v = out + dv;
     float* slot = state.base + static_cast<int64_t>(slots[i]) * state.slot_floats;
     const float* row = qkvb + i * spec.RowWidth() + h * spec.HeadWidth();
-    float* s = slot + state.s_offset + h * dp * dh;  // [d_φ, d_head]
-    FeatureMapRow(spec.phi, row, dh, favor_proj, phi_q);
-    FeatureMapRow(spec.phi, row + dh, dh, favor_proj, phi_k);
-    std::copy(row + 2 * dh, row + 3 * dh, v);
+    float* s = slot + state.s_offset + h * dp * dv;  // [d_φ, d_value]
+    FeatureMapRow(spec.phi, row, dk, favor_proj, phi_q);
+    FeatureMapRow(spec.phi, row + dk, dk, favor_proj, phi_k);
+    std::copy(row + 2 * dk, row + 2 * dk + dv, v);
     // One read of S: what the memory holds for the key, and for the query.
-    std::fill(vbar, vbar + 2 * dh, 0.0f);
+    std::fill(vbar, vbar + 2 * dv, 0.0f);
     for (int64_t r = 0; r < dp; ++r) {
-      const float* sr = s + r * dh;
+      const float* sr = s + r * dv;
       const float k = phi_k[r], q = phi_q[r];
-      for (int64_t j = 0; j < dh; ++j) {
+      for (int64_t j = 0; j < dv; ++j) {
         vbar[j] += sr[j] * k;
         out[j] += sr[j] * q;
       }
     }
     float* u = vbar;
     if (delta) {
-      const float beta = Sigmoid(row[3 * dh]);
-      for (int64_t j = 0; j < dh; ++j) u[j] = beta * (v[j] - vbar[j]);
+      const float beta = Sigmoid(row[2 * dk + dv]);
+      for (int64_t j = 0; j < dv; ++j) u[j] = beta * (v[j] - vbar[j]);
     } else {
-      std::copy(v, v + dh, u);
+      std::copy(v, v + dv, u);
     }
     // One read-modify-write of S: S += φk ⊗ u.
     float kq = 0.0f;
     for (int64_t r = 0; r < dp; ++r) {
-      float* sr = s + r * dh;
+      float* sr = s + r * dv;
       const float k = phi_k[r];
       kq += k * phi_q[r];
-      for (int64_t j = 0; j < dh; ++j) sr[j] += k * u[j];
+      for (int64_t j = 0; j < dv; ++j) sr[j] += k * u[j];
     }
     // y = S_newᵀφq = S₀ᵀφq + (φk·φq) u.
     float factor = scale;
@@ -404,11 +406,11 @@ void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
       }
       if (den > 0.0f) factor = scale / den;
     }
-    float* yh = y + i * spec.heads * dh + h * dh;
-    for (int64_t j = 0; j < dh; ++j) yh[j] = (out[j] + kq * u[j]) * factor;
+    float* yh = y + i * spec.heads * dv + h * dv;
+    for (int64_t j = 0; j < dv; ++j) yh[j] = (out[j] + kq * u[j]) * factor;
   };
   const int64_t tasks = n * spec.heads;
-  if (tasks * dp * dh < (int64_t{1} << 16)) {
+  if (tasks * dp * dv < (int64_t{1} << 16)) {
     for (int64_t t = 0; t < tasks; ++t) one(t);
   } else {
     CpuThreadPool().ParallelFor(tasks, one);

@@ -1,9 +1,10 @@
 // The fast-weight memory on the GPU (see fast_weight.h for the math).
 //
 // One block per (sequence or slot, head) runs the recurrence token by token
-// with the head's state S [d_φ, d_head] (and z) in shared memory: loaded once,
+// with the head's state S [d_φ, d_value] (and z) in shared memory: loaded once,
 // advanced through every token, written back once. Thread t owns column
-// j = t mod d_head and rows r ≡ t / d_head (mod G), G = threads / d_head, so
+// j = t mod P and rows r ≡ t / P (mod G), P = d_value rounded up to a power
+// of two (threads with j ≥ d_value hold no column), G = threads / P, so
 // the per-token reductions over r (what the memory holds for φk and φq) are
 // partial sums per thread combined across the G row groups. The same kernel
 // is the fused decode step (one token per slot).
@@ -11,7 +12,7 @@
 // The backward keeps S and dS in shared memory. A first pass stores S at
 // every chunk start (checkpoints in global scratch, memory linear in T);
 // then, chunk by chunk from the end, it recomputes the chunk forward (saving
-// each token's update u and v − v̄, 2·d_head floats) and walks it backwards,
+// each token's update u and v − v̄, 2·d_value floats) and walks it backwards,
 // stepping S back with S_{t−1} = S_t − φk uᵀ: the reversal never runs past one
 // chunk, so rounding cannot accumulate over the sequence.
 //
@@ -25,25 +26,35 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// dk: key width (feature-map input); dh: value width (columns of S);
+// cols: dh rounded up to a power of two (the thread layout's columns).
 struct Shape {
   FastWeightSpec spec;
-  int dh, dp, heads, head_width, row_width, groups;
+  int dk, dh, cols, dp, heads, head_width, row_width, groups;
   bool delta, norm;
   float scale;
 };
 
+int RoundUpPow2(int64_t x) {
+  int p = 1;
+  while (p < x) p *= 2;
+  return p;
+}
+
 Shape MakeShape(const FastWeightSpec& spec) {
   Shape s;
   s.spec = spec;
-  s.dh = static_cast<int>(spec.d_head);
+  s.dk = static_cast<int>(spec.d_head);
+  s.dh = static_cast<int>(spec.DValue());
+  s.cols = RoundUpPow2(s.dh);
   s.dp = static_cast<int>(spec.DPhi());
   s.heads = static_cast<int>(spec.heads);
   s.head_width = static_cast<int>(spec.HeadWidth());
   s.row_width = static_cast<int>(spec.RowWidth());
-  s.groups = kThreads / s.dh;
+  s.groups = kThreads / s.cols;
   s.delta = spec.update == UpdateRule::kDelta;
   s.norm = spec.HasNormalizer();
-  s.scale = 1.0f / std::sqrt(static_cast<float>(spec.d_head));
+  s.scale = spec.Scale();
   return s;
 }
 
@@ -92,17 +103,19 @@ __device__ void LoadRow(const Shape& s, const float* src, float* row) {
 // out_a[j], out_b[j] (written by group-0 threads; visible after a barrier).
 __device__ void ColumnDots(const Shape& s, const float* S, const float* a, const float* b,
                            float* part, float* out_a, float* out_b) {
-  const int j = threadIdx.x % s.dh, g = threadIdx.x / s.dh;
+  const int j = threadIdx.x % s.cols, g = threadIdx.x / s.cols;
   float pa = 0.0f, pb = 0.0f;
-  for (int r = g; r < s.dp; r += s.groups) {
-    const float v = S[r * s.dh + j];
-    pa += v * a[r];
-    if (b) pb += v * b[r];
+  if (j < s.dh) {
+    for (int r = g; r < s.dp; r += s.groups) {
+      const float v = S[r * s.dh + j];
+      pa += v * a[r];
+      if (b) pb += v * b[r];
+    }
+    part[g * s.dh + j] = pa;
+    part[(s.groups + g) * s.dh + j] = pb;
   }
-  part[g * s.dh + j] = pa;
-  part[(s.groups + g) * s.dh + j] = pb;
   __syncthreads();
-  if (g == 0) {
+  if (g == 0 && j < s.dh) {
     float sa = 0.0f, sb = 0.0f;
     for (int gg = 0; gg < s.groups; ++gg) {
       sa += part[gg * s.dh + j];
@@ -134,15 +147,16 @@ __device__ void RowDots(const Shape& s, const float* S, const float* w, float* o
 __device__ void ForwardToken(const Shape& s, const float* omega, const float* src, Common& c,
                              float* y) {
   LoadRow(s, src, c.row);
-  PhiBlock(s.spec.phi, c.row, s.dh, omega, c.phq, c.scratch, s.spec.phi.sum_norm);
-  PhiBlock(s.spec.phi, c.row + s.dh, s.dh, omega, c.phk, c.scratch, s.spec.phi.sum_norm);
+  PhiBlock(s.spec.phi, c.row, s.dk, omega, c.phq, c.scratch, s.spec.phi.sum_norm);
+  PhiBlock(s.spec.phi, c.row + s.dk, s.dk, omega, c.phk, c.scratch, s.spec.phi.sum_norm);
   // vbar → vmv (temporarily), S₀ᵀφq → out.
   ColumnDots(s, c.S, c.phk, y ? c.phq : nullptr, c.part, c.vmv, y ? c.out : nullptr);
-  const int j = threadIdx.x % s.dh, g = threadIdx.x / s.dh;
-  if (g == 0) {
-    const float v = c.row[2 * s.dh + j];
+  const int j = threadIdx.x % s.cols, g = threadIdx.x / s.cols;
+  const bool col = j < s.dh;
+  if (g == 0 && col) {
+    const float v = c.row[2 * s.dk + j];
     if (s.delta) {
-      const float beta = math::Sigmoid(c.row[3 * s.dh]);
+      const float beta = math::Sigmoid(c.row[2 * s.dk + s.dh]);
       const float vmv = v - c.vmv[j];
       c.vmv[j] = vmv;
       c.u[j] = beta * vmv;
@@ -156,7 +170,9 @@ __device__ void ForwardToken(const Shape& s, const float* omega, const float* sr
     for (int r = threadIdx.x; r < s.dp; r += blockDim.x) kq_part += c.phk[r] * c.phq[r];
   }
   const float kq = BlockSum(kq_part, c.scratch);  // barrier: u visible
-  for (int r = g; r < s.dp; r += s.groups) c.S[r * s.dh + j] += c.phk[r] * c.u[j];
+  if (col) {
+    for (int r = g; r < s.dp; r += s.groups) c.S[r * s.dh + j] += c.phk[r] * c.u[j];
+  }
   float factor = s.scale;
   if (s.norm) {
     float den_part = 0.0f;
@@ -167,7 +183,7 @@ __device__ void ForwardToken(const Shape& s, const float* omega, const float* sr
     const float den = BlockSum(den_part, c.scratch);
     if (den > 0.0f) factor = s.scale / den;
   }
-  if (y && g == 0) y[j] = (c.out[j] + kq * c.u[j]) * factor;
+  if (y && g == 0 && col) y[j] = (c.out[j] + kq * c.u[j]) * factor;
   __syncthreads();
 }
 
@@ -222,7 +238,8 @@ __global__ void BackwardKernel(Args a, const float* dy, float* dqkvb, StateView 
   const Shape& s = a.s;
   const int h = blockIdx.x % s.heads;
   const int64_t b = blockIdx.x / s.heads;
-  const int j = threadIdx.x % s.dh, g = threadIdx.x / s.dh;
+  const int j = threadIdx.x % s.cols, g = threadIdx.x / s.cols;
+  const bool col = j < s.dh;
   Common c = CarveCommon(s, smem);
   float* dS = c.next;              // [dp, dh]
   float* dz = dS + s.dp * s.dh;    // [dp]
@@ -279,7 +296,7 @@ __global__ void BackwardKernel(Args a, const float* dy, float* dqkvb, StateView 
     LoadState(s, ck, ck + s.dp * s.dh, c);
     for (int64_t t = t0; t < t1; ++t) {
       ForwardToken(s, a.omega, rows + t * s.row_width, c, nullptr);
-      if (g == 0) {
+      if (g == 0 && col) {
         tokens[(t - t0) * 2 * s.dh + j] = c.u[j];
         tokens[(t - t0) * 2 * s.dh + s.dh + j] = c.vmv[j];
       }
@@ -288,9 +305,9 @@ __global__ void BackwardKernel(Args a, const float* dy, float* dqkvb, StateView 
     // Walk back: c.S holds S_t.
     for (int64_t t = t1 - 1; t >= t0; --t) {
       LoadRow(s, rows + t * s.row_width, c.row);
-      PhiBlock(s.spec.phi, c.row, s.dh, a.omega, c.phq, c.scratch, s.spec.phi.sum_norm);
-      PhiBlock(s.spec.phi, c.row + s.dh, s.dh, a.omega, c.phk, c.scratch, s.spec.phi.sum_norm);
-      if (g == 0) {
+      PhiBlock(s.spec.phi, c.row, s.dk, a.omega, c.phq, c.scratch, s.spec.phi.sum_norm);
+      PhiBlock(s.spec.phi, c.row + s.dk, s.dk, a.omega, c.phk, c.scratch, s.spec.phi.sum_norm);
+      if (g == 0 && col) {
         c.u[j] = tokens[(t - t0) * 2 * s.dh + j];
         c.vmv[j] = tokens[(t - t0) * 2 * s.dh + s.dh + j];
       }
@@ -324,7 +341,9 @@ __global__ void BackwardKernel(Args a, const float* dy, float* dqkvb, StateView 
         }
       }
       __syncthreads();
-      for (int r = g; r < s.dp; r += s.groups) dS[r * s.dh + j] += c.phq[r] * dn[j];
+      if (col) {
+        for (int r = g; r < s.dp; r += s.groups) dS[r * s.dh + j] += c.phq[r] * dn[j];
+      }
       __syncthreads();
       // S_t = S_{t−1} + φk uᵀ: du = dSᵀφk, dφk = dS u (+ dz).
       ColumnDots(s, dS, c.phk, nullptr, c.part, du, nullptr);
@@ -335,29 +354,33 @@ __global__ void BackwardKernel(Args a, const float* dy, float* dqkvb, StateView 
       __syncthreads();
       float* drow = dqkvb + (b * a.time + t) * s.row_width + h * s.head_width;
       // Step the state back: S_{t−1} = S_t − φk uᵀ, z_{t−1} = z_t − φk.
-      for (int r = g; r < s.dp; r += s.groups) c.S[r * s.dh + j] -= c.phk[r] * c.u[j];
+      if (col) {
+        for (int r = g; r < s.dp; r += s.groups) c.S[r * s.dh + j] -= c.phk[r] * c.u[j];
+      }
       if (s.norm) {
         for (int r = threadIdx.x; r < s.dp; r += blockDim.x) c.z[r] -= c.phk[r];
       }
       if (s.delta) {
         // u = β (v − v̄), v̄ = S_{t−1}ᵀφk.
-        const float beta = math::Sigmoid(c.row[3 * s.dh]);
+        const float beta = math::Sigmoid(c.row[2 * s.dk + s.dh]);
         float db_part = 0.0f;
         for (int jj = threadIdx.x; jj < s.dh; jj += blockDim.x) {
           db_part += du[jj] * c.vmv[jj];
-          drow[2 * s.dh + jj] = beta * du[jj];
+          drow[2 * s.dk + jj] = beta * du[jj];
           dvbar[jj] = -beta * du[jj];
         }
         const float dbeta = BlockSum(db_part, c.scratch);  // barrier: S_{t−1}, dvbar ready
-        if (threadIdx.x == 0) drow[3 * s.dh] = dbeta * beta * (1.0f - beta);
+        if (threadIdx.x == 0) drow[2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
         RowDots(s, c.S, dvbar, dphk, true);
-        for (int r = g; r < s.dp; r += s.groups) dS[r * s.dh + j] += c.phk[r] * dvbar[j];
+        if (col) {
+          for (int r = g; r < s.dp; r += s.groups) dS[r * s.dh + j] += c.phk[r] * dvbar[j];
+        }
       } else {
-        for (int jj = threadIdx.x; jj < s.dh; jj += blockDim.x) drow[2 * s.dh + jj] = du[jj];
+        for (int jj = threadIdx.x; jj < s.dh; jj += blockDim.x) drow[2 * s.dk + jj] = du[jj];
       }
       __syncthreads();
-      PhiBackwardBlock(s.spec.phi, c.row, s.dh, a.omega, dphq, drow, pg, pdg, pr, c.scratch);
-      PhiBackwardBlock(s.spec.phi, c.row + s.dh, s.dh, a.omega, dphk, drow + s.dh, pg, pdg, pr,
+      PhiBackwardBlock(s.spec.phi, c.row, s.dk, a.omega, dphq, drow, pg, pdg, pr, c.scratch);
+      PhiBackwardBlock(s.spec.phi, c.row + s.dk, s.dk, a.omega, dphk, drow + s.dk, pg, pdg, pr,
                        c.scratch);
     }
   }
@@ -372,7 +395,7 @@ __global__ void BackwardKernel(Args a, const float* dy, float* dqkvb, StateView 
 
 int64_t BackwardExtraFloats(const Shape& s) {
   return static_cast<int64_t>(s.dp) * s.dh + 3 * s.dp + 3 * s.dh +
-         PhiBackwardShared(s.spec.phi, s.dh);
+         PhiBackwardShared(s.spec.phi, s.dk);
 }
 
 size_t SharedBytes(int64_t floats) { return static_cast<size_t>(floats) * sizeof(float); }
@@ -380,13 +403,12 @@ size_t SharedBytes(int64_t floats) { return static_cast<size_t>(floats) * sizeof
 }  // namespace
 
 bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not) {
-  const int64_t dh = spec.d_head;
-  if (dh < 8 || dh > kThreads || (dh & (dh - 1)) != 0) {
-    *why_not = "the CUDA fast-weight kernels need d_head to be a power of two in [8, 256]";
+  if (spec.DValue() > kThreads) {
+    *why_not = "the CUDA fast-weight kernels need d_value (d_head) of at most 256";
     return false;
   }
-  if (spec.DPhi() * dh > 24576) {
-    *why_not = "the CUDA fast-weight kernels keep S and dS in shared memory: d_phi * d_head "
+  if (spec.DPhi() * spec.DValue() > 24576) {
+    *why_not = "the CUDA fast-weight kernels keep S and dS in shared memory: d_phi * d_value "
                "must be at most 24576";
     return false;
   }
@@ -416,8 +438,8 @@ int64_t FastWeightBackwardScratch(const FastWeightSpec& spec, int64_t batch, int
                                   int64_t chunk) {
   chunk = std::max<int64_t>(1, std::min(chunk, time));
   const int64_t chunks = (time + chunk - 1) / chunk;
-  const int64_t dp = spec.DPhi(), dh = spec.d_head;
-  return batch * spec.heads * (chunks * (dp * dh + dp) + chunk * 2 * dh);
+  const int64_t dp = spec.DPhi(), dv = spec.DValue();
+  return batch * spec.heads * (chunks * (dp * dv + dp) + chunk * 2 * dv);
 }
 
 void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,

@@ -4,16 +4,21 @@
 //   φq, φk = φ(q), φ(k)                      (feature map, sum normalisation)
 //   delta:  β = sigmoid(b);  v̄ = W φk;  W ← W + β (v − v̄) ⊗ φk
 //   sum:    W ← W + v ⊗ φk;  z ← z + φk   (z only with the attention normaliser)
-//   y = W φq / sqrt(d_head)                  (sum + normaliser: divided by z·φq
-//                                             when it is positive)
+//   y = scale · W φq                         (scale 1/sqrt(d_head) unless set; sum +
+//                                             normaliser: divided by z·φq when
+//                                             it is positive)
 // The update comes before the read-out, so a token sees its own write.
 //
-// W is stored transposed, S = Wᵀ [d_φ, d_head], so that every update and read
+// Keys and queries have d_head dimensions (d_φ after the feature map), values
+// and outputs d_value (= d_head in the language model; the synthetic
+// retrieval task uses one-hot values of another size).
+//
+// W is stored transposed, S = Wᵀ [d_φ, d_value], so that every update and read
 // walks contiguous rows. States live in a pool of slots; a slot's layers and
 // heads are addressed through StateView (see model/state.h for the layout).
 //
 // Projection row layout (one row per token, heads side by side), as in the
-// paper's code: [q (d_head) | k (d_head) | v (d_head) | b (1, delta only)].
+// paper's code: [q (d_head) | k (d_head) | v (d_value) | b (1, delta only)].
 //
 // Two ops:
 //   FastWeightSequence  T tokens of each of B sequences from their states, in
@@ -42,12 +47,16 @@ struct FastWeightSpec {
   FeatureMapSpec phi;
   bool attention_normalizer = false;  // sum rule only
   int64_t heads = 1;
-  int64_t d_head = 1;
+  int64_t d_head = 1;   // keys and queries
+  int64_t d_value = 0;  // values and outputs; 0 means d_head
+  float scale = 0.0f;   // output scale; 0 means 1/sqrt(d_head)
 
   int64_t DPhi() const { return phi.OutputDim(d_head); }
+  int64_t DValue() const { return d_value > 0 ? d_value : d_head; }
+  float Scale() const;
   // Floats per head in a projection row.
   int64_t HeadWidth() const {
-    return 3 * d_head + (update == UpdateRule::kDelta ? 1 : 0);
+    return 2 * d_head + DValue() + (update == UpdateRule::kDelta ? 1 : 0);
   }
   // Floats per token in a projection row.
   int64_t RowWidth() const { return heads * HeadWidth(); }
@@ -57,7 +66,7 @@ struct FastWeightSpec {
 };
 
 // Where one layer's memory lives inside a pool of state slots:
-//   S of (slot, head)  at base + slot·slot_floats + s_offset + head·d_φ·d_head
+//   S of (slot, head)  at base + slot·slot_floats + s_offset + head·d_φ·d_value
 //   z of (slot, head)  at base + slot·slot_floats + z_offset + head·d_φ
 struct StateView {
   float* base = nullptr;
@@ -70,7 +79,7 @@ struct StateView {
 
 namespace fwp::cpu {
 
-// qkvb: [B, T, RowWidth]; slots: [B] (distinct); y: [B, T, heads·d_head].
+// qkvb: [B, T, RowWidth]; slots: [B] (distinct); y: [B, T, heads·d_value].
 // favor_proj: Ω [m, d_head] for favor, else null. chunk ≥ 1.
 void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
                         const float* favor_proj, const int32_t* slots,
@@ -79,7 +88,7 @@ void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
 
 // Backward of FastWeightSequence over the same inputs. `state` holds the
 // states the forward started from (S₀, z₀) and is only read. dy: [B, T,
-// heads·d_head]. dqkvb: [B, T, RowWidth], written. dstate (base may be null):
+// heads·d_value]. dqkvb: [B, T, RowWidth], written. dstate (base may be null):
 // on entry ∂L/∂(S_T, z_T) of the final states, on return ∂L/∂(S₀, z₀), laid out
 // like `state`. Memory stays linear in T: the state is checkpointed at chunk
 // starts (T/chunk copies) and recomputed inside one chunk at a time.
@@ -89,7 +98,7 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
                                 const float* dy, float* dqkvb, const StateView& dstate,
                                 int64_t chunk);
 
-// qkvb: [n, RowWidth]; slots: [n] (distinct); y: [n, heads·d_head].
+// qkvb: [n, RowWidth]; slots: [n] (distinct); y: [n, heads·d_value].
 void FastWeightStep(const FastWeightSpec& spec, const float* qkvb,
                     const float* favor_proj, const int32_t* slots, int64_t n,
                     const StateView& state, float* y);

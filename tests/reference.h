@@ -93,23 +93,24 @@ template <typename T>
 void FastWeightRecurrence64(const FastWeightSpec& spec, const T* rows, int64_t stride,
                             int64_t time, const float* omega, std::vector<double>& s,
                             std::vector<double>& z, std::vector<double>& y) {
-  const int64_t dh = spec.d_head, dp = spec.DPhi();
+  const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
+  const double scale = spec.scale != 0.0f ? spec.scale : 1.0 / std::sqrt(static_cast<double>(dk));
   for (int64_t t = 0; t < time; ++t) {
     const T* row = rows + t * stride;
-    const auto q = FeatureMap64(spec.phi, row, dh, omega);
-    const auto k = FeatureMap64(spec.phi, row + dh, dh, omega);
-    std::vector<double> u(dh);
-    for (int64_t j = 0; j < dh; ++j) u[j] = row[2 * dh + j];
+    const auto q = FeatureMap64(spec.phi, row, dk, omega);
+    const auto k = FeatureMap64(spec.phi, row + dk, dk, omega);
+    std::vector<double> u(dv);
+    for (int64_t j = 0; j < dv; ++j) u[j] = row[2 * dk + j];
     if (spec.update == UpdateRule::kDelta) {
-      const double beta = 1.0 / (1.0 + std::exp(-static_cast<double>(row[3 * dh])));
-      for (int64_t j = 0; j < dh; ++j) {
+      const double beta = 1.0 / (1.0 + std::exp(-static_cast<double>(row[2 * dk + dv])));
+      for (int64_t j = 0; j < dv; ++j) {
         double vbar = 0.0;
-        for (int64_t i = 0; i < dp; ++i) vbar += s[i * dh + j] * k[i];
+        for (int64_t i = 0; i < dp; ++i) vbar += s[i * dv + j] * k[i];
         u[j] = beta * (u[j] - vbar);
       }
     }
     for (int64_t i = 0; i < dp; ++i) {
-      for (int64_t j = 0; j < dh; ++j) s[i * dh + j] += k[i] * u[j];
+      for (int64_t j = 0; j < dv; ++j) s[i * dv + j] += k[i] * u[j];
     }
     double den = 1.0;
     if (spec.HasNormalizer()) {
@@ -120,10 +121,10 @@ void FastWeightRecurrence64(const FastWeightSpec& spec, const T* rows, int64_t s
       }
       if (!(den > 0)) den = 1.0;
     }
-    for (int64_t j = 0; j < dh; ++j) {
+    for (int64_t j = 0; j < dv; ++j) {
       double acc = 0.0;
-      for (int64_t i = 0; i < dp; ++i) acc += s[i * dh + j] * q[i];
-      y.push_back(acc / den / std::sqrt(static_cast<double>(dh)));
+      for (int64_t i = 0; i < dp; ++i) acc += s[i * dv + j] * q[i];
+      y.push_back(acc / den * scale);
     }
   }
 }
@@ -166,6 +167,20 @@ inline std::vector<FastWeightSpec> AllAttentionVariants(int64_t heads, int64_t d
         out.push_back(s);
       }
     }
+  }
+  return out;
+}
+
+// Variants whose values are wider or narrower than the keys, with a set
+// output scale (the synthetic retrieval task's memory).
+inline std::vector<FastWeightSpec> UnequalValueVariants(int64_t heads, int64_t d_head,
+                                                        int64_t d_value) {
+  std::vector<FastWeightSpec> out;
+  for (FastWeightSpec s : AllAttentionVariants(heads, d_head)) {
+    if (s.phi.kind != FeatureMapKind::kDpfp && s.phi.kind != FeatureMapKind::kIdentity) continue;
+    s.d_value = d_value;
+    s.scale = 1.0f;
+    out.push_back(s);
   }
   return out;
 }

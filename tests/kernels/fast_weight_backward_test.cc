@@ -52,11 +52,13 @@ TEST(FeatureMapBackward, MatchesFiniteDifferencesForEveryMap) {
 TEST(FastWeightSequenceBackward, MatchesFiniteDifferencesForEveryVariant) {
   const int64_t heads = 2, d_head = 4, batch = 2, time = 13, chunk = 4;
   const int32_t slots[] = {2, 0};
-  for (const FastWeightSpec& spec : testing::AllAttentionVariants(heads, d_head)) {
+  auto variants = testing::AllAttentionVariants(heads, d_head);
+  for (const auto& v : testing::UnequalValueVariants(heads, d_head, 6)) variants.push_back(v);
+  for (const FastWeightSpec& spec : variants) {
     SCOPED_TRACE(absl::StrCat(UpdateRuleName(spec.update), "+", FeatureMapName(spec.phi.kind),
                               spec.attention_normalizer ? "+normaliser" : ""));
     Rng rng(8);
-    const int64_t dp = spec.DPhi(), sz = dp * d_head;
+    const int64_t dp = spec.DPhi(), dv = spec.DValue(), sz = dp * dv;
     const int64_t zf = spec.HasNormalizer() ? dp : 0;
     const int64_t per_head = sz + zf;  // this test lays a slot out head by head
     const int64_t slot_floats = heads * per_head;
@@ -70,7 +72,7 @@ TEST(FastWeightSequenceBackward, MatchesFiniteDifferencesForEveryVariant) {
     }
     const auto qkvb = RandomVector(batch * time * spec.RowWidth(), rng, 0.5);
     const auto omega = RandomVector(spec.phi.favor_features * d_head, rng, 0.5);
-    const auto gy = RandomVector(batch * time * heads * d_head, rng);
+    const auto gy = RandomVector(batch * time * heads * dv, rng);
     const auto gs = RandomVector(3 * slot_floats, rng);  // ∂L/∂ final state
 
     // Analytic: dqkvb and ∂L/∂(S₀, z₀).
@@ -95,8 +97,8 @@ TEST(FastWeightSequenceBackward, MatchesFiniteDifferencesForEveryVariant) {
           FastWeightRecurrence64(spec, q.data() + b * time * spec.RowWidth() + h * spec.HeadWidth(),
                                  spec.RowWidth(), time, omega.data(), s, z, y);
           for (int64_t t = 0; t < time; ++t) {
-            for (int64_t j = 0; j < d_head; ++j) {
-              l += gy[(b * time + t) * heads * d_head + h * d_head + j] * y[t * d_head + j];
+            for (int64_t j = 0; j < dv; ++j) {
+              l += gy[(b * time + t) * heads * dv + h * dv + j] * y[t * dv + j];
             }
           }
           const float* gslot = gs.data() + slots[b] * slot_floats;

@@ -30,7 +30,7 @@ std::string Name(const FastWeightSpec& s) {
 // A pool of `slots` states laid out as the model does: S for all heads, then z.
 struct Pool {
   Pool(const FastWeightSpec& spec, int64_t slots, Rng& rng)
-      : s_floats(spec.heads * spec.DPhi() * spec.d_head),
+      : s_floats(spec.heads * spec.DPhi() * spec.DValue()),
         z_floats(spec.HasNormalizer() ? spec.heads * spec.DPhi() : 0),
         data(slots * (s_floats + z_floats)) {
     for (float& x : data) x = static_cast<float>(rng.Normal() * 0.1);
@@ -47,7 +47,7 @@ struct Pool {
     return StateView{data.data(), s_floats + z_floats, 0, s_floats};
   }
   std::vector<double> S(int64_t slot, int64_t head, const FastWeightSpec& spec) const {
-    const int64_t n = spec.DPhi() * spec.d_head;
+    const int64_t n = spec.DPhi() * spec.DValue();
     const float* p = data.data() + slot * (s_floats + z_floats) + head * n;
     return std::vector<double>(p, p + n);
   }
@@ -63,7 +63,9 @@ struct Pool {
 TEST(FastWeightSequence, MatchesFloat64RecurrenceForEveryVariantAndChunk) {
   const int64_t heads = 2, d_head = 16, batch = 2, time = 300;
   const int32_t slots[] = {3, 1};
-  for (const FastWeightSpec& spec : AllAttentionVariants(heads, d_head)) {
+  auto variants = AllAttentionVariants(heads, d_head);
+  for (const auto& v : testing::UnequalValueVariants(heads, d_head, 24)) variants.push_back(v);
+  for (const FastWeightSpec& spec : variants) {
     for (int64_t chunk : {1, 5, 64, 300}) {
       SCOPED_TRACE(absl::StrCat(Name(spec), " chunk ", chunk));
       Rng rng(17 + chunk);
@@ -71,7 +73,8 @@ TEST(FastWeightSequence, MatchesFloat64RecurrenceForEveryVariantAndChunk) {
       const std::vector<float> initial = pool.data;
       const auto omega = RandomVector(spec.phi.favor_features * d_head, rng, 0.5);
       const auto qkvb = RandomVector(batch * time * spec.RowWidth(), rng, 0.3);
-      std::vector<float> y(batch * time * heads * d_head, kNaN);
+      const int64_t dv = spec.DValue();
+      std::vector<float> y(batch * time * heads * dv, kNaN);
       cpu::FastWeightSequence(spec, qkvb.data(), omega.data(), slots, batch, time,
                               pool.View(), y.data(), chunk);
       // Reference, per (sequence, head), from the same initial states.
@@ -88,8 +91,8 @@ TEST(FastWeightSequence, MatchesFloat64RecurrenceForEveryVariantAndChunk) {
                                            h * spec.HeadWidth(),
                                  spec.RowWidth(), time, omega.data(), s, z, yh);
           for (int64_t t = 0; t < time; ++t) {
-            for (int64_t j = 0; j < d_head; ++j) {
-              y_ref[(b * time + t) * heads * d_head + h * d_head + j] = yh[t * d_head + j];
+            for (int64_t j = 0; j < dv; ++j) {
+              y_ref[(b * time + t) * heads * dv + h * dv + j] = yh[t * dv + j];
             }
           }
           const auto got = pool.S(slots[b], h, spec);
@@ -113,7 +116,9 @@ TEST(FastWeightSequence, MatchesFloat64RecurrenceForEveryVariantAndChunk) {
 
 TEST(FastWeightStep, ManyRandomStepsOverSlotsInRandomOrderMatchFloat64) {
   const int64_t heads = 2, d_head = 8, num_slots = 64, steps = 120;
-  for (const FastWeightSpec& spec : AllAttentionVariants(heads, d_head)) {
+  auto variants = AllAttentionVariants(heads, d_head);
+  for (const auto& v : testing::UnequalValueVariants(heads, d_head, 5)) variants.push_back(v);
+  for (const FastWeightSpec& spec : variants) {
     SCOPED_TRACE(Name(spec));
     Rng rng(5);
     Pool pool(spec, num_slots, rng);
@@ -137,7 +142,8 @@ TEST(FastWeightStep, ManyRandomStepsOverSlotsInRandomOrderMatchFloat64) {
       const int64_t n = 1 + rng.Next() % num_slots;
       std::vector<float> before = pool.data;
       const auto qkvb = RandomVector(n * spec.RowWidth(), rng, 0.3);
-      std::vector<float> y(n * heads * d_head, kNaN);
+      const int64_t dv = spec.DValue();
+      std::vector<float> y(n * heads * dv, kNaN);
       cpu::FastWeightStep(spec, qkvb.data(), omega.data(), order.data(), n, pool.View(),
                           y.data());
       for (int64_t i = 0; i < n; ++i) {
@@ -147,8 +153,8 @@ TEST(FastWeightStep, ManyRandomStepsOverSlotsInRandomOrderMatchFloat64) {
                                  spec.RowWidth(), 1, omega.data(), s_ref[order[i] * heads + h],
                                  z_ref[order[i] * heads + h], yh);
           y_all_ref.insert(y_all_ref.end(), yh.begin(), yh.end());
-          y_all.insert(y_all.end(), y.begin() + (i * heads + h) * d_head,
-                       y.begin() + (i * heads + h + 1) * d_head);
+          y_all.insert(y_all.end(), y.begin() + (i * heads + h) * dv,
+                       y.begin() + (i * heads + h + 1) * dv);
         }
       }
       const int64_t floats = pool.s_floats + pool.z_floats;

@@ -1,0 +1,108 @@
+// fwp-eval: perplexity and bits per byte of a model directory on a split.
+//
+//   fwp-eval --model models/default --data data/brown --split test
+//
+// --context window (default): contiguous windows of --seq tokens, each from
+// an empty state, as during training. --context stream: the whole split as
+// one stream with the state carried throughout, every prediction seeing all
+// that came before (the recurrent model's unbounded context).
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "model/model_dir.h"
+#include "nlohmann/json.hpp"
+#include "train/token_file.h"
+
+ABSL_FLAG(std::string, model, "models/default", "model directory");
+ABSL_FLAG(std::string, data, "data/brown", "prepared data directory (token files, stats.json)");
+ABSL_FLAG(std::string, split, "valid", "train, valid or test");
+ABSL_FLAG(std::string, context, "window", "window or stream");
+ABSL_FLAG(int64_t, seq, 128, "window length (--context window)");
+ABSL_FLAG(int64_t, batch, 16, "windows per forward pass");
+
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "fwp-eval: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  auto backend = fwp::MakeCpuBackend();
+  auto loaded = fwp::LoadModelDir(absl::GetFlag(FLAGS_model), *backend);
+  if (!loaded.ok()) return Fail(loaded.status());
+  fwp::Model& model = *loaded->model;
+  const std::string split = absl::GetFlag(FLAGS_split);
+  auto data = fwp::ReadTokenFile(absl::StrCat(absl::GetFlag(FLAGS_data), "/", split, ".tok"));
+  if (!data.ok()) return Fail(data.status());
+  const auto& tokens = data->tokens;
+  const int64_t V = model.config().vocab_size;
+  if (data->vocab_size > V) {
+    return Fail(absl::InvalidArgumentError("the data's vocabulary is larger than the model's"));
+  }
+  double nats = 0;
+  int64_t count = 0;
+  const std::string context = absl::GetFlag(FLAGS_context);
+  if (context == "window") {
+    const int64_t T = absl::GetFlag(FLAGS_seq), B = absl::GetFlag(FLAGS_batch);
+    const int64_t windows = (static_cast<int64_t>(tokens.size()) - 1) / T;
+    for (int64_t w0 = 0; w0 < windows; w0 += B) {
+      const int64_t nb = std::min(B, windows - w0);
+      std::vector<int32_t> in(nb * T), target(nb * T);
+      for (int64_t i = 0; i < nb * T; ++i) {
+        in[i] = tokens[w0 * T + i];
+        target[i] = tokens[w0 * T + i + 1];
+      }
+      auto loss = model.ForwardBackward(in, target, nb, nullptr);
+      if (!loss.ok()) return Fail(loss.status());
+      nats += loss->mean * loss->count;
+      count += loss->count;
+    }
+  } else if (context == "stream") {
+    auto pool = model.NewStatePool(1);
+    if (!pool.ok()) return Fail(pool.status());
+    const int32_t slot = 0;
+    const int64_t chunk = 512;
+    std::vector<float> logits(chunk * V);
+    for (int64_t t0 = 0; t0 + 1 < static_cast<int64_t>(tokens.size()); t0 += chunk) {
+      const int64_t n = std::min<int64_t>(chunk, tokens.size() - 1 - t0);
+      auto status = model.Prefill(**pool, {&slot, 1},
+                                  absl::MakeConstSpan(tokens).subspan(t0, n), true, logits.data());
+      if (!status.ok()) return Fail(status);
+      for (int64_t i = 0; i < n; ++i) {
+        const float* row = logits.data() + i * V;
+        float max = row[0];
+        for (int64_t v = 1; v < V; ++v) max = std::max(max, row[v]);
+        double sum = 0;
+        for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - max));
+        nats += max + std::log(sum) - row[tokens[t0 + i + 1]];
+        ++count;
+      }
+    }
+  } else {
+    return Fail(absl::InvalidArgumentError("--context must be window or stream"));
+  }
+  const double loss = nats / count;
+  std::printf("%s: %lld tokens scored, loss %.4f nats/token, perplexity %.2f", split.c_str(),
+              (long long)count, loss, std::exp(loss));
+  std::ifstream stats_in(absl::GetFlag(FLAGS_data) + "/stats.json");
+  if (stats_in) {
+    std::stringstream text;
+    text << stats_in.rdbuf();
+    const auto stats = nlohmann::json::parse(text.str(), nullptr, false);
+    if (!stats.is_discarded() && stats.contains(split)) {
+      const double bytes = stats[split]["bytes"].get<double>();
+      std::printf(", %.4f bits/byte", nats / std::log(2.0) / bytes);
+    }
+  }
+  std::printf(" (context %s)\n", context.c_str());
+  return 0;
+}

@@ -1,0 +1,339 @@
+#include "train/retrieval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace fwp {
+
+// One sequence: T keys and values, a query and the value it should return.
+struct RetrievalTask::Sample {
+  std::vector<int32_t> keys, values;
+  int32_t query = 0, target = 0;
+};
+
+// A trained tensor with its Adam moments and gradient, on the backend.
+struct Tensor {
+  Buffer data, grad, m, v;
+  int64_t size = 0;
+};
+
+// k = W_kv onehot(v) + W_ke E[key] + b_k (W_k split by its input columns),
+// β = W_bv onehot(v) + W_be E[key] + b_b, q = W_q E[query] + b_q.
+struct RetrievalTask::Parameters {
+  Tensor E, W_kv, W_ke, b_k, W_bv, W_be, b_b, W_q, b_q;
+  std::vector<Tensor*> All() { return {&E, &W_kv, &W_ke, &b_k, &W_bv, &W_be, &b_b, &W_q, &b_q}; }
+};
+
+namespace {
+
+absl::Status Init(Backend& backend, Tensor& t, int64_t size,
+                  const std::function<float()>& draw) {
+  t.size = size;
+  std::vector<float> host(size);
+  for (float& x : host) x = draw();
+  for (Buffer* b : {&t.data, &t.grad, &t.m, &t.v}) {
+    FWP_ASSIGN_OR_RETURN(*b, Buffer::Allocate(backend, size * sizeof(float)));
+    backend.Zero(b->data(), size * sizeof(float));
+  }
+  backend.CopyToDevice(t.data.data(), host.data(), size * sizeof(float));
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::StatusOr<Buffer> Upload(Backend& backend, const std::vector<T>& host) {
+  FWP_ASSIGN_OR_RETURN(Buffer b, Buffer::Allocate(backend, std::max<size_t>(1, host.size()) * sizeof(T)));
+  backend.CopyToDevice(b.data(), host.data(), host.size() * sizeof(T));
+  return b;
+}
+
+std::vector<float> Download(Backend& backend, const Buffer& b, int64_t n) {
+  std::vector<float> host(n);
+  backend.CopyToHost(host.data(), b.data(), n * sizeof(float));
+  return host;
+}
+
+}  // namespace
+
+RetrievalTask::RetrievalTask(Backend& backend, const RetrievalConfig& config)
+    : backend_(backend), config_(config), rng_(config.seed) {}
+
+RetrievalTask::~RetrievalTask() = default;
+
+absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Create(
+    Backend& backend, const RetrievalConfig& config) {
+  if (config.setting != 1 && config.setting != 2) {
+    return absl::InvalidArgumentError("retrieval setting must be 1 or 2");
+  }
+  if (config.phi.kind == FeatureMapKind::kFavor) {
+    return absl::InvalidArgumentError("the retrieval task runs dpfp, elu1, relu or identity, not favor");
+  }
+  if (config.pairs < 2 || config.d_key < 1 || config.batch < 1) {
+    return absl::InvalidArgumentError("retrieval needs pairs ≥ 2, d_key ≥ 1, batch ≥ 1");
+  }
+  std::unique_ptr<RetrievalTask> task(new RetrievalTask(backend, config));
+  const int64_t S = config.pairs, d = config.d_key;
+  FastWeightSpec& spec = task->spec_;
+  spec.update = config.update;
+  spec.phi = config.phi;
+  spec.phi.sum_norm = config.update == UpdateRule::kDelta;
+  spec.attention_normalizer = config.update == UpdateRule::kSum;
+  spec.heads = 1;
+  spec.d_head = d;
+  spec.d_value = S;
+  spec.scale = 1.0f;
+  FWP_RETURN_IF_ERROR(backend.CheckAttention(spec));
+  task->embed_ = static_cast<int64_t>(2 * S * 1.1);
+  const int64_t e = task->embed_;
+  // Initialisation as in the paper's code (torch defaults elsewhere).
+  Rng& rng = task->rng_;
+  auto normal = [&] { return static_cast<float>(rng.Normal()); };
+  auto uniform = [&](double bound) {
+    return [&rng, bound] { return static_cast<float>((2 * rng.Uniform() - 1) * bound); };
+  };
+  const double fan_kv = 1.0 / std::sqrt(static_cast<double>(S + e));
+  const double fan_q = 1.0 / std::sqrt(static_cast<double>(e));
+  const double u = 1.0 / std::sqrt(static_cast<double>(d));
+  task->params_ = std::make_unique<Parameters>();
+  Parameters& p = *task->params_;
+  FWP_RETURN_IF_ERROR(Init(backend, p.E, S * e, normal));
+  FWP_RETURN_IF_ERROR(Init(backend, p.W_kv, d * S, uniform(u)));
+  FWP_RETURN_IF_ERROR(Init(backend, p.W_ke, d * e, uniform(u)));
+  FWP_RETURN_IF_ERROR(Init(backend, p.b_k, d, uniform(fan_kv)));
+  FWP_RETURN_IF_ERROR(Init(backend, p.W_bv, S, uniform(fan_kv)));
+  FWP_RETURN_IF_ERROR(Init(backend, p.W_be, e, uniform(fan_kv)));
+  FWP_RETURN_IF_ERROR(Init(backend, p.b_b, 1, uniform(fan_kv)));
+  FWP_RETURN_IF_ERROR(Init(backend, p.W_q, d * e, uniform(u)));
+  FWP_RETURN_IF_ERROR(Init(backend, p.b_q, d, uniform(fan_q)));
+  return task;
+}
+
+std::vector<RetrievalTask::Sample> RetrievalTask::DrawBatch(int64_t n, Rng& rng) const {
+  const int64_t S = config_.pairs;
+  const bool replace = config_.setting == 2;
+  const int64_t T = replace ? 2 * S : S;
+  std::vector<Sample> batch(n);
+  std::vector<int32_t> perm(S);
+  for (Sample& s : batch) {
+    for (auto* list : {&s.keys, &s.values}) {
+      if (replace) {
+        list->resize(T);
+        for (auto& x : *list) x = static_cast<int32_t>(rng.Next() % S);
+      } else {  // a random permutation: S distinct items
+        std::iota(perm.begin(), perm.end(), 0);
+        for (int64_t i = S - 1; i > 0; --i) std::swap(perm[i], perm[rng.Next() % (i + 1)]);
+        *list = perm;
+      }
+    }
+    // The query: a key of the sequence; the target: its most recent value.
+    s.query = s.keys[rng.Next() % T];
+    for (int64_t t = T - 1; t >= 0; --t) {
+      if (s.keys[t] == s.query) {
+        s.target = s.values[t];
+        break;
+      }
+    }
+  }
+  return batch;
+}
+
+std::vector<RetrievalTask::Sample> RetrievalTask::DrawAllQueries(Rng& rng) const {
+  // One sequence of S pairs, queried with each key it holds.
+  const int64_t S = config_.pairs;
+  Sample base;
+  if (config_.setting == 2) {
+    base.keys.resize(S);
+    base.values.resize(S);
+    for (auto& x : base.keys) x = static_cast<int32_t>(rng.Next() % S);
+    for (auto& x : base.values) x = static_cast<int32_t>(rng.Next() % S);
+  } else {
+    base = DrawBatch(1, rng)[0];
+  }
+  std::vector<Sample> out;
+  std::vector<bool> seen(S, false);
+  for (int64_t t = static_cast<int64_t>(base.keys.size()) - 1; t >= 0; --t) {
+    if (seen[base.keys[t]]) continue;
+    seen[base.keys[t]] = true;
+    Sample s = base;
+    s.query = base.keys[t];
+    s.target = base.values[t];
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+absl::StatusOr<double> RetrievalTask::Run(const std::vector<Sample>& samples, bool train,
+                                          std::vector<int32_t>* predictions) {
+  Backend& B = backend_;
+  Parameters& p = *params_;
+  const int64_t n = samples.size(), T = samples[0].keys.size();
+  const int64_t S = config_.pairs, d = config_.d_key, e = embed_, rows = n * T;
+  const int64_t RW = spec_.RowWidth(), dp = spec_.DPhi();
+  // Inputs.
+  std::vector<int32_t> keys(rows), queries(n);
+  std::vector<float> onehot(rows * S, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    queries[i] = samples[i].query;
+    for (int64_t t = 0; t < T; ++t) {
+      keys[i * T + t] = samples[i].keys[t];
+      onehot[(i * T + t) * S + samples[i].values[t]] = 1.0f;
+    }
+  }
+  FWP_ASSIGN_OR_RETURN(Buffer keys_d, Upload(B, keys));
+  FWP_ASSIGN_OR_RETURN(Buffer queries_d, Upload(B, queries));
+  FWP_ASSIGN_OR_RETURN(Buffer onehot_d, Upload(B, onehot));
+  FWP_ASSIGN_OR_RETURN(Buffer ek, Buffer::Allocate(B, rows * e * sizeof(float)));   // [rows, e]
+  FWP_ASSIGN_OR_RETURN(Buffer eq, Buffer::Allocate(B, n * e * sizeof(float)));      // [n, e]
+  FWP_ASSIGN_OR_RETURN(Buffer k, Buffer::Allocate(B, rows * d * sizeof(float)));    // [rows, d]
+  FWP_ASSIGN_OR_RETURN(Buffer beta, Buffer::Allocate(B, rows * sizeof(float)));     // [rows]
+  FWP_ASSIGN_OR_RETURN(Buffer q, Buffer::Allocate(B, n * d * sizeof(float)));       // [n, d]
+  const auto* key_ids = static_cast<const int32_t*>(keys_d.data());
+  const auto* query_ids = static_cast<const int32_t*>(queries_d.data());
+  B.Embedding(key_ids, nullptr, rows, p.E.data.f32(), e, ek.f32());
+  B.Embedding(query_ids, nullptr, n, p.E.data.f32(), e, eq.f32());
+  B.Matmul(onehot_d.f32(), p.W_kv.data.f32(), p.b_k.data.f32(), k.f32(), rows, d, S, false);
+  B.Matmul(ek.f32(), p.W_ke.data.f32(), nullptr, k.f32(), rows, d, e, true);
+  B.Matmul(onehot_d.f32(), p.W_bv.data.f32(), p.b_b.data.f32(), beta.f32(), rows, 1, S, false);
+  B.Matmul(ek.f32(), p.W_be.data.f32(), nullptr, beta.f32(), rows, 1, e, true);
+  B.Matmul(eq.f32(), p.W_q.data.f32(), p.b_q.data.f32(), q.f32(), n, d, e, false);
+
+  // Memory rows [q | k | v | b]: the query sits in each sequence's last row.
+  const auto k_h = Download(B, k, rows * d), beta_h = Download(B, beta, rows);
+  const auto q_h = Download(B, q, n * d);
+  std::vector<float> qkvb(rows * RW, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = &qkvb[r * RW];
+    std::copy(&k_h[r * d], &k_h[(r + 1) * d], row + d);
+    std::copy(&onehot[r * S], &onehot[(r + 1) * S], row + 2 * d);
+    if (spec_.update == UpdateRule::kDelta) row[2 * d + S] = beta_h[r];
+    if (r % T == T - 1) std::copy(&q_h[(r / T) * d], &q_h[(r / T + 1) * d], row);
+  }
+  FWP_ASSIGN_OR_RETURN(Buffer qkvb_d, Upload(B, qkvb));
+  const int64_t slot_floats = dp * S + (spec_.HasNormalizer() ? dp : 0);
+  FWP_ASSIGN_OR_RETURN(Buffer state, Buffer::Allocate(B, n * slot_floats * sizeof(float)));
+  std::vector<int32_t> slots(n);
+  std::iota(slots.begin(), slots.end(), 0);
+  FWP_ASSIGN_OR_RETURN(Buffer slots_d, Upload(B, slots));
+  const auto* slot_ids = static_cast<const int32_t*>(slots_d.data());
+  const StateView view{state.f32(), slot_floats, 0, dp * S};
+  FWP_ASSIGN_OR_RETURN(Buffer y, Buffer::Allocate(B, rows * S * sizeof(float)));
+  B.Zero(state.data(), state.bytes());
+  B.FastWeightSequence(spec_, qkvb_d.f32(), nullptr, slot_ids, n, T, view, y.f32(), 64);
+  const auto y_h = Download(B, y, rows * S);
+
+  // Loss ½‖v − ŷ‖² per sequence, averaged.
+  double loss = 0;
+  std::vector<float> dy(rows * S, 0.0f);
+  if (predictions) predictions->assign(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* yhat = &y_h[((i + 1) * T - 1) * S];
+    float* g = &dy[((i + 1) * T - 1) * S];
+    int32_t best = 0;
+    for (int64_t j = 0; j < S; ++j) {
+      const double diff = yhat[j] - (j == samples[i].target ? 1.0 : 0.0);
+      loss += 0.5 * diff * diff;
+      g[j] = static_cast<float>(diff / n);
+      if (yhat[j] > yhat[best]) best = static_cast<int32_t>(j);
+    }
+    if (predictions) (*predictions)[i] = best;
+  }
+  loss /= n;
+  if (!train) return loss;
+
+  // Backward, in reverse.
+  for (Tensor* t : p.All()) B.Zero(t->grad.data(), t->size * sizeof(float));
+  FWP_ASSIGN_OR_RETURN(Buffer dy_d, Upload(B, dy));
+  FWP_ASSIGN_OR_RETURN(Buffer dqkvb, Buffer::Allocate(B, rows * RW * sizeof(float)));
+  B.Zero(state.data(), state.bytes());  // the backward reads the initial (empty) states
+  B.FastWeightSequenceBackward(spec_, qkvb_d.f32(), nullptr, slot_ids, n, T, view, dy_d.f32(),
+                               dqkvb.f32(), StateView{}, 64);
+  const auto drows = Download(B, dqkvb, rows * RW);
+  std::vector<float> dk(rows * d), dbeta(rows, 0.0f), dq(n * d);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = &drows[r * RW];
+    std::copy(row + d, row + 2 * d, &dk[r * d]);
+    if (spec_.update == UpdateRule::kDelta) dbeta[r] = row[2 * d + S];
+    if (r % T == T - 1) std::copy(row, row + d, &dq[(r / T) * d]);
+  }
+  FWP_ASSIGN_OR_RETURN(Buffer dk_d, Upload(B, dk));
+  FWP_ASSIGN_OR_RETURN(Buffer dbeta_d, Upload(B, dbeta));
+  FWP_ASSIGN_OR_RETURN(Buffer dq_d, Upload(B, dq));
+  FWP_ASSIGN_OR_RETURN(Buffer dek, Buffer::Allocate(B, rows * e * sizeof(float)));
+  FWP_ASSIGN_OR_RETURN(Buffer dek2, Buffer::Allocate(B, rows * e * sizeof(float)));
+  FWP_ASSIGN_OR_RETURN(Buffer deq, Buffer::Allocate(B, n * e * sizeof(float)));
+  B.MatmulBackward(dq_d.f32(), eq.f32(), p.W_q.data.f32(), deq.f32(), p.W_q.grad.f32(),
+                   p.b_q.grad.f32(), n, d, e);
+  B.MatmulBackward(dbeta_d.f32(), ek.f32(), p.W_be.data.f32(), dek2.f32(), p.W_be.grad.f32(),
+                   nullptr, rows, 1, e);
+  B.MatmulBackward(dbeta_d.f32(), onehot_d.f32(), p.W_bv.data.f32(), nullptr, p.W_bv.grad.f32(),
+                   p.b_b.grad.f32(), rows, 1, S);
+  B.MatmulBackward(dk_d.f32(), ek.f32(), p.W_ke.data.f32(), dek.f32(), p.W_ke.grad.f32(),
+                   nullptr, rows, d, e);
+  B.MatmulBackward(dk_d.f32(), onehot_d.f32(), p.W_kv.data.f32(), nullptr, p.W_kv.grad.f32(),
+                   p.b_k.grad.f32(), rows, d, S);
+  B.EmbeddingBackward(key_ids, rows, dek.f32(), e, p.E.grad.f32());
+  B.EmbeddingBackward(key_ids, rows, dek2.f32(), e, p.E.grad.f32());
+  B.EmbeddingBackward(query_ids, n, deq.f32(), e, p.E.grad.f32());
+  // Adam (AdamW without decay), as torch.optim.Adam with its defaults.
+  ++step_;
+  AdamWParams hp;
+  hp.lr = config_.lr;
+  hp.beta1 = 0.9f;
+  hp.beta2 = 0.999f;
+  hp.eps = 1e-8f;
+  hp.weight_decay = 0.0f;
+  hp.step = step_;
+  for (Tensor* t : p.All()) B.AdamW(t->data.f32(), t->grad.f32(), t->m.f32(), t->v.f32(), t->size, hp);
+  return loss;
+}
+
+absl::StatusOr<double> RetrievalTask::TrainStep() {
+  return Run(DrawBatch(config_.batch, rng_), /*train=*/true, nullptr);
+}
+
+absl::StatusOr<RetrievalEval> RetrievalTask::Evaluate() {
+  double loss = 0;
+  int64_t batches = 0, correct = 0, total = 0;
+  for (int64_t seq = 0; seq < config_.eval_sequences; ++seq) {
+    const auto all = DrawAllQueries(rng_);
+    for (size_t i = 0; i < all.size(); i += config_.batch) {
+      std::vector<Sample> part(all.begin() + i,
+                               all.begin() + std::min(all.size(), i + config_.batch));
+      std::vector<int32_t> predicted;
+      FWP_ASSIGN_OR_RETURN(double l, Run(part, /*train=*/false, &predicted));
+      loss += l;
+      ++batches;
+      for (size_t j = 0; j < part.size(); ++j) correct += predicted[j] == part[j].target;
+      total += part.size();
+    }
+  }
+  return RetrievalEval{loss / batches, static_cast<double>(correct) / total};
+}
+
+absl::StatusOr<RetrievalResult> RetrievalTask::Train(
+    const std::function<void(int64_t, const RetrievalEval&)>& on_eval) {
+  RetrievalResult result;
+  result.best.loss = INFINITY;
+  int64_t strikes = 0;
+  for (int64_t step = 1; step <= config_.max_steps; ++step) {
+    FWP_RETURN_IF_ERROR(TrainStep().status());
+    result.steps = step;
+    if (step % config_.eval_every != 0) continue;
+    FWP_ASSIGN_OR_RETURN(RetrievalEval eval, Evaluate());
+    result.last = eval;
+    on_eval(step, eval);
+    if (eval.loss < result.best.loss) {
+      result.best = eval;
+      strikes = 0;
+    } else {
+      ++strikes;
+    }
+    if (eval.loss <= config_.target_loss || strikes > config_.patience) break;
+  }
+  return result;
+}
+
+}  // namespace fwp
