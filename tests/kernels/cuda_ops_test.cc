@@ -183,7 +183,7 @@ TEST_F(CudaOps, FeatureMapsForwardAndBackward) {
 // A pool of slots laid out like the model's: S for all heads, then z.
 struct PoolLayout {
   explicit PoolLayout(const FastWeightSpec& spec)
-      : s_floats(spec.heads * spec.DPhi() * spec.d_head),
+      : s_floats(spec.heads * spec.DPhi() * spec.DValue()),
         z_floats(spec.HasNormalizer() ? spec.heads * spec.DPhi() : 0) {}
   int64_t slot_floats() const { return s_floats + z_floats; }
   StateView View(float* base) const { return StateView{base, slot_floats(), 0, s_floats}; }
@@ -205,16 +205,18 @@ std::string Name(const FastWeightSpec& s) {
 TEST_F(CudaOps, FastWeightSequenceForwardAndBackward) {
   const int64_t heads = 4, d_head = 32, batch = 3, time = 200, slots_in_pool = 5;
   const std::vector<int32_t> slots = {4, 0, 2};
-  for (const FastWeightSpec& spec : testing::AllAttentionVariants(heads, d_head)) {
+  auto variants = testing::AllAttentionVariants(heads, d_head);
+  for (const auto& v : testing::UnequalValueVariants(heads, d_head, 20)) variants.push_back(v);
+  for (const FastWeightSpec& spec : variants) {
     SCOPED_TRACE(Name(spec));
     Rng rng(7);
     const PoolLayout layout(spec);
     const auto initial = layout.Random(slots_in_pool, rng);
     const auto qkvb = RandomVector(batch * time * spec.RowWidth(), rng, 0.3);
     const auto omega = RandomVector(spec.phi.favor_features * d_head, rng, 0.5);
-    const auto dy = RandomVector(batch * time * heads * d_head, rng);
+    const auto dy = RandomVector(batch * time * heads * spec.DValue(), rng);
     const auto dfinal = RandomVector(slots_in_pool * layout.slot_floats(), rng);
-    const int64_t ny = batch * time * heads * d_head;
+    const int64_t ny = batch * time * heads * spec.DValue();
 
     std::vector<float> state = initial, y(ny);
     cpu_->FastWeightSequence(spec, qkvb.data(), omega.data(), slots.data(), batch, time,
