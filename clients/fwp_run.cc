@@ -132,7 +132,10 @@ int Run() {
   params.min_p = absl::GetFlag(FLAGS_min_p);
   fwp::Rng rng(absl::GetFlag(FLAGS_sample_seed));
   std::unique_ptr<fwp::StreamDecoder> stream;
-  if (tokenizer) stream = std::make_unique<fwp::StreamDecoder>(*tokenizer);
+  if (tokenizer) {
+    stream = std::make_unique<fwp::StreamDecoder>(*tokenizer);
+    stream->Prime(prompt);  // the continuation keeps its leading space
+  }
   if (tokenizer) std::printf("%s", absl::GetFlag(FLAGS_prompt).c_str());
   const int32_t eos = tokenizer ? tokenizer->eos_id() : -1;
   int generated = 0;

@@ -1,6 +1,20 @@
 #include "kernels/backend.h"
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
 namespace fwp {
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name) {
+  if (name == "cpu") return MakeCpuBackend();
+  if (name == "cuda") return MakeCudaBackend(0);
+  int device = 0;
+  if (name.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(name.substr(5), &device) && device >= 0) {
+    return MakeCudaBackend(device);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown backend '", name, "': use cpu, cuda or cuda:N"));
+}
 
 absl::StatusOr<Buffer> Buffer::Allocate(Backend& backend, size_t bytes) {
   auto ptr = backend.AllocateRaw(bytes);

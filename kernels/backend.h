@@ -11,7 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <string_view>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "kernels/activation.h"
@@ -97,6 +97,10 @@ std::unique_ptr<Backend> MakeCpuBackend();
 // The CUDA backend on GPU `device`: UNAVAILABLE when this build has no CUDA
 // backend or the device cannot be used, with the reason.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device);
+
+// A backend by name, as command-line tools take it: "cpu", "cuda" (device 0)
+// or "cuda:N".
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name);
 
 // A block of backend memory, freed when it goes out of scope. Move-only.
 class Buffer {

@@ -1,5 +1,7 @@
 #include "model/tokenizer.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace fwp {
@@ -41,6 +43,15 @@ namespace {
 // SentencePiece renders an incomplete UTF-8 sequence as U+FFFD.
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
 }  // namespace
+
+void StreamDecoder::Prime(absl::Span<const int32_t> context) {
+  // A few tokens of context suffice for the decoder's spacing decisions.
+  constexpr size_t kContext = 8;
+  const size_t keep = std::min(kContext, context.size());
+  ids_.assign(context.end() - keep, context.end());
+  prefix_ = 0;
+  read_ = ids_.size();
+}
 
 std::string StreamDecoder::Push(int32_t id) {
   ids_.push_back(id);

@@ -46,6 +46,9 @@ class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
 
+  // Takes `context` (e.g. the prompt) as already shown, so that the first
+  // pushed token decodes as a continuation (keeping its leading space).
+  void Prime(absl::Span<const int32_t> context);
   // Appends one token; returns the text that became complete (maybe empty).
   std::string Push(int32_t id);
   // Returns what is still held back (an incomplete character at the end).

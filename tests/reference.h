@@ -145,14 +145,15 @@ std::vector<double> NumericGradient(std::vector<double> x, const F& loss, double
   return grad;
 }
 
+inline constexpr FeatureMapKind kAllFeatureMapKinds[] = {
+    FeatureMapKind::kDpfp, FeatureMapKind::kElu1, FeatureMapKind::kFavor, FeatureMapKind::kRelu,
+    FeatureMapKind::kIdentity};
+
 // Every update rule × feature map combination the model supports.
 inline std::vector<FastWeightSpec> AllAttentionVariants(int64_t heads, int64_t d_head) {
   std::vector<FastWeightSpec> out;
-  const FeatureMapKind kinds[] = {FeatureMapKind::kDpfp, FeatureMapKind::kElu1,
-                                  FeatureMapKind::kFavor, FeatureMapKind::kRelu,
-                                  FeatureMapKind::kIdentity};
   for (UpdateRule rule : {UpdateRule::kDelta, UpdateRule::kSum}) {
-    for (FeatureMapKind kind : kinds) {
+    for (FeatureMapKind kind : kAllFeatureMapKinds) {
       FastWeightSpec s;
       s.update = rule;
       s.heads = heads;

@@ -21,22 +21,17 @@ ABSL_FLAG(int64_t, to, 20, "largest S");
 ABSL_FLAG(int64_t, by, 20, "step of S");
 ABSL_FLAG(int64_t, max_steps, 100000, "step budget per S");
 ABSL_FLAG(uint64_t, seed, 1, "seed");
-ABSL_FLAG(std::string, backend, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, csv, "", "append results to this CSV file");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  std::unique_ptr<fwp::Backend> backend;
-  if (absl::GetFlag(FLAGS_backend) == "cuda") {
-    auto gpu = fwp::MakeCudaBackend(0);
-    if (!gpu.ok()) {
-      std::fprintf(stderr, "fwp-retrieval: %s\n", std::string(gpu.status().message()).c_str());
-      return 1;
-    }
-    backend = std::move(*gpu);
-  } else {
-    backend = fwp::MakeCpuBackend();
+  auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
+  if (!made.ok()) {
+    std::fprintf(stderr, "fwp-retrieval: %s\n", std::string(made.status().message()).c_str());
+    return 1;
   }
+  std::unique_ptr<fwp::Backend> backend = std::move(*made);
   fwp::RetrievalConfig config;
   config.setting = absl::GetFlag(FLAGS_setting);
   config.update = absl::GetFlag(FLAGS_update) == "sum" ? fwp::UpdateRule::kSum : fwp::UpdateRule::kDelta;

@@ -1,6 +1,6 @@
 // fwp-train: trains an FWP language model on prepared token files.
 //
-//   fwp-train --config models/default.json --data data/brown --out runs/default \
+//   fwp-train --config models/default.json --data data/brown --out runs/default
 //             --batch 16 --seq 128 --steps 4000 --lr 2e-3
 //   fwp-train --out runs/default --resume [--steps 6000]
 //
@@ -26,7 +26,7 @@ ABSL_FLAG(std::string, config, "", "model config.json (new runs)");
 ABSL_FLAG(std::string, data, "data/brown", "prepared data: train.tok, valid.tok, tokenizer.model");
 ABSL_FLAG(std::string, out, "", "checkpoint directory");
 ABSL_FLAG(bool, resume, false, "continue the run in --out");
-ABSL_FLAG(std::string, backend, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(int64_t, batch, 16, "sequences per step");
 ABSL_FLAG(int64_t, seq, 128, "tokens per sequence");
 ABSL_FLAG(int64_t, steps, 1000, "optimiser steps in all");
@@ -49,12 +49,16 @@ int Fail(const absl::Status& s) {
 
 void Plot(const std::string& out) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
-  const std::string script = absl::StrCat(
-      "set terminal pngcairo size 900,500; set output '", out, "/loss.png';",
-      "set datafile separator ','; set key top right; set xlabel 'step'; set ylabel 'loss (nats)';",
-      "set title 'fwp-train'; plot '", out, "/log.csv' every ::1 using 1:3 with lines title 'train',",
-      " '' every ::1 using 1:($6 >= 0 ? $6 : 1/0) with linespoints title 'valid'");
-  const std::string cmd = absl::StrCat("gnuplot -e \"", script, "\" 2>/dev/null");
+  // A script file, not `gnuplot -e`: the shell would expand gnuplot's $6.
+  const std::string script = out + "/loss.gp";
+  std::ofstream(script) << "set terminal pngcairo size 900,500\n"
+                        << "set output '" << out << "/loss.png'\n"
+                        << "set datafile separator ','\n"
+                        << "set key top right\nset xlabel 'step'\nset ylabel 'loss (nats)'\n"
+                        << "set title 'fwp-train'\n"
+                        << "plot '" << out << "/log.csv' every ::1 using 1:3 with lines title 'train', "
+                        << "'' every ::1 using 1:($6 >= 0 ? $6 : 1/0) with linespoints title 'valid'\n";
+  const std::string cmd = "gnuplot '" + script + "' 2>/dev/null";
   if (std::system(cmd.c_str()) == 0) std::printf("plotted %s/loss.png\n", out.c_str());
 }
 
@@ -64,16 +68,9 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
-  std::unique_ptr<fwp::Backend> backend;
-  if (absl::GetFlag(FLAGS_backend) == "cuda") {
-    auto gpu = fwp::MakeCudaBackend(0);
-    if (!gpu.ok()) return Fail(gpu.status());
-    backend = std::move(*gpu);
-  } else if (absl::GetFlag(FLAGS_backend) == "cpu") {
-    backend = fwp::MakeCpuBackend();
-  } else {
-    return Fail(absl::InvalidArgumentError("--backend must be cpu or cuda"));
-  }
+  auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
+  if (!made.ok()) return Fail(made.status());
+  std::unique_ptr<fwp::Backend> backend = std::move(*made);
   const std::string data = absl::GetFlag(FLAGS_data);
   auto train = fwp::ReadTokenFile(data + "/train.tok");
   if (!train.ok()) return Fail(train.status());

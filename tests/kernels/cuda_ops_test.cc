@@ -151,10 +151,7 @@ TEST_F(CudaOps, ActivationForwardAndBackward) {
 
 TEST_F(CudaOps, FeatureMapsForwardAndBackward) {
   const int64_t rows = 40, d = 32, stride = 3 * d + 1;
-  const FeatureMapKind kinds[] = {FeatureMapKind::kDpfp, FeatureMapKind::kElu1,
-                                  FeatureMapKind::kFavor, FeatureMapKind::kRelu,
-                                  FeatureMapKind::kIdentity};
-  for (FeatureMapKind kind : kinds) {
+  for (FeatureMapKind kind : testing::kAllFeatureMapKinds) {
     for (bool sum_norm : {false, true}) {
       if (sum_norm && kind == FeatureMapKind::kIdentity) continue;
       FeatureMapSpec spec{kind, 3, 48, sum_norm};

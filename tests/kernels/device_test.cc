@@ -1,5 +1,7 @@
 #include "kernels/device.h"
 
+#include "kernels/backend.h"
+
 #include <gtest/gtest.h>
 
 namespace fwp {
@@ -13,6 +15,27 @@ TEST(Device, ReportsWhetherACudaDeviceIsUsable) {
   if (count == 0) {
     EXPECT_FALSE(why_not.empty());
     GTEST_SKIP() << "CUDA tests will skip: " << why_not;
+  }
+}
+
+}  // namespace
+}  // namespace fwp
+
+namespace fwp {
+namespace {
+
+TEST(Backend, IsChosenByName) {
+  auto cpu = MakeBackend("cpu");
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_STREQ((*cpu)->Name(), "cpu");
+  auto bad = MakeBackend("tpu");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("unknown backend 'tpu'"), std::string::npos);
+  EXPECT_FALSE(MakeBackend("cuda:x").ok());
+  // cuda is either a working backend or UNAVAILABLE with the reason.
+  auto cuda = MakeBackend("cuda");
+  if (!cuda.ok()) {
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kUnavailable);
   }
 }
 

@@ -20,10 +20,7 @@ using testing::RelativeError;
 
 TEST(FeatureMapBackward, MatchesFiniteDifferencesForEveryMap) {
   const int64_t rows = 5, d = 6;
-  const FeatureMapKind kinds[] = {FeatureMapKind::kDpfp, FeatureMapKind::kElu1,
-                                  FeatureMapKind::kFavor, FeatureMapKind::kRelu,
-                                  FeatureMapKind::kIdentity};
-  for (FeatureMapKind kind : kinds) {
+  for (FeatureMapKind kind : testing::kAllFeatureMapKinds) {
     for (bool sum_norm : {false, true}) {
       if (sum_norm && kind == FeatureMapKind::kIdentity) continue;
       FeatureMapSpec spec{kind, 2, 7, sum_norm};

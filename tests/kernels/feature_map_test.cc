@@ -44,10 +44,7 @@ TEST(FeatureMap, DpfpHasDimension2DNuAndMatchesAHandComputedExample) {
 
 TEST(FeatureMap, EveryMapMatchesFloat64OnRandomStridedRows) {
   const int64_t rows = 37, d = 24, stride = 3 * d + 1;
-  const FeatureMapKind kinds[] = {FeatureMapKind::kDpfp, FeatureMapKind::kElu1,
-                                  FeatureMapKind::kFavor, FeatureMapKind::kRelu,
-                                  FeatureMapKind::kIdentity};
-  for (FeatureMapKind kind : kinds) {
+  for (FeatureMapKind kind : testing::kAllFeatureMapKinds) {
     for (bool sum_norm : {false, true}) {
       if (sum_norm && kind == FeatureMapKind::kIdentity) continue;
       for (int nu : {1, 3}) {

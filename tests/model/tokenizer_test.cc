@@ -74,6 +74,22 @@ TEST_F(TokenizerTest, StreamingNeverSplitsAMultiByteCharacter) {
   EXPECT_GE(held, 2);  // at least the first two bytes of the euro sign waited
 }
 
+TEST_F(TokenizerTest, APrimedStreamContinuesTheContextWithItsSpace) {
+  const auto context = tokenizer_->Encode("The jury");
+  const auto more = tokenizer_->Encode("The jury said the memory");
+  ASSERT_GT(more.size(), context.size());
+  StreamDecoder stream(*tokenizer_);
+  stream.Prime(context);
+  std::string text;
+  for (size_t i = context.size(); i < more.size(); ++i) text += stream.Push(more[i]);
+  text += stream.Flush();
+  EXPECT_EQ(text, " said the memory");
+  StreamDecoder fresh(*tokenizer_);  // unprimed, the first space is dropped
+  std::string plain;
+  for (size_t i = context.size(); i < more.size(); ++i) plain += fresh.Push(more[i]);
+  EXPECT_EQ(plain, "said the memory");
+}
+
 TEST_F(TokenizerTest, FlushReleasesAnIncompleteTail) {
   const auto euro = tokenizer_->Encode("\xE2\x82\xAC");
   ASSERT_GE(euro.size(), 3u);
