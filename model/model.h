@@ -76,13 +76,20 @@ class Model {
   // and backpropagates the mean loss, adding each parameter's gradient into
   // (*grads)[i] (one device buffer per Parameters()[i]); with grads null it
   // only scores. Returns the mean loss and the number of scored targets.
+  //
+  // With `carry` (a pool of `batch` slots from NewStatePool), sequence b
+  // starts from carry's slot b instead of an empty state, and the states
+  // after the last token are written back into it: consecutive segments of
+  // long streams (truncated backpropagation through time; gradients do not
+  // flow into the carried state).
   struct Loss {
     double mean = 0.0;
     int64_t count = 0;
   };
   absl::StatusOr<Loss> ForwardBackward(absl::Span<const int32_t> tokens,
                                        absl::Span<const int32_t> targets, int64_t batch,
-                                       std::vector<Buffer>* grads);
+                                       std::vector<Buffer>* grads,
+                                       StatePool* carry = nullptr);
 
   // The fast-weight op's chunk length for Prefill (≥ 1; default 64).
   int64_t chunk_size() const { return chunk_size_; }

@@ -14,7 +14,8 @@ namespace fwp {
 
 absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tokens,
                                                   absl::Span<const int32_t> targets,
-                                                  int64_t batch, std::vector<Buffer>* grads) {
+                                                  int64_t batch, std::vector<Buffer>* grads,
+                                                  StatePool* carry) {
   const Config& c = config_;
   if (batch <= 0 || tokens.empty() || tokens.size() % batch != 0 ||
       targets.size() != tokens.size()) {
@@ -43,6 +44,11 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
           absl::StrCat("target ", targets[i], " at index ", i, " is outside the vocabulary"));
     }
     if (targets[i] >= 0) ++count;
+  }
+  if (carry != nullptr && (carry->capacity() != batch ||
+                           carry->slot_bytes() != state_layout().SlotBytes())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the carried states must be a pool of this model with ", batch, " slots"));
   }
 
   // Workspace for this shape.
@@ -84,16 +90,28 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
     FWP_ASSIGN_OR_RETURN(w->initial, NewStatePool(static_cast<int32_t>(batch)));
     FWP_ASSIGN_OR_RETURN(w->work, NewStatePool(static_cast<int32_t>(batch)));
     std::vector<int32_t> slots(batch);
-    std::vector<int64_t> positions(n);
-    for (int64_t b = 0; b < batch; ++b) {
-      slots[b] = static_cast<int32_t>(b);
-      for (int64_t t = 0; t < time; ++t) positions[b * time + t] = t;
-    }
+    for (int64_t b = 0; b < batch; ++b) slots[b] = static_cast<int32_t>(b);
     backend_.CopyToDevice(w->slots.data(), slots.data(), batch * sizeof(int32_t));
-    backend_.CopyToDevice(w->positions.data(), positions.data(), n * sizeof(int64_t));
     train_ = std::move(w);
   }
   TrainWorkspace& w = *train_;
+  // The states the sequences start from: carried ones, or empty.
+  if (carry != nullptr) {
+    w.initial->CopyAllFrom(*carry);
+    w.work->CopyAllFrom(*carry);
+  } else {
+    for (int32_t b = 0; b < batch; ++b) {
+      w.initial->Reset(b);
+      w.work->Reset(b);
+    }
+  }
+  if (c.positions == Positions::kSinusoidal) {
+    std::vector<int64_t> positions(n);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t t = 0; t < time; ++t) positions[b * time + t] = w.work->position(b) + t;
+    }
+    backend_.CopyToDevice(w.positions.data(), positions.data(), n * sizeof(int64_t));
+  }
   backend_.CopyToDevice(w.tokens.data(), tokens.data(), n * sizeof(int32_t));
   backend_.CopyToDevice(w.targets.data(), targets.data(), n * sizeof(int32_t));
   const auto* token_ids = static_cast<const int32_t*>(w.tokens.data());
@@ -101,7 +119,6 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
   const int64_t* positions =
       c.positions == Positions::kSinusoidal ? static_cast<const int64_t*>(w.positions.data())
                                             : nullptr;
-  for (int32_t b = 0; b < batch; ++b) w.work->Reset(b);
 
   // ---- forward ----
   float* x = w.x_in.empty() ? w.x_final.f32() : w.x_in[0].f32();
@@ -142,6 +159,10 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
     for (float v : losses) total += v;
     return Loss{count > 0 ? total / count : 0.0, count};
   };
+  if (carry != nullptr) {
+    for (int32_t b = 0; b < batch; ++b) w.work->Advance(b, time);
+    carry->CopyAllFrom(*w.work);
+  }
   if (grads == nullptr) return mean_loss();
 
   // ---- backward, in reverse ----

@@ -61,6 +61,11 @@ void StatePool::CopyFromHost(int32_t slot, const void* host, int64_t position) {
   positions_[slot] = position;
 }
 
+void StatePool::CopyAllFrom(const StatePool& src) {
+  backend_.CopyOnDevice(memory_.data(), src.memory_.data(), memory_.bytes());
+  positions_ = src.positions_;
+}
+
 void StatePool::CopySlot(int32_t dst, int32_t src) {
   backend_.CopyOnDevice(SlotData(dst), SlotData(src), slot_bytes());
   positions_[dst] = positions_[src];

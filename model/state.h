@@ -62,6 +62,8 @@ class StatePool {
   void CopyToHost(int32_t slot, void* host) const;
   void CopyFromHost(int32_t slot, const void* host, int64_t position);
   void CopySlot(int32_t dst, int32_t src);
+  // Every slot and position of `src`, a pool of the same layout and capacity.
+  void CopyAllFrom(const StatePool& src);
 
  private:
   StatePool(Backend& backend, const StateLayout& layout, int32_t capacity,

@@ -39,6 +39,8 @@ ABSL_FLAG(int64_t, eval_every, 200, "steps between evaluations on the valid spli
 ABSL_FLAG(int64_t, eval_windows, 0, "valid windows per evaluation (0: the whole split)");
 ABSL_FLAG(int64_t, checkpoint_every, 500, "steps between checkpoints");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the initial weights and of the batches");
+ABSL_FLAG(bool, carry_state, false,
+          "train on contiguous streams with the fast-weight state carried between steps");
 
 namespace {
 
@@ -98,6 +100,7 @@ int main(int argc, char** argv) {
     tc.eval_windows = absl::GetFlag(FLAGS_eval_windows);
     tc.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
     tc.seed = absl::GetFlag(FLAGS_seed);
+    tc.carry_state = absl::GetFlag(FLAGS_carry_state);
     tc.optimizer.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
     tc.optimizer.min_lr_ratio = static_cast<float>(absl::GetFlag(FLAGS_min_lr_ratio));
     tc.optimizer.warmup_steps = absl::GetFlag(FLAGS_warmup);

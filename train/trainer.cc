@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -28,6 +29,7 @@ json ToJson(const TrainerConfig& c, int64_t step) {
           {"eval_windows", c.eval_windows},
           {"checkpoint_every", c.checkpoint_every},
           {"seed", c.seed},
+          {"carry_state", c.carry_state},
           {"optimizer",
            {{"lr", o.lr},
             {"min_lr_ratio", o.min_lr_ratio},
@@ -55,6 +57,7 @@ absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
     c.eval_windows = j.at("eval_windows");
     c.checkpoint_every = j.at("checkpoint_every");
     c.seed = j.at("seed");
+    c.carry_state = j.value("carry_state", false);
     const json& o = j.at("optimizer");
     c.optimizer.lr = o.at("lr");
     c.optimizer.min_lr_ratio = o.at("min_lr_ratio");
@@ -101,6 +104,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   t->model_config_ = config;
   FWP_ASSIGN_OR_RETURN(t->model_, Model::Create(backend, config, weights));
   FWP_ASSIGN_OR_RETURN(t->optimizer_, Optimizer::Create(*t->model_, trainer.optimizer));
+  if (trainer.carry_state) {
+    if ((static_cast<int64_t>(train.tokens.size()) - 1) / trainer.batch < trainer.seq) {
+      return absl::InvalidArgumentError("carry_state needs at least one window per stream");
+    }
+    FWP_ASSIGN_OR_RETURN(t->carry_, t->model_->NewStatePool(static_cast<int32_t>(trainer.batch)));
+  }
   t->train_ = std::move(train);
   t->valid_ = std::move(valid);
   t->out_dir_ = std::move(out_dir);
@@ -122,6 +131,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                       std::move(valid), out_dir,
                                       std::filesystem::exists(tokenizer) ? tokenizer : ""));
   FWP_RETURN_IF_ERROR(t->optimizer_->Load(out_dir + "/optimizer.safetensors"));
+  if (t->carry_) {
+    const std::string path = out_dir + "/carry.safetensors";
+    FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+    const int64_t floats = t->carry_->slot_bytes() / 4;
+    FWP_ASSIGN_OR_RETURN(std::vector<float> states, file->ReadF32("states"));
+    const TensorInfo* positions = file->Find("positions");
+    if (static_cast<int64_t>(states.size()) != trainer.batch * floats || positions == nullptr ||
+        positions->dtype != DType::kI64 || positions->NumElements() != trainer.batch) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": carried states do not fit the run"));
+    }
+    const auto bytes = file->Bytes(*positions);
+    for (int32_t b = 0; b < trainer.batch; ++b) {
+      int64_t position;
+      std::memcpy(&position, bytes.data() + 8 * b, 8);
+      t->carry_->CopyFromHost(b, states.data() + b * floats, position);
+    }
+  }
   return t;
 }
 
@@ -129,19 +155,29 @@ absl::StatusOr<StepReport> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t step = optimizer_->step() + 1;
   const int64_t B = config_.batch, T = config_.seq;
-  Rng rng(config_.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step));
   std::vector<int32_t> tokens(B * T), targets(B * T);
-  const uint64_t span = train_.tokens.size() - T;  // window starts in [0, span)
-  for (int64_t b = 0; b < B; ++b) {
-    const uint64_t offset = rng.Next() % span;
+  auto take = [&](int64_t b, uint64_t offset) {
     for (int64_t t = 0; t < T; ++t) {
       tokens[b * T + t] = train_.tokens[offset + t];
       targets[b * T + t] = train_.tokens[offset + t + 1];
     }
+  };
+  if (carry_) {
+    // Stream b covers [b·L, (b+1)·L); step s reads its window (s−1) mod W.
+    const int64_t stream = (static_cast<int64_t>(train_.tokens.size()) - 1) / B;
+    const int64_t window = (step - 1) % (stream / T);
+    if (window == 0) {
+      for (int32_t b = 0; b < B; ++b) carry_->Reset(b);
+    }
+    for (int64_t b = 0; b < B; ++b) take(b, b * stream + window * T);
+  } else {
+    Rng rng(config_.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step));
+    const uint64_t span = train_.tokens.size() - T;  // window starts in [0, span)
+    for (int64_t b = 0; b < B; ++b) take(b, rng.Next() % span);
   }
   optimizer_->ZeroGrads();
-  FWP_ASSIGN_OR_RETURN(Model::Loss loss,
-                       model_->ForwardBackward(tokens, targets, B, &optimizer_->grads()));
+  FWP_ASSIGN_OR_RETURN(Model::Loss loss, model_->ForwardBackward(tokens, targets, B,
+                                                                 &optimizer_->grads(), carry_.get()));
   StepReport report;
   report.step = step;
   report.lr = LearningRate(optimizer_->config(), step);
@@ -179,6 +215,22 @@ absl::StatusOr<Model::Loss> Trainer::Evaluate() {
 absl::Status Trainer::SaveCheckpoint() {
   FWP_RETURN_IF_ERROR(WriteModelDir(out_dir_, model_config_, model_->Weights(), tokenizer_path_));
   FWP_RETURN_IF_ERROR(optimizer_->Save(out_dir_ + "/optimizer.safetensors"));
+  if (carry_) {
+    const int64_t floats = carry_->slot_bytes() / 4;
+    std::vector<float> states(config_.batch * floats);
+    std::vector<int64_t> positions(config_.batch);
+    for (int32_t b = 0; b < config_.batch; ++b) {
+      carry_->CopyToHost(b, states.data() + b * floats);
+      positions[b] = carry_->position(b);
+    }
+    FWP_RETURN_IF_ERROR(WriteSafetensors(
+        out_dir_ + "/carry.safetensors",
+        {{"states", DType::kF32, {config_.batch, floats},
+          {reinterpret_cast<const uint8_t*>(states.data()), states.size() * 4}},
+         {"positions", DType::kI64, {config_.batch},
+          {reinterpret_cast<const uint8_t*>(positions.data()), positions.size() * 8}}},
+        {}));
+  }
   return WriteFileAtomically(out_dir_ + "/trainer.json",
                              ToJson(config_, optimizer_->step()).dump(2) + "\n");
 }

@@ -5,8 +5,9 @@
 // CPU losses match the uninterrupted run bit for bit.
 //
 // A checkpoint directory is a model directory (config.json,
-// model.safetensors, tokenizer.model) plus optimizer.safetensors and
-// trainer.json (the settings and the step).
+// model.safetensors, tokenizer.model) plus optimizer.safetensors,
+// trainer.json (the settings and the step) and, with carry_state, the
+// carried states (carry.safetensors).
 #pragma once
 
 #include <cstdint>
@@ -29,6 +30,11 @@ struct TrainerConfig {
   int64_t eval_windows = 0;        // 0: the whole valid split
   int64_t checkpoint_every = 500;  // 0: only at the end
   uint64_t seed = 1;
+  // Truncated BPTT: the batch is `batch` contiguous streams through the
+  // train split, each step the next window of each, the fast-weight states
+  // carried from one step to the next (and reset when the streams wrap), so
+  // the model learns to use a state older than one window.
+  bool carry_state = false;
   OptimizerConfig optimizer;
 };
 
@@ -75,6 +81,7 @@ class Trainer {
   Config model_config_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<StatePool> carry_;  // carry_state: [batch] slots
   TokenFile train_, valid_;
   std::string out_dir_, tokenizer_path_;
 };

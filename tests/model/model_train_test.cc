@@ -190,3 +190,42 @@ TEST(ModelTraining, GradientsMatchFiniteDifferencesOfAFloat64ReferenceForEveryVa
 
 }  // namespace
 }  // namespace fwp
+
+namespace fwp {
+namespace {
+
+// Two segments with the state carried score exactly what one pass over the
+// whole sequence scores (positions continue too).
+TEST(ModelTraining, CarriedStatesContinueTheSequence) {
+  auto backend = MakeCpuBackend();
+  Config c = Tiny(testing::AllAttentionVariants(2, 4)[0]);
+  c.positions = Positions::kSinusoidal;
+  auto model = Model::Create(*backend, c, RandomWeights(c, 3, 0.5f));
+  ASSERT_TRUE(model.ok());
+  const int64_t batch = 2, half = 9;
+  Rng rng(6);
+  std::vector<int32_t> tokens(batch * 2 * half), targets(batch * 2 * half);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng.Next() % c.vocab_size);
+  for (auto& t : targets) t = static_cast<int32_t>(rng.Next() % c.vocab_size);
+  auto whole = (*model)->ForwardBackward(tokens, targets, batch, nullptr);
+  ASSERT_TRUE(whole.ok());
+  auto carry = (*model)->NewStatePool(batch);
+  ASSERT_TRUE(carry.ok());
+  double parts = 0;
+  for (int64_t part = 0; part < 2; ++part) {
+    std::vector<int32_t> in, out;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t at = b * 2 * half + part * half;
+      in.insert(in.end(), tokens.begin() + at, tokens.begin() + at + half);
+      out.insert(out.end(), targets.begin() + at, targets.begin() + at + half);
+    }
+    auto loss = (*model)->ForwardBackward(in, out, batch, nullptr, carry->get());
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    parts += loss->mean * loss->count;
+  }
+  EXPECT_NEAR(parts / whole->count, whole->mean, 1e-5 * whole->mean);
+  EXPECT_EQ((*carry)->position(0), 2 * half);
+}
+
+}  // namespace
+}  // namespace fwp

@@ -33,8 +33,9 @@ TokenFile Stream(int64_t n, uint64_t seed) {
   return f;
 }
 
-TrainerConfig Settings(int64_t steps) {
+TrainerConfig Settings(int64_t steps, bool carry = false) {
   TrainerConfig t;
+  t.carry_state = carry;
   t.batch = 4;
   t.seq = 16;
   t.steps = steps;
@@ -54,23 +55,26 @@ std::vector<double> RunFor(Trainer& trainer) {
   return losses;
 }
 
-TEST(Trainer, ResumingFromACheckpointContinuesExactly) {
+class TrainerResume : public ::testing::TestWithParam<bool> {};
+
+TEST_P(TrainerResume, ContinuesExactly) {
+  const bool carry = GetParam();
   auto backend = MakeCpuBackend();
   const Config config = TinyConfig();
   const HostWeights init = RandomWeights(config, 9);
-  const std::string whole = ::testing::TempDir() + "fwp_trainer_whole";
-  const std::string halves = ::testing::TempDir() + "fwp_trainer_halves";
+  const std::string whole = ::testing::TempDir() + "fwp_trainer_whole" + (carry ? "_carry" : "");
+  const std::string halves = ::testing::TempDir() + "fwp_trainer_halves" + (carry ? "_carry" : "");
   std::filesystem::remove_all(whole);
   std::filesystem::remove_all(halves);
 
-  auto a = Trainer::Create(*backend, config, init, Settings(12), Stream(3000, 1), Stream(500, 2),
+  auto a = Trainer::Create(*backend, config, init, Settings(12, carry), Stream(3000, 1), Stream(500, 2),
                            whole, "");
   ASSERT_TRUE(a.ok()) << a.status();
   const auto uninterrupted = RunFor(**a);
   ASSERT_EQ(uninterrupted.size(), 12u);
   EXPECT_LT(uninterrupted.back(), uninterrupted.front());
 
-  auto b = Trainer::Create(*backend, config, init, Settings(6), Stream(3000, 1), Stream(500, 2),
+  auto b = Trainer::Create(*backend, config, init, Settings(6, carry), Stream(3000, 1), Stream(500, 2),
                            halves, "");
   ASSERT_TRUE(b.ok());
   auto first_half = RunFor(**b);  // checkpoints at its last step
@@ -88,6 +92,11 @@ TEST(Trainer, ResumingFromACheckpointContinuesExactly) {
   ASSERT_TRUE(wa.ok() && wc.ok());
   EXPECT_EQ(*ReadWeights(**wa, config), *ReadWeights(**wc, config));
 }
+
+// Random windows, and contiguous streams with the state carried (truncated
+// BPTT, whose carried states are part of the checkpoint).
+INSTANTIATE_TEST_SUITE_P(Batches, TrainerResume, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "CarriedState" : "RandomWindows"; });
 
 TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
   auto backend = MakeCpuBackend();
