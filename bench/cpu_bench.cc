@@ -15,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/timing.h"
 #include "kernels/matmul.h"
 #include "kernels/random.h"
 #include "model/model.h"
@@ -23,21 +24,8 @@ ABSL_FLAG(double, seconds, 2.0, "minimum time per measurement");
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-// Runs fn repeatedly for at least --seconds; returns seconds per call.
 double TimePerCall(const std::function<void()>& fn) {
-  fn();  // warm up
-  const double budget = absl::GetFlag(FLAGS_seconds);
-  int64_t calls = 0;
-  const auto start = Clock::now();
-  double elapsed = 0.0;
-  do {
-    fn();
-    ++calls;
-    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  } while (elapsed < budget);
-  return elapsed / calls;
+  return fwp::bench::TimePerCall(absl::GetFlag(FLAGS_seconds), fn);
 }
 
 std::vector<float> Random(int64_t n, fwp::Rng& rng) {

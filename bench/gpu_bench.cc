@@ -16,6 +16,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/timing.h"
 #include "kernels/backend.h"
 #include "kernels/random.h"
 #include "model/model.h"
@@ -25,24 +26,8 @@ ABSL_FLAG(int, device, 0, "CUDA device");
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 double TimePerCall(fwp::Backend& gpu, const std::function<void()>& fn) {
-  fn();
-  gpu.Synchronize();
-  const double budget = absl::GetFlag(FLAGS_seconds);
-  int64_t calls = 0;
-  const auto start = Clock::now();
-  double elapsed = 0.0;
-  do {
-    fn();
-    ++calls;
-    if (calls % 4 == 0) {
-      gpu.Synchronize();
-      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    }
-  } while (elapsed < budget);
-  return elapsed / calls;
+  return fwp::bench::TimePerCall(absl::GetFlag(FLAGS_seconds), fn, &gpu);
 }
 
 fwp::Buffer RandomBuffer(fwp::Backend& gpu, int64_t n, fwp::Rng& rng, double scale = 1.0) {
