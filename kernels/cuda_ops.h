@@ -47,8 +47,9 @@ void FeatureMapBackward(cudaStream_t stream, const FeatureMapSpec& spec, const f
                         int64_t rows, int64_t d, int64_t x_stride, const float* favor_proj,
                         const float* dphi, float* dx, int64_t dx_stride);
 
-// fast_weight.cu. Supported shapes: d_head a power of two in [8, 256] and
-// d_φ·d_head ≤ 65536 (FastWeightSupported says why not otherwise). The
+// fast_weight.cu. Supported shapes: d_value ≤ 256 and d_φ·d_value ≤ 24576,
+// with the backward's shared memory within the device's opt-in limit
+// (FastWeightSupported says why not otherwise). The
 // backward needs FastWeightBackwardScratch(...) floats of device scratch.
 bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not);
 void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const float* qkvb,

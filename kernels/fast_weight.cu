@@ -412,6 +412,17 @@ bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not) {
                "must be at most 24576";
     return false;
   }
+  // The backward holds S, dS and per-token vectors: check its real need.
+  const Shape s = MakeShape(spec);
+  int device = 0, limit = 0;
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ==
+          cudaSuccess &&
+      SharedBytes(CommonFloats(s) + BackwardExtraFloats(s)) > static_cast<size_t>(limit)) {
+    *why_not = "the CUDA fast-weight backward needs more shared memory than this GPU offers "
+               "per block: reduce d_phi * d_value";
+    return false;
+  }
   return true;
 }
 

@@ -93,7 +93,7 @@ void LayerNorm(cudaStream_t stream, const float* x, const float* gamma, const fl
 void LayerNormBackward(cudaStream_t stream, const float* x, const float* gamma, const float* dy,
                        int64_t rows, int64_t d, float eps, float* dx, float* dgamma,
                        float* dbeta, float* scratch) {
-  if (rows == 0) return;
+  if (rows == 0 || d == 0) return;
   LayerNormBackwardRows<<<Blocks(rows, 8), 256, 0, stream>>>(x, gamma, dy, rows, d, eps, dx,
                                                              scratch);
   FWP_CUDA_LAUNCHED("layernorm backward rows");

@@ -49,6 +49,7 @@ void Matmul(cublasHandle_t handle, cudaStream_t stream, const float* a, const fl
 void MatmulBackward(cublasHandle_t handle, cudaStream_t stream, const float* dc,
                     const float* a, const float* b, float* da, float* db, float* dbias,
                     int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || n == 0 || k == 0) return;  // no gradient to propagate; cuBLAS refuses ld 0
   const float one = 1.0f, zero = 0.0f;
   if (da != nullptr) {  // daᵀ[k, m] = bᵀ[k, n] · dcᵀ[n, m]
     FWP_CUBLAS_CHECK("matmul backward da",
