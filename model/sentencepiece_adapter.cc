@@ -1,45 +1,125 @@
 #include "model/sentencepiece_adapter.h"
 
-#include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
 
 namespace fwp {
+namespace {
 
-SentencePieceModel::SentencePieceModel()
-    : processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
+// The plugin's functions (sentencepiece_plugin.cc).
+struct PluginApi {
+  void* (*load)(const char*, std::string*) = nullptr;
+  void (*free)(void*) = nullptr;
+  void (*encode)(const void*, const char*, size_t, std::vector<int>*) = nullptr;
+  void (*decode)(const void*, const std::vector<int>*, std::string*) = nullptr;
+  int (*info)(const void*, int) = nullptr;
+  void (*train)(const char*, std::string*) = nullptr;
+  std::string error;  // why the plugin could not be loaded
+};
 
-SentencePieceModel::~SentencePieceModel() = default;
+constexpr char kPluginName[] = "libfwp_sentencepiece.so";
+
+// $FWP_SENTENCEPIECE_PLUGIN, else beside the executable, else ../lib, else
+// the loader's search path.
+std::vector<std::string> Candidates() {
+  std::vector<std::string> paths;
+  if (const char* env = std::getenv("FWP_SENTENCEPIECE_PLUGIN"); env && *env) {
+    paths.push_back(env);
+  }
+  std::error_code error;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (!error) {
+    paths.push_back((exe.parent_path() / kPluginName).string());
+    paths.push_back((exe.parent_path() / ".." / "lib" / kPluginName).string());
+  }
+  paths.push_back(kPluginName);
+  return paths;
+}
+
+const PluginApi& Plugin() {
+  static PluginApi api;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int flags = RTLD_NOW | RTLD_LOCAL;
+#if !defined(__SANITIZE_ADDRESS__)
+    flags |= RTLD_DEEPBIND;  // sanitizer runtimes refuse it
+#endif
+    void* handle = nullptr;
+    std::string tried;
+    for (const auto& path : Candidates()) {
+      if (path.find('/') != std::string::npos && !std::filesystem::exists(path)) continue;
+      handle = dlopen(path.c_str(), flags);
+      if (handle != nullptr) break;
+      tried += "\n  " + path + ": " + dlerror();
+    }
+    if (handle == nullptr) {
+      api.error = std::string("cannot load the SentencePiece plugin ") + kPluginName +
+                  " (set FWP_SENTENCEPIECE_PLUGIN to its path)" + tried;
+      return;
+    }
+    const auto symbol = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(handle, name));
+      if (fn == nullptr && api.error.empty()) {
+        api.error = std::string("the SentencePiece plugin lacks ") + name;
+      }
+    };
+    symbol(api.load, "fwp_spm_load");
+    symbol(api.free, "fwp_spm_free");
+    symbol(api.encode, "fwp_spm_encode");
+    symbol(api.decode, "fwp_spm_decode");
+    symbol(api.info, "fwp_spm_info");
+    symbol(api.train, "fwp_spm_train");
+  });
+  return api;
+}
+
+}  // namespace
+
+SentencePieceModel::SentencePieceModel() = default;
+
+SentencePieceModel::~SentencePieceModel() {
+  if (processor_ != nullptr) Plugin().free(processor_);
+}
 
 std::unique_ptr<SentencePieceModel> SentencePieceModel::Load(const std::string& path,
                                                              std::string* error) {
-  std::unique_ptr<SentencePieceModel> model(new SentencePieceModel());
-  const auto status = model->processor_->Load(path);
-  if (!status.ok()) {
-    *error = status.ToString();
+  const PluginApi& api = Plugin();
+  if (!api.error.empty()) {
+    *error = api.error;
     return nullptr;
   }
+  std::unique_ptr<SentencePieceModel> model(new SentencePieceModel());
+  model->processor_ = api.load(path.c_str(), error);
+  if (model->processor_ == nullptr) return nullptr;
   return model;
 }
 
 std::vector<int> SentencePieceModel::Encode(std::string_view text) const {
   std::vector<int> ids;
-  processor_->Encode(text, &ids).IgnoreError();  // fails only without a model
+  Plugin().encode(processor_, text.data(), text.size(), &ids);
   return ids;
 }
 
 std::string SentencePieceModel::Decode(const std::vector<int>& ids) const {
   std::string text;
-  processor_->Decode(ids, &text).IgnoreError();  // ids are checked by the caller
+  Plugin().decode(processor_, &ids, &text);
   return text;
 }
 
-int SentencePieceModel::PieceCount() const { return processor_->GetPieceSize(); }
-int SentencePieceModel::BosId() const { return processor_->bos_id(); }
-int SentencePieceModel::EosId() const { return processor_->eos_id(); }
+int SentencePieceModel::PieceCount() const { return Plugin().info(processor_, 0); }
+int SentencePieceModel::BosId() const { return Plugin().info(processor_, 1); }
+int SentencePieceModel::EosId() const { return Plugin().info(processor_, 2); }
 
 std::string TrainSentencePiece(const std::string& flags) {
-  const auto status = sentencepiece::SentencePieceTrainer::Train(flags);
-  return status.ok() ? std::string() : status.ToString();
+  const PluginApi& api = Plugin();
+  if (!api.error.empty()) return api.error;
+  std::string error;
+  api.train(flags.c_str(), &error);
+  return error;
 }
 
 }  // namespace fwp

@@ -1,16 +1,13 @@
-// The only door to the SentencePiece library. Its headers declare their own
-// `absl::string_view`, which collides with the real Abseil, so they are
-// included in sentencepiece_adapter.cc alone and this header uses only std.
+// The only door to the SentencePiece library, which lives in a plugin loaded
+// at run time (sentencepiece_plugin.cc says why: its bundled protobuf
+// collides with gRPC's). Its headers also declare their own
+// `absl::string_view`, so this header uses only std.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
-
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
 
 namespace fwp {
 
@@ -29,7 +26,7 @@ class SentencePieceModel {
 
  private:
   SentencePieceModel();
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  void* processor_ = nullptr;  // the plugin's SentencePieceProcessor
 };
 
 // Trains a model with SentencePiece's trainer flags ("--input=... --model_prefix=...").

@@ -1,0 +1,37 @@
+#include "clients/client_common.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace fwp::client {
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ChannelOptions& options) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls || !options.ca_cert.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.ca_cert.empty()) {
+      std::ifstream in(options.ca_cert);
+      if (!in) return absl::NotFoundError(absl::StrCat("--ca_cert ", options.ca_cert, ": cannot open"));
+      std::stringstream pem;
+      pem << in.rdbuf();
+      ssl.pem_root_certs = pem.str();
+    }
+    credentials = grpc::SslCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(options.address, credentials, arguments);
+}
+
+void PrepareContext(grpc::ClientContext& context, const ChannelOptions& options,
+                    const std::string& session_id, std::chrono::milliseconds timeout) {
+  if (!options.token.empty()) context.AddMetadata("authorization", "Bearer " + options.token);
+  if (!session_id.empty()) context.AddMetadata("x-session-id", session_id);
+  if (timeout.count() > 0) context.set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+}  // namespace fwp::client

@@ -1,0 +1,943 @@
+#include "server/engine.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <future>
+#include <random>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+#include "server/snapshot.h"
+
+namespace fwp::server {
+
+const char* TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kDevice: return "device";
+    case Tier::kHost: return "host";
+    case Tier::kDisk: return "disk";
+  }
+  return "unknown";
+}
+
+// ---- Stream ----------------------------------------------------------------
+
+void Stream::Push(Event event) {
+  std::function<void()> notify;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    events_.push_back(std::move(event));
+    notify = notify_;
+  }
+  if (notify) notify();
+}
+
+std::optional<Event> Stream::Pop() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (events_.empty()) return std::nullopt;
+  Event event = std::move(events_.front());
+  events_.pop_front();
+  return event;
+}
+
+size_t Stream::buffered() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return events_.size();
+}
+
+void Stream::Cancel() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cancelled_ = true;
+}
+
+bool Stream::cancelled() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cancelled_;
+}
+
+void Stream::SetNotify(std::function<void()> notify) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  notify_ = std::move(notify);
+}
+
+// ---- Engine internals ----------------------------------------------------
+
+struct Engine::Session {
+  std::string id;
+  std::string owner;
+  Tier tier = Tier::kHost;
+  int32_t slot = -1;          // kDevice
+  std::vector<char> host;     // kHost; empty: the empty state
+  int64_t position = 0;       // tokens fed into the state
+  std::vector<int32_t> pending;  // seen, not yet fed (0 or 1 token)
+  bool busy = false;
+  bool ephemeral = false;
+  uint64_t last_used = 0;
+};
+
+struct Engine::Job {
+  enum class Mode { kGenerate, kPrefill, kScore };
+  Mode mode = Mode::kGenerate;
+  std::string principal;
+  std::string session_id;
+  bool keep_session = false;
+  std::vector<int32_t> prompt;
+  GenerationParams params;
+  Clock::time_point arrival = Clock::now();
+  std::shared_ptr<Stream> out;                                  // kGenerate
+  InfoCallback on_info;                                         // kPrefill
+  std::function<void(absl::StatusOr<ScoreResult>)> on_score;   // kScore
+};
+
+struct Engine::Active {
+  enum class Phase { kWaiting, kPrefill, kDecode, kDone };
+  std::unique_ptr<Job> job;
+  Session* session = nullptr;
+  Phase phase = Phase::kWaiting;
+  std::vector<int32_t> feed;  // the session's pending token + the prompt
+  size_t feed_end = 0;        // feed[0, feed_end) goes into the state
+  size_t fed = 0;
+  int32_t next_token = 0;     // kDecode: the sampled token to feed
+  std::unique_ptr<TokenSampler> sampler;
+  std::unique_ptr<TextStream> text;
+  int32_t generated = 0;
+  Clock::time_point first_token;
+  Clock::time_point last_token;
+  ScoreResult score;
+
+  bool paused(size_t bound) const { return job->out && job->out->buffered() >= bound; }
+};
+
+namespace {
+
+std::string NewSessionId() {
+  static thread_local std::random_device device;
+  static thread_local Rng rng((uint64_t{device()} << 32) ^ device() ^
+                              static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
+  char id[33];
+  std::snprintf(id, sizeof(id), "%016llx%016llx", static_cast<unsigned long long>(rng.Next()),
+                static_cast<unsigned long long>(rng.Next()));
+  return id;
+}
+
+bool ValidSessionId(const std::string& id) {
+  if (id.size() != 32) return false;
+  for (char c : id) {
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c)) || absl::ascii_isupper(c)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
+                                                       Model& model,
+                                                       const Tokenizer& tokenizer,
+                                                       uint64_t fingerprint,
+                                                       Metrics* metrics) {
+  if (options.slots < 1) return absl::InvalidArgumentError("--slots must be ≥ 1");
+  if (options.prefill_piece < 1) {
+    return absl::InvalidArgumentError("--prefill_piece must be ≥ 1");
+  }
+  if (options.step_tokens < options.prefill_piece) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--step_tokens (", options.step_tokens, ") must be at least --prefill_piece (",
+        options.prefill_piece, ")"));
+  }
+  if (options.max_requests < 1 || options.max_queue < 1) {
+    return absl::InvalidArgumentError("--max_requests and --max_queue must be ≥ 1");
+  }
+  if (options.stream_buffer < 1) {
+    return absl::InvalidArgumentError("--stream_buffer must be ≥ 1");
+  }
+  if (!options.snapshot_dir.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(options.snapshot_dir, error);
+    if (error || !std::filesystem::is_directory(options.snapshot_dir)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--snapshot_dir ", options.snapshot_dir, " is not a usable directory: ",
+          error.message()));
+    }
+  }
+  std::unique_ptr<Engine> engine(new Engine(options, model, tokenizer, fingerprint, metrics));
+  auto pool = model.NewStatePool(options.slots);
+  if (!pool.ok()) {
+    return absl::Status(pool.status().code(),
+                        absl::StrCat("state pool of ", options.slots,
+                                     " slots: ", pool.status().message()));
+  }
+  engine->pool_ = std::move(*pool);
+  engine->slot_owner_.assign(options.slots, nullptr);
+  for (int32_t s = options.slots - 1; s >= 0; --s) engine->free_slots_.push_back(s);
+  engine->logits_.resize(
+      static_cast<size_t>(std::max<int64_t>(options.slots, options.prefill_piece)) *
+      engine->vocab_);
+  metrics->slots_total = options.slots;
+  engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
+  return engine;
+}
+
+Engine::Engine(const EngineOptions& options, Model& model, const Tokenizer& tokenizer,
+               uint64_t fingerprint, Metrics* metrics)
+    : options_(options),
+      model_(model),
+      tokenizer_(tokenizer),
+      fingerprint_(fingerprint),
+      metrics_(metrics),
+      vocab_(model.config().vocab_size),
+      state_bytes_(model.state_layout().SlotBytes()) {}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  // The engine thread is gone: whatever still runs is cancelled here.
+  for (auto& active : active_) {
+    if (active->phase != Active::Phase::kDone) {
+      Finish(*active, FinishReason::kCancelled,
+             absl::UnavailableError("the server is shutting down"));
+    }
+  }
+}
+
+// ---- Queueing (any thread) -------------------------------------------------
+
+void Engine::Post(std::function<void()> command) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    commands_.push_back(std::move(command));
+  }
+  wake_.notify_one();
+}
+
+absl::Status Engine::Enqueue(std::unique_ptr<Job> job) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (draining_ || stop_) return absl::UnavailableError("the server is shutting down");
+    if (inflight_ >= options_.max_requests) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the server is running its maximum of ", options_.max_requests,
+          " requests (--max_requests); retry later"));
+    }
+    if (queued_ >= options_.max_queue) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the queue is full: ", queued_, " requests wait for a state slot (--max_queue)"));
+    }
+    ++inflight_;
+    ++queued_;
+    auto holder = std::make_shared<std::unique_ptr<Job>>(std::move(job));
+    commands_.push_back([this, holder] { StartJob(std::move(*holder)); });
+  }
+  wake_.notify_one();
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Submit(GenerateJob g) {
+  FWP_RETURN_IF_ERROR(ValidatePrompt(g.prompt, static_cast<int32_t>(vocab_),
+                                     options_.max_prompt_tokens, "prompt"));
+  FWP_RETURN_IF_ERROR(
+      ValidateGenerationParams(g.params, options_.limits, static_cast<int32_t>(vocab_)));
+  if (!g.out) return absl::InvalidArgumentError("no output stream");
+  auto job = std::make_unique<Job>();
+  job->mode = Job::Mode::kGenerate;
+  job->principal = std::move(g.principal);
+  job->session_id = std::move(g.session_id);
+  job->keep_session = g.keep_session;
+  job->prompt = std::move(g.prompt);
+  job->params = std::move(g.params);
+  job->arrival = g.arrival;
+  job->out = std::move(g.out);
+  return Enqueue(std::move(job));
+}
+
+void Engine::CreateSession(std::string principal, std::vector<int32_t> prompt,
+                           InfoCallback done) {
+  if (auto s = ValidatePrompt(prompt, static_cast<int32_t>(vocab_), options_.max_prompt_tokens,
+                              "prompt", /*allow_empty=*/true);
+      !s.ok()) {
+    return done(s);
+  }
+  if (!prompt.empty()) {
+    auto job = std::make_unique<Job>();
+    job->mode = Job::Mode::kPrefill;
+    job->principal = std::move(principal);
+    job->prompt = std::move(prompt);
+    job->on_info = done;
+    if (auto s = Enqueue(std::move(job)); !s.ok()) done(s);
+    return;
+  }
+  if (draining()) return done(absl::UnavailableError("the server is shutting down"));
+  Post([this, principal = std::move(principal), done = std::move(done)] {
+    auto session = NewSession(principal, /*ephemeral=*/false);
+    if (!session.ok()) return done(session.status());
+    done(Info(**session));
+  });
+}
+
+void Engine::ForkSession(std::string principal, std::string id, InfoCallback done) {
+  if (draining()) return done(absl::UnavailableError("the server is shutting down"));
+  Post([this, principal = std::move(principal), id = std::move(id), done = std::move(done)] {
+    auto parent = Lookup(principal, id);
+    if (!parent.ok()) return done(parent.status());
+    if ((*parent)->busy) {
+      return done(absl::FailedPreconditionError(
+          absl::StrCat("session ", id, " is busy with a request; fork it when it is idle")));
+    }
+    std::vector<char> state;
+    if (auto s = LoadState(**parent, &state); !s.ok()) return done(s);
+    auto child = NewSession(principal, /*ephemeral=*/false);
+    if (!child.ok()) return done(child.status());
+    (*child)->host = std::move(state);
+    (*child)->position = (*parent)->position;
+    (*child)->pending = (*parent)->pending;
+    done(Info(**child));
+  });
+}
+
+void Engine::GetSession(std::string principal, std::string id, InfoCallback done) {
+  Post([this, principal = std::move(principal), id = std::move(id), done = std::move(done)] {
+    auto session = Lookup(principal, id);
+    if (!session.ok()) return done(session.status());
+    done(Info(**session));
+  });
+}
+
+void Engine::DeleteSession(std::string principal, std::string id,
+                           std::function<void(absl::Status)> done) {
+  Post([this, principal = std::move(principal), id = std::move(id), done = std::move(done)] {
+    auto session = Lookup(principal, id);
+    if (!session.ok()) return done(session.status());
+    if ((*session)->busy) {
+      return done(absl::FailedPreconditionError(
+          absl::StrCat("session ", id, " is busy with a request; cancel it first")));
+    }
+    RemoveSession(*session);
+    done(absl::OkStatus());
+  });
+}
+
+void Engine::ReleaseSession(std::string principal, std::string id) {
+  Post([this, principal = std::move(principal), id = std::move(id)] {
+    auto session = Lookup(principal, id);
+    if (!session.ok()) return;
+    if ((*session)->busy) {
+      (*session)->ephemeral = true;  // Finish removes it
+    } else {
+      RemoveSession(*session);
+    }
+  });
+}
+
+void Engine::Score(std::string principal, std::string id, std::vector<int32_t> tokens,
+                   std::function<void(absl::StatusOr<ScoreResult>)> done) {
+  if (auto s = ValidatePrompt(tokens, static_cast<int32_t>(vocab_), options_.max_prompt_tokens,
+                              "prompt");
+      !s.ok()) {
+    return done(s);
+  }
+  auto job = std::make_unique<Job>();
+  job->mode = Job::Mode::kScore;
+  job->principal = std::move(principal);
+  job->session_id = std::move(id);
+  job->prompt = std::move(tokens);
+  job->on_score = done;
+  if (auto s = Enqueue(std::move(job)); !s.ok()) done(s);
+}
+
+bool Engine::draining() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return draining_;
+}
+
+int64_t Engine::inflight() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return inflight_;
+}
+
+void Engine::Drain(std::chrono::milliseconds grace) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  draining_ = true;
+  idle_.wait_for(lock, grace, [&] { return inflight_ == 0; });
+  lock.unlock();
+  std::promise<void> done;
+  Post([&] {
+    for (auto& active : active_) {
+      if (active->phase != Active::Phase::kDone) {
+        Finish(*active, FinishReason::kCancelled, absl::OkStatus());
+      }
+    }
+    active_.clear();
+    if (!options_.snapshot_dir.empty()) {
+      int written = 0;
+      for (auto& [id, session] : sessions_) {
+        if (session->ephemeral || session->tier == Tier::kDisk) continue;
+        if (auto s = WriteToDisk(*session); !s.ok()) {
+          std::fprintf(stderr, "fwp-server: session %s not saved: %s\n", id.c_str(),
+                       std::string(s.message()).c_str());
+        } else {
+          ++written;
+        }
+      }
+      std::fprintf(stderr, "fwp-server: %d sessions written to %s\n", written,
+                   options_.snapshot_dir.c_str());
+    }
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+// ---- Sessions (engine thread) ----------------------------------------------
+
+std::string Engine::SnapshotPath(const std::string& id) const {
+  return absl::StrCat(options_.snapshot_dir, "/", id, kSnapshotSuffix);
+}
+
+absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
+                                                const std::string& id) {
+  if (!ValidSessionId(id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session_id must be 32 lowercase hex digits, got \"", id, "\""));
+  }
+  Session* session = nullptr;
+  if (auto it = sessions_.find(id); it != sessions_.end()) {
+    session = it->second.get();
+  } else if (!options_.snapshot_dir.empty() &&
+             std::filesystem::exists(SnapshotPath(id))) {
+    // Written by an earlier run of this server or by another replica.
+    auto snapshot = ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id);
+    if (!snapshot.ok()) {
+      return absl::DataLossError(absl::StrCat("session ", id, " cannot be restored: ",
+                                              snapshot.status().message()));
+    }
+    auto owned = std::make_unique<Session>();
+    owned->id = id;
+    owned->owner = snapshot->owner;
+    owned->tier = Tier::kDisk;
+    owned->position = snapshot->position;
+    owned->pending = snapshot->pending;
+    owned->last_used = ++tick_;
+    session = owned.get();
+    sessions_.emplace(id, std::move(owned));
+  }
+  if (session == nullptr || session->ephemeral) {
+    return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
+  }
+  if (session->owner != principal) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("session ", id, " belongs to another token"));
+  }
+  return session;
+}
+
+absl::Status Engine::CanAddSession() const {
+  if (!options_.snapshot_dir.empty()) return absl::OkStatus();
+  const int64_t host_capacity = options_.host_bytes / std::max<int64_t>(state_bytes_, 1);
+  int64_t live = 0;
+  for (const auto& [id, session] : sessions_) live += session->tier != Tier::kDisk;
+  if (live >= options_.slots + host_capacity) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the session store is full (", live, " sessions in ", options_.slots,
+        " slots and host memory, --host_bytes); delete sessions or run with --snapshot_dir"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Engine::Session*> Engine::NewSession(const std::string& owner, bool ephemeral) {
+  FWP_RETURN_IF_ERROR(CanAddSession());
+  auto session = std::make_unique<Session>();
+  do {
+    session->id = NewSessionId();
+  } while (sessions_.count(session->id) > 0);
+  session->owner = owner;
+  session->ephemeral = ephemeral;
+  session->tier = Tier::kHost;  // the empty state, host.empty()
+  session->last_used = ++tick_;
+  ++host_sessions_;
+  Session* raw = session.get();
+  sessions_.emplace(raw->id, std::move(session));
+  return raw;
+}
+
+SessionInfo Engine::Info(const Session& session) const {
+  SessionInfo info;
+  info.id = session.id;
+  info.tokens = session.position + static_cast<int64_t>(session.pending.size());
+  info.tier = session.tier;
+  info.state_bytes = state_bytes_;
+  info.busy = session.busy;
+  return info;
+}
+
+absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
+  switch (session.tier) {
+    case Tier::kDevice:
+      state->resize(state_bytes_);
+      pool_->CopyToHost(session.slot, state->data());
+      return absl::OkStatus();
+    case Tier::kHost:
+      *state = session.host;  // empty: the empty state
+      return absl::OkStatus();
+    case Tier::kDisk: {
+      auto snapshot = ReadSnapshot(SnapshotPath(session.id), fingerprint_, state_bytes_,
+                                   session.id);
+      if (!snapshot.ok()) {
+        return absl::DataLossError(absl::StrCat("session ", session.id,
+                                                " cannot be restored: ",
+                                                snapshot.status().message()));
+      }
+      *state = std::move(snapshot->state);
+      return absl::OkStatus();
+    }
+  }
+  return absl::InternalError("bad tier");
+}
+
+bool Engine::EvictOne() {
+  Session* victim = nullptr;
+  for (Session* s : slot_owner_) {
+    if (s != nullptr && !s->busy && (victim == nullptr || s->last_used < victim->last_used)) {
+      victim = s;
+    }
+  }
+  if (victim == nullptr) return false;
+  if (victim->ephemeral) {  // an idle ephemeral session is finished with
+    RemoveSession(victim);
+    return true;
+  }
+  victim->host.resize(state_bytes_);
+  pool_->CopyToHost(victim->slot, victim->host.data());
+  slot_owner_[victim->slot] = nullptr;
+  free_slots_.push_back(victim->slot);
+  victim->slot = -1;
+  victim->tier = Tier::kHost;
+  ++host_sessions_;
+  ++metrics_->evictions;
+  return true;
+}
+
+absl::Status Engine::MakeResident(Session& session) {
+  session.last_used = ++tick_;
+  if (session.tier == Tier::kDevice) return absl::OkStatus();
+  if (free_slots_.empty() && !EvictOne()) {
+    return absl::ResourceExhaustedError("no free state slot");
+  }
+  std::vector<char> state;
+  if (session.tier == Tier::kDisk) FWP_RETURN_IF_ERROR(LoadState(session, &state));
+  const int32_t slot = free_slots_.back();
+  free_slots_.pop_back();
+  if (session.tier == Tier::kHost) {
+    state = std::move(session.host);
+    session.host = {};
+    --host_sessions_;
+  } else if (!options_.snapshot_every_turn) {
+    // The session lives in memory now; a stale file must not come back.
+    std::error_code ignored;
+    std::filesystem::remove(SnapshotPath(session.id), ignored);
+  }
+  if (state.empty()) {
+    pool_->Reset(slot);
+  } else {
+    pool_->CopyFromHost(slot, state.data(), session.position);
+    ++metrics_->restores;
+  }
+  session.tier = Tier::kDevice;
+  session.slot = slot;
+  slot_owner_[slot] = &session;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::WriteToDisk(Session& session) {
+  SessionSnapshot snapshot;
+  snapshot.session_id = session.id;
+  snapshot.owner = session.owner;
+  snapshot.position = session.position;
+  snapshot.pending = session.pending;
+  FWP_RETURN_IF_ERROR(LoadState(session, &snapshot.state));
+  if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
+  return WriteSnapshot(SnapshotPath(session.id), snapshot, fingerprint_);
+}
+
+void Engine::SpillHost() {
+  if (options_.snapshot_dir.empty()) return;
+  while (host_sessions_ * state_bytes_ > options_.host_bytes) {
+    Session* victim = nullptr;
+    for (auto& [id, s] : sessions_) {
+      if (s->tier == Tier::kHost && !s->busy && !s->ephemeral &&
+          (victim == nullptr || s->last_used < victim->last_used)) {
+        victim = s.get();
+      }
+    }
+    if (victim == nullptr) return;
+    if (auto s = WriteToDisk(*victim); !s.ok()) {
+      std::fprintf(stderr, "fwp-server: cannot spill session %s to disk: %s\n",
+                   victim->id.c_str(), std::string(s.message()).c_str());
+      return;
+    }
+    victim->host = {};
+    victim->tier = Tier::kDisk;
+    --host_sessions_;
+    ++metrics_->spills;
+  }
+}
+
+void Engine::RemoveSession(Session* session) {
+  if (session->tier == Tier::kDevice) {
+    slot_owner_[session->slot] = nullptr;
+    free_slots_.push_back(session->slot);
+  } else if (session->tier == Tier::kHost) {
+    --host_sessions_;
+  }
+  if (!options_.snapshot_dir.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove(SnapshotPath(session->id), ignored);
+  }
+  sessions_.erase(session->id);
+}
+
+// ---- Requests (engine thread) ----------------------------------------------
+
+void Engine::StartJob(std::unique_ptr<Job> job) {
+  auto active = std::make_unique<Active>();
+  absl::StatusOr<Session*> session;
+  if (job->session_id.empty()) {
+    const bool ephemeral = job->mode == Job::Mode::kScore ||
+                           (job->mode == Job::Mode::kGenerate && !job->keep_session);
+    session = NewSession(job->principal, ephemeral);
+  } else {
+    session = Lookup(job->principal, job->session_id);
+    if (session.ok() && (*session)->busy) {
+      session = absl::FailedPreconditionError(absl::StrCat(
+          "session ", job->session_id, " is busy with another request"));
+    }
+    if (session.ok() && job->mode == Job::Mode::kScore) {
+      // Score a copy: the session itself is left as it was.
+      std::vector<char> state;
+      absl::Status loaded = LoadState(**session, &state);
+      Session* parent = *session;
+      session = loaded.ok() ? NewSession(job->principal, /*ephemeral=*/true)
+                            : absl::StatusOr<Session*>(loaded);
+      if (session.ok()) {
+        (*session)->host = std::move(state);
+        (*session)->position = parent->position;
+        (*session)->pending = parent->pending;
+      }
+    }
+  }
+  active->job = std::move(job);
+  if (!session.ok()) {
+    active->phase = Active::Phase::kWaiting;
+    Finish(*active, FinishReason::kNone, session.status());
+    return;
+  }
+  active->session = *session;
+  active->session->busy = true;
+  active_.push_back(std::move(active));
+}
+
+void Engine::Admit(Active& a) {
+  Session& session = *a.session;
+  const Job& job = *a.job;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --queued_;
+  }
+  metrics_->queue_s.Observe(Seconds(Clock::now() - job.arrival));
+  a.feed = session.pending;
+  a.feed.insert(a.feed.end(), job.prompt.begin(), job.prompt.end());
+  session.pending.clear();
+  // Generation feeds everything and samples from the last logits; a prefill
+  // or a score leaves the last token pending (its logits are not needed yet).
+  a.feed_end = job.mode == Job::Mode::kGenerate ? a.feed.size() : a.feed.size() - 1;
+  if (job.mode == Job::Mode::kScore) a.score.tokens.reserve(job.prompt.size());
+  if (job.mode == Job::Mode::kGenerate) {
+    a.sampler = std::make_unique<TokenSampler>(job.params, a.feed, vocab_);
+    const size_t context = std::min<size_t>(a.feed.size(), 8);
+    a.text = std::make_unique<TextStream>(
+        tokenizer_, absl::MakeConstSpan(a.feed).subspan(a.feed.size() - context),
+        job.params.stop);
+  }
+  a.phase = Active::Phase::kPrefill;
+}
+
+void Engine::FeedLogits(Active& a, const float* logits) {
+  const Job& job = *a.job;
+  const GenerationParams& p = job.params;
+  const auto now = Clock::now();
+  TokenSampler::Pick pick = a.sampler->Sample(logits);
+  ++a.generated;
+  ++metrics_->generated_tokens;
+  ++rate_tokens_;
+  Event event;
+  event.tokens = {pick.token};
+  event.text = a.text->Push(pick.token);
+  if (p.logprobs) event.logprobs.push_back({pick.token, pick.logprob});
+  event.top_logprobs = std::move(pick.top);
+  if (a.generated == 1) {
+    a.first_token = now;
+    metrics_->ttft_s.Observe(Seconds(now - job.arrival));
+    if (!a.session->ephemeral) event.session_id = a.session->id;
+  } else {
+    metrics_->inter_token_s.Observe(Seconds(now - a.last_token));
+  }
+  a.last_token = now;
+  FinishReason reason = FinishReason::kNone;
+  if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), pick.token) !=
+      p.stop_token_ids.end()) {
+    reason = FinishReason::kStop;
+  } else if (pick.token == tokenizer_.eos_id() && !p.ignore_eos) {
+    reason = FinishReason::kEos;
+  } else if (a.text->stopped()) {
+    reason = FinishReason::kStop;
+  } else if (a.generated >= p.max_tokens) {
+    reason = FinishReason::kLength;
+  }
+  if (reason == FinishReason::kNone) {
+    a.next_token = pick.token;
+    a.phase = Active::Phase::kDecode;
+    job.out->Push(std::move(event));
+    return;
+  }
+  event.text += a.text->Finish();
+  a.session->pending = {pick.token};
+  event.finished = true;
+  event.reason = reason;
+  event.usage.prompt_tokens = static_cast<int32_t>(job.prompt.size());
+  event.usage.generated_tokens = a.generated;
+  event.usage.time_to_first_token_s = Seconds(a.first_token - job.arrival);
+  event.usage.total_time_s = Seconds(now - job.arrival);
+  event.usage.session_tokens = a.session->position + 1;
+  job.out->Push(std::move(event));
+  Finish(a, reason, absl::OkStatus());
+}
+
+void Engine::Finish(Active& a, FinishReason reason, absl::Status status) {
+  if (a.phase == Active::Phase::kDone) return;
+  const bool admitted = a.phase != Active::Phase::kWaiting;
+  const bool from_decode = a.phase == Active::Phase::kDecode;
+  a.phase = Active::Phase::kDone;
+  Job& job = *a.job;
+  Session* session = a.session;
+  if (session != nullptr && from_decode && reason == FinishReason::kCancelled) {
+    session->pending = {a.next_token};  // sampled and streamed, not yet fed
+  }
+  switch (job.mode) {
+    case Job::Mode::kGenerate:
+      if (!status.ok() || reason == FinishReason::kCancelled) {
+        Event event;
+        event.finished = true;
+        event.reason = FinishReason::kCancelled;
+        event.status = status;
+        event.usage.prompt_tokens = static_cast<int32_t>(job.prompt.size());
+        event.usage.generated_tokens = a.generated;
+        event.usage.total_time_s = Seconds(Clock::now() - job.arrival);
+        job.out->Push(std::move(event));
+      }
+      break;
+    case Job::Mode::kPrefill:
+      if (status.ok() && reason != FinishReason::kCancelled) {
+        session->pending = {a.feed.back()};
+        job.on_info(Info(*session));
+      } else {
+        job.on_info(status.ok() ? absl::CancelledError("cancelled") : status);
+      }
+      break;
+    case Job::Mode::kScore:
+      if (status.ok() && reason != FinishReason::kCancelled) {
+        job.on_score(std::move(a.score));
+      } else {
+        job.on_score(status.ok() ? absl::CancelledError("cancelled") : status);
+      }
+      break;
+  }
+  if (session != nullptr) {
+    session->busy = false;
+    session->last_used = ++tick_;
+    if (session->ephemeral) {
+      RemoveSession(session);
+    } else if (options_.snapshot_every_turn && !options_.snapshot_dir.empty() && admitted) {
+      if (auto s = WriteToDisk(*session); !s.ok()) {
+        std::fprintf(stderr, "fwp-server: cannot write session %s: %s\n",
+                     session->id.c_str(), std::string(s.message()).c_str());
+      }
+    }
+    a.session = nullptr;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!admitted) --queued_;
+    --inflight_;
+  }
+  idle_.notify_all();
+}
+
+// ---- The loop (engine thread) ----------------------------------------------
+
+bool Engine::HasRunnableWork() const {
+  for (const auto& a : active_) {
+    if (a->phase == Active::Phase::kWaiting) {
+      if (!free_slots_.empty()) return true;
+      continue;
+    }
+    if (!a->paused(options_.stream_buffer)) return true;
+  }
+  return false;
+}
+
+void Engine::Loop() {
+  while (true) {
+    std::deque<std::function<void()>> commands;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (commands_.empty() && !stop_ && !HasRunnableWork()) {
+        if (active_.empty()) {
+          wake_.wait(lock, [&] { return stop_ || !commands_.empty(); });
+        } else {
+          // Paused streams, cancellations and waiting requests are polled.
+          wake_.wait_for(lock, std::chrono::milliseconds(2));
+        }
+      }
+      if (stop_) return;
+      commands.swap(commands_);
+    }
+    for (auto& command : commands) command();
+    if (!active_.empty()) Step();
+    PublishGauges();
+  }
+}
+
+void Engine::Step() {
+  const auto start = Clock::now();
+  // 1. Cancelled or timed-out streams free their slots.
+  for (auto& a : active_) {
+    if (a->job->out && a->job->out->cancelled()) {
+      Finish(*a, FinishReason::kCancelled, absl::OkStatus());
+    }
+  }
+  // 2. Admission, first come first served.
+  for (auto& a : active_) {
+    if (a->phase != Active::Phase::kWaiting) continue;
+    absl::Status resident = MakeResident(*a->session);
+    if (absl::IsResourceExhausted(resident)) break;  // no slot yet: wait
+    if (!resident.ok()) {
+      Finish(*a, FinishReason::kNone, resident);
+      continue;
+    }
+    Admit(*a);
+  }
+  // 3. One fused decode step for every generating session.
+  std::vector<Active*> decode;
+  std::vector<int32_t> slots, tokens;
+  for (auto& a : active_) {
+    if (a->phase == Active::Phase::kDecode && !a->paused(options_.stream_buffer)) {
+      decode.push_back(a.get());
+      slots.push_back(a->session->slot);
+      tokens.push_back(a->next_token);
+    }
+  }
+  if (!decode.empty()) {
+    if (auto s = model_.Step(*pool_, slots, tokens, logits_.data()); !s.ok()) {
+      for (Active* a : decode) Finish(*a, FinishReason::kNone, s);
+    } else {
+      metrics_->batch_size.Observe(static_cast<double>(decode.size()));
+      for (size_t i = 0; i < decode.size(); ++i) {
+        decode[i]->session->position = pool_->position(decode[i]->session->slot);
+        FeedLogits(*decode[i], logits_.data() + i * vocab_);
+      }
+    }
+  }
+  // 4. Prompt pieces under the step's token budget. A piece ends at the next
+  // multiple of prefill_piece of the session's position, whatever else runs.
+  int64_t budget = options_.step_tokens - static_cast<int64_t>(decode.size());
+  bool fed_any = false;
+  for (auto& ap : active_) {
+    Active& a = *ap;
+    if (a.phase != Active::Phase::kPrefill || a.paused(options_.stream_buffer)) continue;
+    Session& session = *a.session;
+    const bool score = a.job->mode == Job::Mode::kScore;
+    bool out_of_budget = false;
+    absl::Status status;
+    while (a.fed < a.feed_end) {
+      const int64_t piece = options_.prefill_piece;
+      const int64_t n = std::min<int64_t>(static_cast<int64_t>(a.feed_end - a.fed),
+                                          piece - session.position % piece);
+      if (n > budget && fed_any) {
+        out_of_budget = true;
+        break;
+      }
+      const int32_t slot = session.slot;
+      status = model_.Prefill(*pool_, {&slot, 1},
+                              absl::MakeConstSpan(a.feed).subspan(a.fed, n), score,
+                              logits_.data());
+      if (!status.ok()) break;
+      if (score) {
+        for (int64_t j = 0; j < n; ++j) {
+          const int32_t next = a.feed[a.fed + j + 1];
+          const float lp = TokenLogprobOf(logits_.data() + j * vocab_, vocab_, next);
+          a.score.tokens.push_back({next, lp});
+          a.score.logprob += lp;
+        }
+      }
+      session.position = pool_->position(slot);
+      a.fed += n;
+      budget -= n;
+      fed_any = true;
+      metrics_->prompt_tokens += n;
+    }
+    if (!status.ok()) {
+      Finish(a, FinishReason::kNone, status);
+    } else if (a.fed == a.feed_end) {
+      if (a.job->mode == Job::Mode::kGenerate) {
+        FeedLogits(a, logits_.data());  // the last piece's last-token logits
+      } else {
+        Finish(a, FinishReason::kNone, absl::OkStatus());
+      }
+    }
+    if (out_of_budget || budget <= 0) break;
+  }
+  // 5. Done requests leave; parked sessions beyond host memory go to disk.
+  std::erase_if(active_, [](const std::unique_ptr<Active>& a) {
+    return a->phase == Active::Phase::kDone;
+  });
+  SpillHost();
+  ++metrics_->steps;
+  metrics_->step_s.Observe(Seconds(Clock::now() - start));
+}
+
+void Engine::PublishGauges() {
+  int64_t device = 0, host = 0, disk = 0, running = 0, waiting = 0;
+  for (const auto& [id, s] : sessions_) {
+    if (s->ephemeral) continue;
+    device += s->tier == Tier::kDevice;
+    host += s->tier == Tier::kHost;
+    disk += s->tier == Tier::kDisk;
+  }
+  for (const auto& a : active_) {
+    waiting += a->phase == Active::Phase::kWaiting;
+    running += a->phase != Active::Phase::kWaiting;
+  }
+  metrics_->sessions_device = device;
+  metrics_->sessions_host = host;
+  metrics_->sessions_disk = disk;
+  metrics_->slots_in_use = options_.slots - static_cast<int64_t>(free_slots_.size());
+  metrics_->queued = waiting;
+  metrics_->running = running;
+  const auto now = Clock::now();
+  const double elapsed = Seconds(now - rate_start_);
+  if (elapsed >= 1.0) {
+    metrics_->tokens_per_second = rate_tokens_ / elapsed;
+    rate_tokens_ = 0;
+    rate_start_ = now;
+  }
+}
+
+}  // namespace fwp::server

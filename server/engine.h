@@ -1,0 +1,231 @@
+// The engine: one thread that owns the model, its backend (the GPU) and the
+// state pool, and runs every request in continuous batches.
+//
+// Each step: finish what was cancelled; admit waiting requests into state
+// slots (moving idle sessions out to host memory, LRU, when the pool is
+// full); run one fused decode step for every generating session; feed
+// prompt pieces under the per-step token budget; sample; hand tokens to the
+// streams. Requests join and leave between steps.
+//
+// Sessions live in one of three tiers: a slot of the pool (device), host
+// memory, or a snapshot file in the snapshot directory (disk); touching a
+// session brings it back into a slot. A session that has seen tokens holds
+// its last token unfed ("pending"): the next request feeds it first, so the
+// logits that continue the session are always computed, never stored.
+//
+// Exactness: a session's prompt is fed in pieces that end on multiples of
+// `prefill_piece` of its own position, and decode steps are batch-invariant,
+// so a session's tokens do not depend on which other sessions share a step.
+//
+// Threads: RPC handlers call Submit / the session calls, which only queue
+// work; results come back through Stream (generation) or callbacks (run on
+// the engine thread; they must not block).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "server/generation.h"
+#include "server/metrics.h"
+
+namespace fwp::server {
+
+using Clock = std::chrono::steady_clock;
+
+enum class Tier { kDevice = 1, kHost = 2, kDisk = 3 };
+enum class FinishReason { kNone = 0, kLength = 1, kEos = 2, kStop = 3, kCancelled = 4 };
+const char* TierName(Tier tier);
+
+struct Usage {
+  int32_t prompt_tokens = 0;
+  int32_t generated_tokens = 0;
+  double time_to_first_token_s = 0.0;
+  double total_time_s = 0.0;
+  int64_t session_tokens = 0;
+};
+
+// One message of a generation stream.
+struct Event {
+  std::string session_id;  // in the first event
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+  std::vector<TokenLogprob> top_logprobs;
+  bool finished = false;
+  FinishReason reason = FinishReason::kNone;
+  Usage usage;
+  absl::Status status;  // not OK: the request failed (and is finished)
+};
+
+// A request's output: the engine pushes events, the RPC side pops them.
+// Thread-safe. `notify` runs after every push (outside the lock).
+class Stream {
+ public:
+  void Push(Event event);
+  std::optional<Event> Pop();
+  size_t buffered() const;
+  // From the RPC side: the client went away or the deadline passed.
+  void Cancel();
+  bool cancelled() const;
+  void SetNotify(std::function<void()> notify);  // empty: stop notifying
+
+ private:
+  mutable std::mutex mutex_;
+  std::deque<Event> events_;
+  std::function<void()> notify_;
+  bool cancelled_ = false;
+};
+
+struct SessionInfo {
+  std::string id;
+  int64_t tokens = 0;
+  Tier tier = Tier::kHost;
+  int64_t state_bytes = 0;
+  bool busy = false;
+};
+
+struct ScoreResult {
+  std::vector<TokenLogprob> tokens;  // one per scored token
+  double logprob = 0.0;
+};
+
+struct EngineOptions {
+  int32_t slots = 64;              // state pool slots
+  int64_t step_tokens = 512;       // tokens per step: decode + prompt pieces
+  int64_t prefill_piece = 64;      // prompt pieces end on multiples of this
+  int64_t max_requests = 1024;     // running + queued requests
+  int64_t max_queue = 256;         // requests waiting for a slot
+  int64_t max_prompt_tokens = 65536;
+  int64_t host_bytes = int64_t{4} << 30;  // host memory for parked sessions
+  std::string snapshot_dir;        // empty: no disk tier
+  bool snapshot_every_turn = false;  // write a session's snapshot after each request
+  size_t stream_buffer = 64;       // events buffered per stream before it pauses
+  GenerationLimits limits;
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
+                                                        Model& model,
+                                                        const Tokenizer& tokenizer,
+                                                        uint64_t fingerprint,
+                                                        Metrics* metrics);
+  ~Engine();  // stops the engine thread (cancelling what runs)
+
+  const EngineOptions& options() const { return options_; }
+  int64_t state_bytes() const { return state_bytes_; }
+
+  struct GenerateJob {
+    std::string principal;   // who asks (bearer-token name; empty without auth)
+    std::string session_id;  // continue this session; empty: a new state
+    bool keep_session = false;
+    std::vector<int32_t> prompt;
+    GenerationParams params;
+    Clock::time_point arrival = Clock::now();
+    std::shared_ptr<Stream> out;
+  };
+  // Queues a generation; its events (or its error) arrive through job.out.
+  // Refuses at once when draining (UNAVAILABLE) or over the bounds
+  // (RESOURCE_EXHAUSTED).
+  absl::Status Submit(GenerateJob job);
+
+  using InfoCallback = std::function<void(absl::StatusOr<SessionInfo>)>;
+  void CreateSession(std::string principal, std::vector<int32_t> prompt, InfoCallback done);
+  void ForkSession(std::string principal, std::string id, InfoCallback done);
+  void GetSession(std::string principal, std::string id, InfoCallback done);
+  void DeleteSession(std::string principal, std::string id,
+                     std::function<void(absl::Status)> done);
+  // Deletes a session now or, when a request runs on it, as soon as that ends
+  // (a chat stream's own session when the stream goes away).
+  void ReleaseSession(std::string principal, std::string id);
+  void Score(std::string principal, std::string id, std::vector<int32_t> tokens,
+             std::function<void(absl::StatusOr<ScoreResult>)> done);
+
+  // Graceful shutdown: refuse new work (UNAVAILABLE), let running requests
+  // finish for up to `grace`, cancel the rest, then write every session to
+  // the snapshot directory (when set). Returns when the engine thread is idle.
+  void Drain(std::chrono::milliseconds grace);
+  bool draining() const;
+
+  // Requests running or queued (for tests and shutdown).
+  int64_t inflight() const;
+
+ private:
+  struct Session;
+  struct Job;
+  struct Active;
+
+  Engine(const EngineOptions& options, Model& model, const Tokenizer& tokenizer,
+         uint64_t fingerprint, Metrics* metrics);
+
+  absl::Status Enqueue(std::unique_ptr<Job> job);
+  void Post(std::function<void()> command);
+  void Loop();
+  void Step();
+  bool HasRunnableWork() const;
+
+  // Engine-thread helpers.
+  absl::StatusOr<Session*> Lookup(const std::string& principal, const std::string& id);
+  absl::StatusOr<Session*> NewSession(const std::string& owner, bool ephemeral);
+  absl::Status CanAddSession() const;
+  absl::Status LoadState(Session& session, std::vector<char>* state);
+  absl::Status MakeResident(Session& session);
+  bool EvictOne();
+  void SpillHost();
+  absl::Status WriteToDisk(Session& session);
+  void RemoveSession(Session* session);
+  SessionInfo Info(const Session& session) const;
+  std::string SnapshotPath(const std::string& id) const;
+  void StartJob(std::unique_ptr<Job> job);
+  void Admit(Active& active);
+  void FeedLogits(Active& active, const float* logits);
+  void Finish(Active& active, FinishReason reason, absl::Status status);
+  void PublishGauges();
+
+  EngineOptions options_;
+  Model& model_;
+  const Tokenizer& tokenizer_;
+  uint64_t fingerprint_;
+  Metrics* metrics_;
+  int64_t vocab_;
+  int64_t state_bytes_;
+  std::unique_ptr<StatePool> pool_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable idle_;
+  std::deque<std::function<void()>> commands_;
+  bool draining_ = false;
+  bool stop_ = false;
+  int64_t inflight_ = 0;  // Submit'ed, not finished
+  int64_t queued_ = 0;    // Submit'ed, not admitted
+
+  // Engine thread only.
+  std::vector<std::unique_ptr<Active>> active_;
+  std::unordered_map<std::string, std::unique_ptr<Session>> sessions_;
+  std::vector<Session*> slot_owner_;
+  std::vector<int32_t> free_slots_;
+  int64_t host_sessions_ = 0;
+  uint64_t tick_ = 0;
+  std::vector<float> logits_;
+  Clock::time_point rate_start_ = Clock::now();
+  uint64_t rate_tokens_ = 0;
+
+  std::thread thread_;
+};
+
+}  // namespace fwp::server

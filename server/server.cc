@@ -1,0 +1,168 @@
+#include "server/server.h"
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <httplib.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/device.h"
+#include "kernels/status_macros.h"
+#include "model/model_dir.h"
+#include "server/snapshot.h"
+
+namespace fwp::server {
+
+struct Server::Impl {
+  std::unique_ptr<Backend> backend;
+  LoadedModel model;
+  std::unique_ptr<FwpService> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+  httplib::Server http;
+  std::thread http_thread;
+  std::string backend_name;
+};
+
+absl::StatusOr<std::map<std::string, std::string>> ReadAuthTokens(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("--auth_tokens_file ", path, ": cannot open"));
+  std::map<std::string, std::string> tokens;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    std::istringstream fields(line);
+    std::string name, token, extra;
+    if (!(fields >> name) || name[0] == '#') continue;
+    if (!(fields >> token) || (fields >> extra)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ":", number, ": expected \"name token\" (two fields separated by space)"));
+    }
+    if (token.size() < 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", number, ": token of \"", name, "\" is shorter than 16 bytes"));
+    }
+    if (!tokens.emplace(token, name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", number, ": duplicate token"));
+    }
+  }
+  if (tokens.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--auth_tokens_file ", path, " has no tokens"));
+  }
+  return tokens;
+}
+
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, " ", path, ": cannot open"));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  std::unique_ptr<Server> server(new Server());
+  server->impl_ = std::make_unique<Impl>();
+  Impl& impl = *server->impl_;
+
+  std::string backend = options.backend;
+  if (backend == "auto") backend = CudaDeviceCount(nullptr) > 0 ? "cuda" : "cpu";
+  FWP_ASSIGN_OR_RETURN(impl.backend, MakeBackend(backend));
+  impl.backend_name = backend;
+  FWP_ASSIGN_OR_RETURN(impl.model, LoadModelDir(options.model_dir, *impl.backend));
+  FWP_ASSIGN_OR_RETURN(uint64_t fingerprint, ModelFingerprint(options.model_dir));
+  if (!options.auth_tokens_file.empty()) {
+    FWP_ASSIGN_OR_RETURN(options.service.tokens, ReadAuthTokens(options.auth_tokens_file));
+  }
+  FWP_ASSIGN_OR_RETURN(server->engine_,
+                       Engine::Create(options.engine, *impl.model.model, *impl.model.tokenizer,
+                                      fingerprint, &server->metrics_));
+
+  ModelDescription description;
+  FWP_ASSIGN_OR_RETURN(description.config_json,
+                       ReadFile(options.model_dir + "/config.json", "--model"));
+  for (const auto& p : impl.model.model->Parameters()) description.parameters += p.size;
+  description.backend = impl.backend_name;
+  description.fingerprint = absl::StrFormat("%016x", fingerprint);
+  impl.service = std::make_unique<FwpService>(
+      options.service, *server->engine_, *impl.model.tokenizer,
+      static_cast<int32_t>(impl.model.config.vocab_size), std::move(description),
+      server->metrics_);
+
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (!options.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    FWP_ASSIGN_OR_RETURN(pair.private_key, ReadFile(options.tls_key, "--tls_key"));
+    FWP_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(options.tls_cert, "--tls_cert"));
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    credentials = grpc::SslServerCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureServerCredentials();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.address, credentials, &server->port_);
+  builder.RegisterService(impl.service.get());
+  // Oversized requests reach the handler and get INVALID_ARGUMENT naming
+  // the limit; gRPC's own cap sits above it.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(options.service.max_request_bytes * 2 + 1024, INT32_MAX)));
+  impl.grpc_server = builder.BuildAndStart();
+  if (!impl.grpc_server || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+  }
+  impl.grpc_server->GetHealthCheckService()->SetServingStatus(true);
+
+  if (options.metrics_port >= 0) {
+    Metrics* metrics = &server->metrics_;
+    impl.http.Get("/metrics", [metrics](const httplib::Request&, httplib::Response& response) {
+      response.set_content(metrics->Render(), "text/plain; version=0.0.4");
+    });
+    if (options.metrics_port == 0) {
+      server->metrics_port_ = impl.http.bind_to_any_port(options.metrics_address);
+    } else if (impl.http.bind_to_port(options.metrics_address, options.metrics_port)) {
+      server->metrics_port_ = options.metrics_port;
+    }
+    if (server->metrics_port_ <= 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ",
+                                                 options.metrics_address, ":",
+                                                 options.metrics_port));
+    }
+    impl.http_thread = std::thread([&impl] { impl.http.listen_after_bind(); });
+  }
+  return server;
+}
+
+const std::string& Server::backend_name() const { return impl_->backend_name; }
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  engine_->Drain(grace);
+  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  if (impl_->http_thread.joinable()) {
+    impl_->http.stop();
+    impl_->http_thread.join();
+  }
+}
+
+Server::~Server() {
+  if (impl_ && impl_->grpc_server) Shutdown(std::chrono::milliseconds(0));
+  engine_.reset();
+}
+
+}  // namespace fwp::server

@@ -1,0 +1,165 @@
+#include "server/snapshot.h"
+
+#include <zlib.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "model/atomic_file.h"
+
+namespace fwp::server {
+namespace {
+
+constexpr char kMagic[8] = {'F', 'W', 'P', 'S', 'N', 'A', 'P', '\0'};
+constexpr uint32_t kVersion = 1;
+constexpr uint32_t kHeaderBytes = 64;
+constexpr size_t kIdBytes = 32;
+
+template <typename T>
+void Put(std::string& out, size_t offset, T value) {
+  std::memcpy(out.data() + offset, &value, sizeof(T));
+}
+template <typename T>
+T Get(const std::string& in, size_t offset) {
+  T value;
+  std::memcpy(&value, in.data() + offset, sizeof(T));
+  return value;
+}
+
+uint32_t Crc32(const char* data, size_t size) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  while (size > 0) {  // zlib takes uInt lengths
+    const uInt piece = static_cast<uInt>(std::min<size_t>(size, 1u << 30));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(data), piece);
+    data += piece;
+    size -= piece;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
+  return bytes;
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> ModelFingerprint(const std::string& model_dir) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (const char* name : {"config.json", "model.safetensors"}) {
+    auto bytes = ReadWholeFile(absl::StrCat(model_dir, "/", name));
+    if (!bytes.ok()) return bytes.status();
+    for (unsigned char c : *bytes) hash = (hash ^ c) * 0x100000001b3ull;
+    hash = (hash ^ 0xff) * 0x100000001b3ull;  // file separator
+  }
+  return hash;
+}
+
+std::string EncodeSnapshot(const SessionSnapshot& s, uint64_t fingerprint) {
+  const size_t payload = kIdBytes + s.pending.size() * 4 + s.owner.size() + s.state.size();
+  std::string out(kHeaderBytes + payload, '\0');
+  std::memcpy(out.data(), kMagic, 8);
+  Put<uint32_t>(out, 8, kVersion);
+  Put<uint32_t>(out, 12, kHeaderBytes);
+  Put<uint64_t>(out, 16, fingerprint);
+  Put<int64_t>(out, 24, s.position);
+  Put<int64_t>(out, 32, static_cast<int64_t>(s.state.size()));
+  Put<uint32_t>(out, 40, static_cast<uint32_t>(s.pending.size()));
+  Put<uint32_t>(out, 44, static_cast<uint32_t>(s.owner.size()));
+  size_t at = kHeaderBytes;
+  std::string id = s.session_id;
+  id.resize(kIdBytes, '\0');
+  std::memcpy(out.data() + at, id.data(), kIdBytes);
+  at += kIdBytes;
+  if (!s.pending.empty()) std::memcpy(out.data() + at, s.pending.data(), s.pending.size() * 4);
+  at += s.pending.size() * 4;
+  std::memcpy(out.data() + at, s.owner.data(), s.owner.size());
+  at += s.owner.size();
+  if (!s.state.empty()) std::memcpy(out.data() + at, s.state.data(), s.state.size());
+  Put<uint32_t>(out, 48, Crc32(out.data() + kHeaderBytes, payload));
+  return out;
+}
+
+absl::StatusOr<SessionSnapshot> DecodeSnapshot(const std::string& in, uint64_t fingerprint,
+                                               int64_t state_bytes,
+                                               const std::string& expected_id) {
+  if (in.size() < kHeaderBytes || std::memcmp(in.data(), kMagic, 8) != 0) {
+    return absl::DataLossError("not an fwp session snapshot (bad magic)");
+  }
+  const uint32_t version = Get<uint32_t>(in, 8);
+  if (version != kVersion) {
+    return absl::DataLossError(
+        absl::StrCat("snapshot version ", version, " is not supported (this server reads ",
+                     kVersion, ")"));
+  }
+  if (Get<uint32_t>(in, 12) != kHeaderBytes) {
+    return absl::DataLossError("snapshot header size is wrong");
+  }
+  const uint64_t file_fingerprint = Get<uint64_t>(in, 16);
+  if (file_fingerprint != fingerprint) {
+    return absl::DataLossError(absl::StrCat(
+        "snapshot was made by another model (fingerprint ", absl::Hex(file_fingerprint),
+        ", serving ", absl::Hex(fingerprint), ")"));
+  }
+  SessionSnapshot s;
+  s.position = Get<int64_t>(in, 24);
+  const int64_t bytes = Get<int64_t>(in, 32);
+  const uint32_t pending = Get<uint32_t>(in, 40);
+  const uint32_t owner = Get<uint32_t>(in, 44);
+  if (bytes != state_bytes) {
+    return absl::DataLossError(absl::StrCat("snapshot holds a state of ", bytes,
+                                            " bytes; this model's is ", state_bytes));
+  }
+  if (s.position < 0 || pending > 1 || owner > 4096) {
+    return absl::DataLossError("snapshot header fields are out of range");
+  }
+  const size_t payload = kIdBytes + size_t{pending} * 4 + owner + static_cast<size_t>(bytes);
+  if (in.size() != kHeaderBytes + payload) {
+    return absl::DataLossError(absl::StrCat("snapshot is ", in.size(), " bytes; its header says ",
+                                            kHeaderBytes + payload, " (truncated or padded)"));
+  }
+  const uint32_t crc = Crc32(in.data() + kHeaderBytes, payload);
+  if (crc != Get<uint32_t>(in, 48)) {
+    return absl::DataLossError("snapshot checksum mismatch (the file is corrupt)");
+  }
+  size_t at = kHeaderBytes;
+  s.session_id.assign(in.data() + at, strnlen(in.data() + at, kIdBytes));
+  at += kIdBytes;
+  if (!expected_id.empty() && s.session_id != expected_id) {
+    return absl::DataLossError(absl::StrCat("snapshot holds session ", s.session_id,
+                                            ", not ", expected_id));
+  }
+  s.pending.resize(pending);
+  if (pending > 0) std::memcpy(s.pending.data(), in.data() + at, size_t{pending} * 4);
+  at += size_t{pending} * 4;
+  s.owner.assign(in.data() + at, owner);
+  at += owner;
+  s.state.assign(in.data() + at, in.data() + at + bytes);
+  return s;
+}
+
+absl::Status WriteSnapshot(const std::string& path, const SessionSnapshot& snapshot,
+                           uint64_t fingerprint) {
+  return WriteFileAtomically(path, EncodeSnapshot(snapshot, fingerprint));
+}
+
+absl::StatusOr<SessionSnapshot> ReadSnapshot(const std::string& path, uint64_t fingerprint,
+                                             int64_t state_bytes,
+                                             const std::string& expected_id) {
+  auto bytes = ReadWholeFile(path);
+  if (!bytes.ok()) return bytes.status();
+  auto snapshot = DecodeSnapshot(*bytes, fingerprint, state_bytes, expected_id);
+  if (!snapshot.ok()) {
+    return absl::Status(snapshot.status().code(),
+                        absl::StrCat(path, ": ", snapshot.status().message()));
+  }
+  return snapshot;
+}
+
+}  // namespace fwp::server
