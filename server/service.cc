@@ -115,14 +115,19 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   void OnWriteDone(bool ok) override {
     std::lock_guard<std::recursive_mutex> lock(pump_->mutex);
     writing_ = false;
-    if (!ok) {
-      stream_->Cancel();
-      return;
-    }
+    if (!ok) cancelled_ = true;  // the client is gone
     PumpLocked();
   }
 
-  void OnCancel() override { stream_->Cancel(); }
+  // The client cancelled or the deadline passed: the engine frees the slot
+  // at its next step; the call finishes now (or when the write in flight
+  // completes).
+  void OnCancel() override {
+    stream_->Cancel();
+    std::lock_guard<std::recursive_mutex> lock(pump_->mutex);
+    cancelled_ = true;
+    PumpLocked();
+  }
 
   void OnDone() override {
     {
@@ -157,6 +162,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   void PumpLocked() {
     if (writing_ || done_) return;
+    if (cancelled_) {
+      stream_->Cancel();
+      FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      return;
+    }
     std::optional<Event> event = stream_->Pop();
     if (!event) return;
     if (!event->status.ok()) {
@@ -188,6 +198,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   v1::GenerateResponse response_;
   bool writing_ = false;
   bool done_ = false;
+  bool cancelled_ = false;
   grpc::StatusCode final_code_ = grpc::StatusCode::CANCELLED;
 };
 
@@ -231,6 +242,7 @@ class ChatReactor final : public grpc::ServerBidiReactor<v1::ChatRequest, v1::Ge
     writing_ = false;
     if (!ok) {
       if (stream_) stream_->Cancel();
+      FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       return;
     }
     if (turn_finished_written_) {
@@ -249,6 +261,8 @@ class ChatReactor final : public grpc::ServerBidiReactor<v1::ChatRequest, v1::Ge
   void OnCancel() override {
     std::lock_guard<std::recursive_mutex> lock(pump_->mutex);
     if (stream_) stream_->Cancel();
+    cancelled_ = true;
+    if (!writing_) FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
   }
 
   void OnDone() override {
@@ -334,6 +348,7 @@ class ChatReactor final : public grpc::ServerBidiReactor<v1::ChatRequest, v1::Ge
   bool turn_running_ = false;
   bool turn_finished_written_ = false;
   bool reads_closed_ = false;
+  bool cancelled_ = false;
   bool writing_ = false;
   bool done_ = false;
   v1::ChatRequest request_;

@@ -1,0 +1,211 @@
+// Server-side generation logic: penalties, log-probabilities, stop strings,
+// parameter validation, and the snapshot format.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "server/generation.h"
+#include "server/snapshot.h"
+#include "tests/server/server_fixture.h"
+
+namespace fwp::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+GenerationParams Greedy() {
+  GenerationParams p;
+  p.max_tokens = 16;
+  p.seed = 1;
+  return p;
+}
+
+TEST(TokenSampler, RepetitionPenaltyMovesGreedyOffASeenToken) {
+  std::vector<float> logits = {1.0f, 3.0f, 2.5f, -1.0f};
+  GenerationParams p = Greedy();
+  EXPECT_EQ(TokenSampler(p, {1}, 4).Sample(logits.data()).token, 1);
+  p.repetition_penalty = 1.5f;  // 3 / 1.5 = 2 < 2.5
+  EXPECT_EQ(TokenSampler(p, {1}, 4).Sample(logits.data()).token, 2);
+  EXPECT_EQ(TokenSampler(p, {0}, 4).Sample(logits.data()).token, 1);
+}
+
+TEST(TokenSampler, PresenceAndFrequencyPenaltiesCountTheOutput) {
+  std::vector<float> logits = {2.0f, 1.8f, 0.0f};
+  GenerationParams p = Greedy();
+  p.frequency_penalty = 0.15f;
+  TokenSampler sampler(p, {}, 3);
+  // 2.0 → 1.85 → 1.7 < 1.8: the second-best token takes over on the third draw.
+  EXPECT_EQ(sampler.Sample(logits.data()).token, 0);
+  EXPECT_EQ(sampler.Sample(logits.data()).token, 0);
+  EXPECT_EQ(sampler.Sample(logits.data()).token, 1);
+  GenerationParams q = Greedy();
+  q.presence_penalty = 0.3f;  // once: 1.7 < 1.8
+  TokenSampler presence(q, {}, 3);
+  EXPECT_EQ(presence.Sample(logits.data()).token, 0);
+  EXPECT_EQ(presence.Sample(logits.data()).token, 1);
+}
+
+TEST(TokenSampler, LogprobsAreFromTheUnmodifiedDistribution) {
+  std::vector<float> logits = {0.5f, 2.0f, -1.0f, 1.0f};
+  GenerationParams p = Greedy();
+  p.logprobs = true;
+  p.top_logprobs = 2;
+  p.repetition_penalty = 10.0f;
+  const auto pick = TokenSampler(p, {1}, 4).Sample(logits.data());
+  double z = 0.0;
+  for (float l : logits) z += std::exp(l);
+  EXPECT_EQ(pick.token, 3);
+  EXPECT_NEAR(pick.logprob, 1.0 - std::log(z), 1e-6);
+  ASSERT_EQ(pick.top.size(), 2u);
+  EXPECT_EQ(pick.top[0].id, 1);
+  EXPECT_NEAR(pick.top[0].logprob, 2.0 - std::log(z), 1e-6);
+  EXPECT_EQ(pick.top[1].id, 3);
+}
+
+TEST(TokenSampler, TheSameSeedGivesTheSameDraws) {
+  std::vector<float> logits(100);
+  for (int i = 0; i < 100; ++i) logits[i] = std::sin(i * 0.37f);
+  GenerationParams p = Greedy();
+  p.sampling.temperature = 1.0f;
+  p.seed = 42;
+  TokenSampler a(p, {}, 100), b(p, {}, 100);
+  std::vector<int32_t> da, db;
+  for (int i = 0; i < 50; ++i) {
+    da.push_back(a.Sample(logits.data()).token);
+    db.push_back(b.Sample(logits.data()).token);
+  }
+  EXPECT_EQ(da, db);
+  EXPECT_GT(std::set<int32_t>(da.begin(), da.end()).size(), 5u);
+}
+
+TEST(ValidateGenerationParams, NamesTheField) {
+  const GenerationLimits limits;
+  const auto message = [&](GenerationParams p) {
+    return std::string(ValidateGenerationParams(p, limits, 100).message());
+  };
+  EXPECT_TRUE(ValidateGenerationParams(Greedy(), limits, 100).ok());
+  GenerationParams p = Greedy();
+  p.sampling.temperature = NAN;
+  EXPECT_THAT(message(p), HasSubstr("temperature"));
+  p = Greedy();
+  p.repetition_penalty = 0.0f;
+  EXPECT_THAT(message(p), HasSubstr("repetition_penalty"));
+  p = Greedy();
+  p.frequency_penalty = -2.5f;
+  EXPECT_THAT(message(p), HasSubstr("frequency_penalty"));
+  p = Greedy();
+  p.stop_token_ids = {100};
+  EXPECT_THAT(message(p), HasSubstr("stop_token_ids[0]"));
+  p = Greedy();
+  p.stop = {std::string(300, 'x')};
+  EXPECT_THAT(message(p), HasSubstr("stopping.stop[0]"));
+  EXPECT_THAT(std::string(ValidatePrompt({}, 10, 5, "prompt").message()), HasSubstr("empty"));
+  EXPECT_THAT(std::string(ValidatePrompt({1, 2, 3, 4, 5, 6}, 10, 5, "prompt").message()),
+              HasSubstr("at most 5"));
+}
+
+class TextStreamTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto t = Tokenizer::Load(testing::DefaultModelDir() + "/tokenizer.model");
+    ASSERT_TRUE(t.ok());
+    tokenizer_ = std::move(*t);
+  }
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+TEST_F(TextStreamTest, WithoutStopsItIsTheDecodedContinuation) {
+  const auto prompt = tokenizer_->Encode("The jury said");
+  const auto rest = tokenizer_->Encode("The jury said that the election was conducted");
+  TextStream stream(*tokenizer_, prompt, {});
+  std::string text;
+  for (size_t i = prompt.size(); i < rest.size(); ++i) text += stream.Push(rest[i]);
+  text += stream.Finish();
+  EXPECT_EQ(text, " that the election was conducted");
+}
+
+TEST_F(TextStreamTest, HoldsBackAPossibleStopAndCutsAtIt) {
+  const auto prompt = tokenizer_->Encode("The jury said");
+  const auto all = tokenizer_->Encode("The jury said that the election was conducted");
+  for (const std::string stop : {"election", "t the e", "ion was", "xyz", "d that"}) {
+    TextStream stream(*tokenizer_, prompt, {stop, "never matches this"});
+    std::string text;
+    for (size_t i = prompt.size(); i < all.size() && !stream.stopped(); ++i) {
+      text += stream.Push(all[i]);
+      // Nothing shown ever contains the stop string.
+      EXPECT_EQ(text.find(stop), std::string::npos);
+    }
+    text += stream.Finish();
+    const std::string full = " that the election was conducted";
+    const size_t at = full.find(stop);
+    EXPECT_EQ(text, full.substr(0, at)) << stop;
+    EXPECT_EQ(stream.stopped(), at != std::string::npos) << stop;
+  }
+}
+
+// ---- Snapshots ---------------------------------------------------------------
+
+SessionSnapshot Sample() {
+  SessionSnapshot s;
+  s.session_id = "0123456789abcdef0123456789abcdef";
+  s.owner = "alice";
+  s.position = 1234;
+  s.pending = {77};
+  s.state.resize(4096);
+  for (size_t i = 0; i < s.state.size(); ++i) s.state[i] = static_cast<char>(i * 31 + 7);
+  return s;
+}
+
+TEST(Snapshot, RoundTrips) {
+  const SessionSnapshot s = Sample();
+  auto back = DecodeSnapshot(EncodeSnapshot(s, 99), 99, 4096, s.session_id);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->session_id, s.session_id);
+  EXPECT_EQ(back->owner, "alice");
+  EXPECT_EQ(back->position, 1234);
+  EXPECT_EQ(back->pending, std::vector<int32_t>{77});
+  EXPECT_EQ(back->state, s.state);
+}
+
+TEST(Snapshot, RefusesEachKindOfDamageNamingIt) {
+  const SessionSnapshot s = Sample();
+  const std::string good = EncodeSnapshot(s, 99);
+  const auto refuse = [&](std::string bytes, uint64_t fingerprint, int64_t state_bytes,
+                          const std::string& id, const std::string& why) {
+    auto r = DecodeSnapshot(bytes, fingerprint, state_bytes, id);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << why;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(why));
+  };
+  refuse("hello", 99, 4096, "", "magic");
+  std::string v = good;
+  v[8] = 7;
+  refuse(v, 99, 4096, "", "version 7");
+  refuse(good, 98, 4096, "", "another model");
+  refuse(good, 99, 8192, "", "8192");
+  refuse(good.substr(0, good.size() - 1), 99, 4096, "", "truncated");
+  std::string flipped = good;
+  flipped[good.size() / 2] ^= 1;
+  refuse(flipped, 99, 4096, "", "checksum");
+  refuse(good, 99, 4096, "ffffffffffffffffffffffffffffffff", "not ffff");
+}
+
+TEST(Snapshot, WritesAtomicallyAndReadsBackWithThePathInErrors) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/s.fwps";
+  ASSERT_TRUE(WriteSnapshot(path, Sample(), 5).ok());
+  EXPECT_TRUE(ReadSnapshot(path, 5, 4096, "").ok());
+  auto wrong = ReadSnapshot(path, 6, 4096, "");
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr(path));
+  EXPECT_EQ(ReadSnapshot(dir.path() + "/missing.fwps", 5, 4096, "").status().code(),
+            absl::StatusCode::kNotFound);
+  // Only the final file is left: no temporaries.
+  int files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path())) ++files;
+  EXPECT_EQ(files, 1);
+}
+
+}  // namespace
+}  // namespace fwp::server

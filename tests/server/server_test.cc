@@ -1,0 +1,654 @@
+// fwp-server end to end over a real gRPC channel on loopback (CPU backend;
+// the same tests run on a GPU build with backend "cuda" by hand).
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "model/model_dir.h"
+#include "model/weights.h"
+#include "server/snapshot.h"
+#include "tests/server/server_fixture.h"
+
+namespace fwp::server::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A fixed prompt from the Brown corpus' vocabulary.
+std::vector<int32_t> PromptIds(v1::Fwp::Stub& stub, const std::string& text) {
+  grpc::ClientContext context;
+  v1::TokenizeRequest request;
+  request.set_text(text);
+  v1::TokenizeResponse response;
+  EXPECT_TRUE(stub.Tokenize(&context, request, &response).ok());
+  return {response.ids().begin(), response.ids().end()};
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options = TestOptions();
+    options.engine.slots = 80;
+    r_ = StartServer(options);
+    ASSERT_NE(r_.server, nullptr);
+  }
+  v1::Fwp::Stub& stub() { return *r_.stub; }
+  Running r_;
+};
+
+TEST_F(ServerTest, StreamsTokensAndTextAndFinishesWithLength) {
+  auto c = Generate(stub(), GreedyText("The jury said", 12));
+  ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+  EXPECT_EQ(c.tokens.size(), 12u);
+  EXPECT_EQ(c.reason, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(c.usage.generated_tokens(), 12);
+  EXPECT_EQ(c.usage.prompt_tokens(), static_cast<int>(PromptIds(stub(), "The jury said").size()));
+  EXPECT_GT(c.usage.time_to_first_token_s(), 0.0);
+  EXPECT_GE(c.messages.size(), 12u);  // streamed, one message per token
+  EXPECT_TRUE(c.messages.back().finished());
+  EXPECT_TRUE(c.session_id.empty());  // no session kept
+  // The streamed text is the detokenised continuation of the prompt.
+  grpc::ClientContext context;
+  v1::DetokenizeRequest request;
+  for (int32_t t : PromptIds(stub(), "The jury said")) request.add_ids(t);
+  for (int32_t t : c.tokens) request.add_ids(t);
+  v1::DetokenizeResponse text;
+  ASSERT_TRUE(stub().Detokenize(&context, request, &text).ok());
+  EXPECT_EQ("The jury said" + c.text, text.text());
+}
+
+TEST_F(ServerTest, StopStringSplitAcrossTokensEndsTheTextBeforeIt) {
+  auto full = Generate(stub(), GreedyText("It was a cold day in", 24));
+  ASSERT_TRUE(full.status.ok());
+  // A stop string made of the end of one token's text and the start of the
+  // next one's.
+  std::string stop;
+  size_t boundary = 0;  // bytes of text before the stop string
+  std::string so_far;
+  for (size_t i = 0; i + 1 < full.messages.size(); ++i) {
+    const std::string& a = full.messages[i].text();
+    const std::string& b = full.messages[i + 1].text();
+    so_far += a;
+    if (i >= 2 && a.size() >= 2 && b.size() >= 2) {
+      const std::string candidate = a.substr(a.size() - 2) + b.substr(0, 2);
+      if (full.text.find(candidate) == so_far.size() - 2) {
+        stop = candidate;
+        boundary = so_far.size() - 2;
+        break;
+      }
+    }
+  }
+  ASSERT_FALSE(stop.empty()) << "no two-token stop string in: " << full.text;
+  auto request = GreedyText("It was a cold day in", 24);
+  request.mutable_stopping()->add_stop(stop);
+  auto c = Generate(stub(), request);
+  ASSERT_TRUE(c.status.ok());
+  EXPECT_EQ(c.reason, v1::FINISH_REASON_STOP);
+  EXPECT_EQ(c.text, full.text.substr(0, boundary)) << "stop \"" << stop << "\"";
+  EXPECT_LT(c.tokens.size(), full.tokens.size());
+}
+
+TEST_F(ServerTest, StopTokenIdEndsTheStreamWithThatToken) {
+  auto full = Generate(stub(), GreedyText("The jury said", 10));
+  ASSERT_TRUE(full.status.ok());
+  auto request = GreedyText("The jury said", 10);
+  request.mutable_stopping()->add_stop_token_ids(full.tokens[4]);
+  auto c = Generate(stub(), request);
+  ASSERT_TRUE(c.status.ok());
+  EXPECT_EQ(c.reason, v1::FINISH_REASON_STOP);
+  const auto first = std::find(full.tokens.begin(), full.tokens.end(), full.tokens[4]);
+  EXPECT_EQ(c.tokens, std::vector<int32_t>(full.tokens.begin(), first + 1));
+}
+
+TEST_F(ServerTest, GreedyTokensAreTheSameAloneOrAmongSixtyFourStreams) {
+  const std::vector<int32_t> prompt = PromptIds(stub(), "The Fulton County Grand Jury said");
+  auto alone = Generate(stub(), Greedy(prompt, 24));
+  ASSERT_TRUE(alone.status.ok());
+  std::vector<Completion> results(64);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 64; ++i) {
+    threads.emplace_back([&, i] {
+      std::vector<int32_t> p = prompt;
+      if (i != 17) p.insert(p.begin(), {static_cast<int32_t>(100 + i), 200 + i % 7});
+      v1::GenerateRequest request = Greedy(p, i == 17 ? 24 : 24 + i % 5);
+      if (i % 3 == 0 && i != 17) request.mutable_sampling()->set_temperature(1.0f);
+      results[i] = Generate(stub(), request);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& c : results) ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+  EXPECT_EQ(results[17].tokens, alone.tokens);
+  EXPECT_EQ(results[17].logprobs, alone.logprobs);  // bit for bit
+}
+
+TEST_F(ServerTest, SessionContinuedTurnByTurnMatchesTheWholeText) {
+  const auto a = PromptIds(stub(), "The jury further said in term end presentments that");
+  const auto b = PromptIds(stub(), " the City Executive Committee");
+  const auto c = PromptIds(stub(), " which had over-all charge of the election");
+  auto session = CreateSession(stub(), a);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ(session->tokens(), static_cast<int64_t>(a.size()));
+  auto turn1 = Generate(stub(), Greedy(b, 8, session->session_id()));
+  ASSERT_TRUE(turn1.status.ok()) << turn1.status.error_message();
+  auto turn2 = Generate(stub(), Greedy(c, 8, session->session_id()));
+  ASSERT_TRUE(turn2.status.ok());
+  EXPECT_EQ(turn2.usage.session_tokens(),
+            static_cast<int64_t>(a.size() + b.size() + 8 + c.size() + 8));
+
+  std::vector<int32_t> ab = a;
+  ab.insert(ab.end(), b.begin(), b.end());
+  auto whole1 = Generate(stub(), Greedy(ab, 8));
+  EXPECT_EQ(whole1.tokens, turn1.tokens);
+  std::vector<int32_t> abc = ab;
+  abc.insert(abc.end(), turn1.tokens.begin(), turn1.tokens.end());
+  abc.insert(abc.end(), c.begin(), c.end());
+  auto whole2 = Generate(stub(), Greedy(abc, 8));
+  EXPECT_EQ(whole2.tokens, turn2.tokens);
+  // The same computation in another order of pieces: equal to float precision.
+  for (size_t i = 0; i < whole2.logprobs.size(); ++i) {
+    EXPECT_NEAR(whole2.logprobs[i], turn2.logprobs[i], 1e-3);
+  }
+}
+
+TEST_F(ServerTest, ForkedSessionContinuesIdenticallyToItsParent) {
+  auto parent = CreateSession(stub(), PromptIds(stub(), "Mr. Hartsfield said"));
+  ASSERT_TRUE(parent.ok());
+  grpc::ClientContext context;
+  v1::ForkSessionRequest request;
+  request.set_session_id(parent->session_id());
+  v1::SessionInfo child;
+  ASSERT_TRUE(stub().ForkSession(&context, request, &child).ok());
+  EXPECT_NE(child.session_id(), parent->session_id());
+  EXPECT_EQ(child.tokens(), parent->tokens());
+  const auto more = PromptIds(stub(), " that the");
+  auto from_parent = Generate(stub(), Greedy(more, 12, parent->session_id()));
+  auto from_child = Generate(stub(), Greedy(more, 12, child.session_id()));
+  ASSERT_TRUE(from_parent.status.ok() && from_child.status.ok());
+  EXPECT_EQ(from_parent.tokens, from_child.tokens);
+  EXPECT_EQ(from_parent.logprobs, from_child.logprobs);
+}
+
+TEST_F(ServerTest, ChatFeedsOnlyEachNewTurnToOneSession) {
+  const auto a = PromptIds(stub(), "The jury said");
+  const auto b = PromptIds(stub(), " and the mayor");
+  grpc::ClientContext context;
+  auto chat = stub().Chat(&context);
+  std::vector<std::vector<int32_t>> replies;
+  std::string session;
+  for (const auto& turn : {a, b}) {
+    v1::ChatRequest request;
+    for (int32_t t : turn) request.mutable_prompt()->mutable_ids()->add_ids(t);
+    request.mutable_stopping()->set_max_tokens(6);
+    request.mutable_stopping()->set_ignore_eos(true);
+    ASSERT_TRUE(chat->Write(request));
+    std::vector<int32_t> reply;
+    v1::GenerateResponse m;
+    while (chat->Read(&m)) {
+      if (!m.session_id().empty()) session = m.session_id();
+      reply.insert(reply.end(), m.token_ids().begin(), m.token_ids().end());
+      if (m.finished()) {
+        EXPECT_EQ(m.usage().prompt_tokens(), static_cast<int>(turn.size()));
+        break;
+      }
+    }
+    replies.push_back(reply);
+  }
+  chat->WritesDone();
+  ASSERT_TRUE(chat->Finish().ok());
+  ASSERT_FALSE(session.empty());
+  // The same turns through a session and Generate.
+  auto s = CreateSession(stub(), {});
+  ASSERT_TRUE(s.ok());
+  auto t1 = Generate(stub(), Greedy(a, 6, s->session_id()));
+  auto t2 = Generate(stub(), Greedy(b, 6, s->session_id()));
+  EXPECT_EQ(replies[0], t1.tokens);
+  EXPECT_EQ(replies[1], t2.tokens);
+  // The stream's own session went with it.
+  v1::SessionInfo info;
+  for (int i = 0; i < 100; ++i) {
+    if (GetSession(stub(), session, &info).error_code() == grpc::StatusCode::NOT_FOUND) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(GetSession(stub(), session, &info).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerTest, ScoreGivesTheLogLikelihoodAndLeavesTheSessionUnchanged) {
+  const auto text = PromptIds(stub(), "The jury said it did find that many of");
+  grpc::ClientContext context;
+  v1::ScoreRequest request;
+  for (int32_t t : text) request.mutable_prompt()->mutable_ids()->add_ids(t);
+  v1::ScoreResponse score;
+  ASSERT_TRUE(stub().Score(&context, request, &score).ok());
+  ASSERT_EQ(score.scored_tokens(), static_cast<int>(text.size()) - 1);
+  double sum = 0.0;
+  for (int i = 0; i < score.tokens_size(); ++i) {
+    EXPECT_EQ(score.tokens(i).id(), text[i + 1]);
+    EXPECT_LT(score.tokens(i).logprob(), 0.0f);
+    sum += score.tokens(i).logprob();
+  }
+  EXPECT_NEAR(score.logprob(), sum, 1e-6 * std::abs(sum));
+  EXPECT_NEAR(score.perplexity(), std::exp(-sum / score.scored_tokens()), 1e-6 * score.perplexity());
+  // Greedy generation's first token has the logprob Score gives it.
+  const std::vector<int32_t> prefix(text.begin(), text.end() - 1);
+  auto next = Generate(stub(), Greedy(prefix, 1));
+  v1::ScoreRequest both;
+  for (int32_t t : prefix) both.mutable_prompt()->mutable_ids()->add_ids(t);
+  both.mutable_prompt()->mutable_ids()->add_ids(next.tokens[0]);
+  grpc::ClientContext context2;
+  v1::ScoreResponse scored;
+  ASSERT_TRUE(stub().Score(&context2, both, &scored).ok());
+  EXPECT_NEAR(scored.tokens(scored.tokens_size() - 1).logprob(), next.logprobs[0], 1e-4);
+  // Scoring as a continuation of a session scores every token, and leaves
+  // the session as it was.
+  auto session = CreateSession(stub(), {text[0], text[1]});
+  ASSERT_TRUE(session.ok());
+  v1::ScoreRequest cont;
+  cont.set_session_id(session->session_id());
+  for (size_t i = 2; i < text.size(); ++i) cont.mutable_prompt()->mutable_ids()->add_ids(text[i]);
+  grpc::ClientContext context3;
+  v1::ScoreResponse continued;
+  ASSERT_TRUE(stub().Score(&context3, cont, &continued).ok());
+  ASSERT_EQ(continued.scored_tokens(), static_cast<int>(text.size()) - 2);
+  for (int i = 0; i < continued.tokens_size(); ++i) {
+    EXPECT_NEAR(continued.tokens(i).logprob(), score.tokens(i + 1).logprob(), 1e-4);
+  }
+  v1::SessionInfo info;
+  ASSERT_TRUE(GetSession(stub(), session->session_id(), &info).ok());
+  EXPECT_EQ(info.tokens(), 2);
+}
+
+TEST_F(ServerTest, CancellingOrPassingTheDeadlineFreesTheSlot) {
+  {
+    grpc::ClientContext context;
+    auto request = GreedyText("The jury said", 4000);
+    auto reader = stub().Generate(&context, request);
+    v1::GenerateResponse m;
+    ASSERT_TRUE(reader->Read(&m));
+    ASSERT_TRUE(reader->Read(&m));
+    context.TryCancel();
+    while (reader->Read(&m)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    auto c = Collect(*stub().Generate(&context, GreedyText("The jury said", 4000)));
+    EXPECT_EQ(c.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    EXPECT_GT(c.tokens.size(), 0u);
+  }
+  for (int i = 0; i < 200 && (r_.server->engine().inflight() > 0 ||
+                              r_.server->metrics().slots_in_use.load() > 0);
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(r_.server->engine().inflight(), 0);
+  EXPECT_EQ(r_.server->metrics().slots_in_use.load(), 0);
+}
+
+TEST_F(ServerTest, EveryInvalidInputGetsInvalidArgumentNamingTheField) {
+  const auto expect_invalid = [&](v1::GenerateRequest request, const std::string& field) {
+    auto c = Generate(stub(), request);
+    EXPECT_EQ(c.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_THAT(c.status.error_message(), HasSubstr(field));
+  };
+  expect_invalid(v1::GenerateRequest(), "prompt");
+  expect_invalid(GreedyText("", 4), "prompt.text");
+  expect_invalid(Greedy({1, 99999}, 4), "vocabulary");
+  expect_invalid(Greedy({1, -3}, 4), "vocabulary");
+  expect_invalid(GreedyText("x", 0), "max_tokens");
+  expect_invalid(GreedyText("x", -5), "max_tokens");
+  expect_invalid(GreedyText("x", 100000), "max_tokens");
+  auto r = GreedyText("x", 4);
+  r.mutable_sampling()->set_top_p(0.0f);
+  expect_invalid(r, "top_p");
+  r.mutable_sampling()->set_top_p(1.5f);
+  expect_invalid(r, "top_p");
+  r = GreedyText("x", 4);
+  r.mutable_sampling()->set_temperature(-0.5f);
+  expect_invalid(r, "temperature");
+  r = GreedyText("x", 4);
+  r.mutable_sampling()->set_min_p(1.0f);
+  expect_invalid(r, "min_p");
+  r = GreedyText("x", 4);
+  r.mutable_sampling()->set_top_k(-1);
+  expect_invalid(r, "top_k");
+  r = GreedyText("x", 4);
+  r.mutable_sampling()->set_presence_penalty(3.0f);
+  expect_invalid(r, "presence_penalty");
+  r = GreedyText("x", 4);
+  for (int i = 0; i < 17; ++i) r.mutable_stopping()->add_stop("s" + std::to_string(i));
+  expect_invalid(r, "stopping.stop");
+  r = GreedyText("x", 4);
+  r.mutable_stopping()->add_stop("");
+  expect_invalid(r, "stopping.stop[0]");
+  r = GreedyText("x", 4);
+  r.set_top_logprobs(50);
+  expect_invalid(r, "top_logprobs");
+  r = GreedyText(std::string(5 << 20, 'a'), 4);
+  auto big = Generate(stub(), r);
+  EXPECT_EQ(big.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(big.status.error_message(), HasSubstr("max_request_bytes"));
+  r = GreedyText("x", 4);
+  r.set_session_id("not-a-session");
+  expect_invalid(r, "session_id");
+  r.set_session_id("0123456789abcdef0123456789abcdef");
+  auto unknown = Generate(stub(), r);
+  EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(unknown.status.error_message(), HasSubstr("0123456789abcdef0123456789abcdef"));
+  // And the server goes on serving.
+  EXPECT_TRUE(Generate(stub(), GreedyText("The jury said", 2)).status.ok());
+}
+
+TEST_F(ServerTest, ModelInfoTokenizeAndDetokenize) {
+  grpc::ClientContext context;
+  v1::ModelInfoResponse info;
+  ASSERT_TRUE(stub().ModelInfo(&context, v1::ModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.vocab_size(), 8192);
+  EXPECT_EQ(info.state_bytes(), 524288);
+  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_GT(info.parameters(), 5000000);
+  EXPECT_THAT(info.config_json(), HasSubstr("\"update\""));
+  EXPECT_EQ(info.fingerprint().size(), 16u);
+  const auto ids = PromptIds(stub(), "Hello, wide world");
+  grpc::ClientContext context2;
+  v1::DetokenizeRequest request;
+  for (int32_t id : ids) request.add_ids(id);
+  v1::DetokenizeResponse text;
+  ASSERT_TRUE(stub().Detokenize(&context2, request, &text).ok());
+  EXPECT_EQ(text.text(), "Hello, wide world");
+  grpc::ClientContext context3;
+  request.add_ids(70000);
+  EXPECT_EQ(stub().Detokenize(&context3, request, &text).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// ---- Tiers, snapshots, restarts --------------------------------------------
+
+// Creates two sessions on `stub`, pushes them out of the pool with traffic on
+// other sessions, and returns their continuations (tokens and logprobs).
+struct TierRun {
+  std::vector<Completion> continuations;
+  std::vector<v1::Tier> tiers_before;
+};
+
+TierRun RunWithPressure(Running& r, bool pressure) {
+  TierRun out;
+  const auto a = PromptIds(*r.stub, "The jury said it did find");
+  const auto b = PromptIds(*r.stub, "In the election, the mayor");
+  auto s1 = CreateSession(*r.stub, a);
+  auto s2 = CreateSession(*r.stub, b);
+  EXPECT_TRUE(s1.ok() && s2.ok());
+  auto g1 = Generate(*r.stub, Greedy(PromptIds(*r.stub, " that"), 5, s1->session_id()));
+  auto g2 = Generate(*r.stub, Greedy(PromptIds(*r.stub, " who"), 5, s2->session_id()));
+  EXPECT_TRUE(g1.status.ok() && g2.status.ok());
+  if (pressure) {
+    for (int i = 0; i < 4; ++i) {
+      auto other = CreateSession(*r.stub, {static_cast<int32_t>(300 + i)});
+      EXPECT_TRUE(other.ok());
+      EXPECT_TRUE(Generate(*r.stub, Greedy({77}, 3, other->session_id())).status.ok());
+    }
+  }
+  for (const auto* s : {&*s1, &*s2}) {
+    v1::SessionInfo info;
+    EXPECT_TRUE(GetSession(*r.stub, s->session_id(), &info).ok());
+    out.tiers_before.push_back(info.tier());
+  }
+  out.continuations.push_back(
+      Generate(*r.stub, Greedy(PromptIds(*r.stub, " the county"), 12, s1->session_id())));
+  out.continuations.push_back(
+      Generate(*r.stub, Greedy(PromptIds(*r.stub, " the county"), 12, s2->session_id())));
+  return out;
+}
+
+TEST(ServerTiers, SessionsParkedToHostAndDiskContinueBitIdentically) {
+  Running roomy = StartServer(TestOptions());
+  const TierRun reference = RunWithPressure(roomy, /*pressure=*/false);
+  EXPECT_EQ(reference.tiers_before[0], v1::TIER_DEVICE);
+
+  TempDir dir;
+  ServerOptions tight = TestOptions();
+  tight.engine.slots = 2;
+  tight.engine.host_bytes = 524288;  // one parked session in host memory
+  tight.engine.snapshot_dir = dir.path();
+  Running r = StartServer(tight);
+  const TierRun parked = RunWithPressure(r, /*pressure=*/true);
+  EXPECT_THAT(parked.tiers_before, ::testing::UnorderedElementsAre(v1::TIER_DISK, v1::TIER_DISK))
+      << "both sessions pushed past the pool and host memory";
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(parked.continuations[i].status.ok());
+    EXPECT_EQ(parked.continuations[i].tokens, reference.continuations[i].tokens);
+    EXPECT_EQ(parked.continuations[i].logprobs, reference.continuations[i].logprobs);
+  }
+  EXPECT_GT(r.server->metrics().evictions.load(), 0u);
+  EXPECT_GT(r.server->metrics().spills.load(), 0u);
+  EXPECT_GT(r.server->metrics().restores.load(), 0u);
+
+  // Host tier alone (no snapshot dir): sessions wait in host memory.
+  ServerOptions host_only = TestOptions();
+  host_only.engine.slots = 2;
+  Running h = StartServer(host_only);
+  const TierRun hosted = RunWithPressure(h, /*pressure=*/true);
+  EXPECT_THAT(hosted.tiers_before, ::testing::Each(v1::TIER_HOST));
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(hosted.continuations[i].logprobs, reference.continuations[i].logprobs);
+  }
+}
+
+TEST(ServerTiers, FullStoreWithoutDiskRefusesNewSessions) {
+  ServerOptions options = TestOptions();
+  options.engine.slots = 1;
+  options.engine.host_bytes = 524288;
+  Running r = StartServer(options);
+  ASSERT_TRUE(CreateSession(*r.stub, {5}).ok());
+  ASSERT_TRUE(CreateSession(*r.stub, {6}).ok());
+  auto third = CreateSession(*r.stub, {7});
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.status().message(), HasSubstr("snapshot_dir"));
+}
+
+TEST(ServerRestart, ResumesSnapshottedSessionsAndRefusesCorruptOrForeignOnes) {
+  TempDir dir;
+  const std::vector<int32_t> prompt = {120, 45, 1033, 87, 9, 311};
+  // What a server that never stops gives.
+  Running steady = StartServer(TestOptions());
+  auto s0 = CreateSession(*steady.stub, prompt);
+  auto first0 = Generate(*steady.stub, Greedy({50, 60}, 6, s0->session_id()));
+  auto second0 = Generate(*steady.stub, Greedy({70}, 10, s0->session_id()));
+
+  ServerOptions options = TestOptions();
+  options.engine.snapshot_dir = dir.path();
+  std::string id;
+  {
+    Running r = StartServer(options);
+    auto s = CreateSession(*r.stub, prompt);
+    ASSERT_TRUE(s.ok());
+    id = s->session_id();
+    auto first = Generate(*r.stub, Greedy({50, 60}, 6, id));
+    EXPECT_EQ(first.tokens, first0.tokens);
+    r.server->Shutdown(std::chrono::milliseconds(1000));  // writes the snapshot
+  }
+  std::string saved;  // the snapshot file (it goes when the session is loaded)
+  {
+    std::ifstream in(dir.path() + "/" + id + ".fwps", std::ios::binary);
+    ASSERT_TRUE(in.good());
+    saved.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  Running r = StartServer(options);
+  v1::SessionInfo info;
+  ASSERT_TRUE(GetSession(*r.stub, id, &info).ok());
+  EXPECT_EQ(info.tier(), v1::TIER_DISK);
+  EXPECT_EQ(info.tokens(), static_cast<int64_t>(prompt.size() + 2 + 6));
+  auto second = Generate(*r.stub, Greedy({70}, 10, id));
+  ASSERT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(second.tokens, second0.tokens);
+  EXPECT_EQ(second.logprobs, second0.logprobs);
+
+  // A corrupt snapshot: one flipped byte in the state.
+  const std::string corrupt = "00000000000000000000000000000001";
+  {
+    std::string bytes = saved;
+    bytes.replace(64, 32, corrupt);  // its id, so the file names it
+    bytes[bytes.size() - 100] ^= 0x40;
+    std::ofstream(dir.path() + "/" + corrupt + ".fwps", std::ios::binary) << bytes;
+  }
+  auto bad = Generate(*r.stub, Greedy({70}, 4, corrupt));
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(bad.status.error_message(), HasSubstr("checksum"));
+  // A snapshot from another model.
+  const std::string foreign = "00000000000000000000000000000002";
+  SessionSnapshot snapshot;
+  snapshot.session_id = foreign;
+  snapshot.state.assign(524288, 0);
+  ASSERT_TRUE(WriteSnapshot(dir.path() + "/" + foreign + ".fwps", snapshot, 12345).ok());
+  auto alien = Generate(*r.stub, Greedy({70}, 4, foreign));
+  EXPECT_EQ(alien.status.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(alien.status.error_message(), HasSubstr("another model"));
+  // The server keeps serving.
+  EXPECT_TRUE(Generate(*r.stub, Greedy({70}, 2)).status.ok());
+}
+
+// ---- Overload, drain, health, auth, metrics --------------------------------
+
+TEST(ServerLimits, OverloadGivesResourceExhausted) {
+  ServerOptions options = TestOptions();
+  options.engine.slots = 1;
+  options.engine.max_requests = 2;
+  options.engine.max_queue = 1;
+  Running r = StartServer(options);
+  grpc::ClientContext c1, c2;
+  auto long1 = r.stub->Generate(&c1, GreedyText("The jury", 4000));
+  v1::GenerateResponse m;
+  ASSERT_TRUE(long1->Read(&m));  // running
+  auto long2 = r.stub->Generate(&c2, GreedyText("The jury", 4000));  // queued
+  for (int i = 0; i < 200 && r.server->engine().inflight() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  auto third = Generate(*r.stub, GreedyText("The jury", 4));
+  EXPECT_EQ(third.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(third.status.error_message(), HasSubstr("max_requests"));
+  c1.TryCancel();
+  c2.TryCancel();
+  Collect(*long1);
+  Collect(*long2);
+}
+
+TEST(ServerLimits, HealthIsServingThenNotServingWhileDraining) {
+  Running r = StartServer(TestOptions());
+  auto health = grpc::health::v1::Health::NewStub(r.channel);
+  const auto check = [&] {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckResponse response;
+    EXPECT_TRUE(health->Check(&context, grpc::health::v1::HealthCheckRequest(), &response).ok());
+    return response.status();
+  };
+  EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::SERVING);
+  // A long stream keeps the drain waiting for its grace period.
+  grpc::ClientContext context;
+  auto stream = r.stub->Generate(&context, GreedyText("The jury", 4000));
+  v1::GenerateResponse m;
+  ASSERT_TRUE(stream->Read(&m));
+  std::thread drain([&] { r.server->Shutdown(std::chrono::milliseconds(1500)); });
+  while (!r.server->engine().draining()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  auto refused = Generate(*r.stub, GreedyText("The jury", 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  auto rest = Collect(*stream);  // cancelled when the grace period ends
+  EXPECT_EQ(rest.reason, v1::FINISH_REASON_CANCELLED);
+  drain.join();
+}
+
+TEST(ServerAuth, BearerTokensGateCallsAndSessions) {
+  TempDir dir;
+  const std::string file = dir.path() + "/tokens";
+  std::ofstream(file) << "# name token\nalice alice-secret-0123456789\nbob bob-secret-0123456789\n";
+  ServerOptions options = TestOptions();
+  options.auth_tokens_file = file;
+  Running r = StartServer(options);
+  EXPECT_EQ(Generate(*r.stub, GreedyText("The jury", 2)).status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Generate(*r.stub, GreedyText("The jury", 2), "wrong-token-0123456789").status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  auto request = GreedyText("The jury", 2);
+  request.set_keep_session(true);
+  auto alice = Generate(*r.stub, request, "alice-secret-0123456789");
+  ASSERT_TRUE(alice.status.ok());
+  ASSERT_FALSE(alice.session_id.empty());
+  auto cont = GreedyText(" said", 2);
+  cont.set_session_id(alice.session_id);
+  EXPECT_TRUE(Generate(*r.stub, cont, "alice-secret-0123456789").status.ok());
+  EXPECT_EQ(Generate(*r.stub, cont, "bob-secret-0123456789").status.error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST(ServerMetrics, PrometheusEndpointReportsRequestsAndLatencies) {
+  ServerOptions options = TestOptions();
+  options.metrics_port = 0;
+  Running r = StartServer(options);
+  ASSERT_TRUE(Generate(*r.stub, GreedyText("The jury", 3)).status.ok());
+  EXPECT_EQ(Generate(*r.stub, GreedyText("", 3)).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  httplib::Client http("127.0.0.1", r.server->metrics_port());
+  auto response = http.Get("/metrics");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  const std::string& body = response->body;
+  EXPECT_THAT(body, HasSubstr("fwp_requests_total{method=\"Generate\",code=\"OK\"} 1"));
+  EXPECT_THAT(body, HasSubstr("fwp_requests_total{method=\"Generate\",code=\"INVALID_ARGUMENT\"} 1"));
+  EXPECT_THAT(body, HasSubstr("fwp_generated_tokens_total 3"));
+  EXPECT_THAT(body, HasSubstr("fwp_time_to_first_token_seconds_count 1"));
+  EXPECT_THAT(body, HasSubstr("fwp_inter_token_latency_seconds_count 2"));
+  EXPECT_THAT(body, HasSubstr("fwp_sessions{tier=\"device\"}"));
+  EXPECT_THAT(body, HasSubstr("fwp_state_slots 16"));
+}
+
+// ---- EOS --------------------------------------------------------------------
+
+// A small model whose every next token is the tokenizer's EOS: final norm
+// γ = 0, β = 1 and an output row of ones for EOS only.
+std::string WriteEosModel(const std::string& dir) {
+  auto config = Config::FromJson(R"({"vocab_size": 8192, "d_model": 32, "n_layers": 1,
+      "n_heads": 2, "d_head": 16, "d_ff": 64, "update": "delta",
+      "feature_map": {"kind": "dpfp", "nu": 1}, "sum_norm": true, "positions": "none",
+      "tied_embeddings": false, "activation": "relu", "norm_eps": 1e-5})");
+  EXPECT_TRUE(config.ok()) << config.status();
+  HostWeights weights = RandomWeights(*config, 7);
+  std::fill(weights["final_norm.weight"].begin(), weights["final_norm.weight"].end(), 0.0f);
+  std::fill(weights["final_norm.bias"].begin(), weights["final_norm.bias"].end(), 1.0f);
+  auto& head = weights["lm_head.weight"];
+  std::fill(head.begin(), head.end(), 0.0f);
+  const int eos = 2;  // the default tokenizer's
+  std::fill(head.begin() + eos * 32, head.begin() + (eos + 1) * 32, 1.0f);
+  EXPECT_TRUE(WriteModelDir(dir, *config, weights, DefaultModelDir() + "/tokenizer.model").ok());
+  return dir;
+}
+
+TEST(ServerEos, EndOfSequenceFinishesUnlessIgnored) {
+  TempDir dir;
+  Running r = StartServer(TestOptions(WriteEosModel(dir.path())));
+  v1::GenerateRequest request;
+  request.mutable_prompt()->set_text("The jury");
+  request.mutable_stopping()->set_max_tokens(5);
+  auto c = Generate(*r.stub, request);
+  ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+  EXPECT_EQ(c.reason, v1::FINISH_REASON_EOS);
+  EXPECT_EQ(c.tokens, std::vector<int32_t>({2}));
+  request.mutable_stopping()->set_ignore_eos(true);
+  c = Generate(*r.stub, request);
+  EXPECT_EQ(c.reason, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(c.tokens, std::vector<int32_t>(5, 2));
+  request.mutable_stopping()->add_stop_token_ids(2);
+  c = Generate(*r.stub, request);
+  EXPECT_EQ(c.reason, v1::FINISH_REASON_STOP);
+  EXPECT_EQ(c.tokens.size(), 1u);
+}
+
+}  // namespace
+}  // namespace fwp::server::testing

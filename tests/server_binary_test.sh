@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# fwp-server and fwp-generate as processes: serve, stream (text and JSON
+# lines), a refused request, a kept session written to the snapshot dir on
+# SIGTERM, and a clear refusal of a missing model.
+set -euo pipefail
+server="$1"; generate="$2"; model="$3"
+dir=$(mktemp -d)
+pid=""
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
+fail() { echo "FAIL: $*"; cat "$dir/log" 2>/dev/null; exit 1; }
+
+if "$server" --model "$dir/nothing" --address 127.0.0.1:0 --metrics_port -1 2> "$dir/err"; then
+  fail "a missing model was accepted"
+fi
+grep -q "nothing" "$dir/err" || fail "the error does not name the model: $(cat "$dir/err")"
+
+"$server" --model "$model" --address 127.0.0.1:0 --metrics_port -1 --port_file "$dir/port" \
+  --snapshot_dir "$dir/snapshots" --grace_s 2 2> "$dir/log" &
+pid=$!
+for _ in $(seq 1 300); do [ -s "$dir/port" ] && break; sleep 0.1; done
+[ -s "$dir/port" ] || fail "server did not start"
+addr="127.0.0.1:$(cat "$dir/port")"
+
+text=$("$generate" --address "$addr" --prompt "The jury said" --max_tokens 12 2> "$dir/usage")
+[ -n "$text" ] || fail "no text"
+grep -q "\[length\] 3 prompt + 12 generated" "$dir/usage" || fail "usage line: $(cat "$dir/usage")"
+again=$("$generate" --address "$addr" --prompt "The jury said" --max_tokens 12 2> /dev/null)
+[ "$text" = "$again" ] || fail "greedy is not repeatable: '$text' vs '$again'"
+
+lines=$("$generate" --address "$addr" --prompt "The jury said" --max_tokens 5 --json --logprobs \
+  --keep_session 2> "$dir/usage")
+[ "$(echo "$lines" | wc -l)" -ge 5 ] || fail "expected ≥ 5 JSON lines: $lines"
+echo "$lines" | tail -1 | grep -q '"finish_reason":"length"' || fail "last line: $(echo "$lines" | tail -1)"
+session=$(echo "$lines" | head -1 | sed -n 's/.*"session_id":"\([0-9a-f]*\)".*/\1/p')
+[ ${#session} -eq 32 ] || fail "no session id in: $(echo "$lines" | head -1)"
+
+if "$generate" --address "$addr" --prompt "x" --top_p 1.5 2> "$dir/err"; then
+  fail "top_p 1.5 was accepted"
+fi
+grep -q "error 3: sampling.top_p" "$dir/err" || fail "error: $(cat "$dir/err")"
+
+kill -TERM $pid
+wait $pid || fail "server exit status $?"
+pid=""
+grep -q "stopped" "$dir/log" || fail "no clean stop"
+[ -s "$dir/snapshots/$session.fwps" ] || fail "session $session not snapshotted"
+echo "ok"
