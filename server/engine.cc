@@ -260,26 +260,34 @@ absl::Status Engine::Submit(GenerateJob g) {
   return Enqueue(std::move(job));
 }
 
-void Engine::CreateSession(std::string principal, std::vector<int32_t> prompt,
+void Engine::CreateSession(std::string principal, std::string id, std::vector<int32_t> prompt,
                            InfoCallback done) {
   if (auto s = ValidatePrompt(prompt, static_cast<int32_t>(vocab_), options_.max_prompt_tokens,
                               "prompt", /*allow_empty=*/true);
       !s.ok()) {
     return done(s);
   }
+  if (!id.empty() && !ValidSessionId(id)) {
+    return done(absl::InvalidArgumentError(
+        absl::StrCat("session_id must be 32 lowercase hex digits, got \"", id, "\"")));
+  }
   if (!prompt.empty()) {
     auto job = std::make_unique<Job>();
     job->mode = Job::Mode::kPrefill;
     job->principal = std::move(principal);
+    job->session_id = std::move(id);  // created by StartJob
     job->prompt = std::move(prompt);
     job->on_info = done;
     if (auto s = Enqueue(std::move(job)); !s.ok()) done(s);
     return;
   }
   if (draining()) return done(absl::UnavailableError("the server is shutting down"));
-  Post([this, principal = std::move(principal), done = std::move(done)] {
-    auto session = NewSession(principal, /*ephemeral=*/false);
+  Post([this, principal = std::move(principal), id = std::move(id), done = std::move(done)] {
+    auto session = NewSession(principal, /*ephemeral=*/false, id);
     if (!session.ok()) return done(session.status());
+    if (options_.snapshot_every_turn && !options_.snapshot_dir.empty()) {
+      if (auto s = WriteToDisk(**session); !s.ok()) return done(s);
+    }
     done(Info(**session));
   });
 }
@@ -300,6 +308,10 @@ void Engine::ForkSession(std::string principal, std::string id, InfoCallback don
     (*child)->host = std::move(state);
     (*child)->position = (*parent)->position;
     (*child)->pending = (*parent)->pending;
+    if (options_.snapshot_every_turn && !options_.snapshot_dir.empty()) {
+      // Its id may hash to another replica sharing the snapshot dir.
+      if (auto s = WriteToDisk(**child); !s.ok()) return done(s);
+    }
     done(Info(**child));
   });
 }
@@ -452,12 +464,18 @@ absl::Status Engine::CanAddSession() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Engine::Session*> Engine::NewSession(const std::string& owner, bool ephemeral) {
+absl::StatusOr<Engine::Session*> Engine::NewSession(const std::string& owner, bool ephemeral,
+                                                    const std::string& id) {
   FWP_RETURN_IF_ERROR(CanAddSession());
   auto session = std::make_unique<Session>();
-  do {
-    session->id = NewSessionId();
-  } while (sessions_.count(session->id) > 0);
+  if (!id.empty()) {
+    if (sessions_.count(id) > 0 ||
+        (!options_.snapshot_dir.empty() && std::filesystem::exists(SnapshotPath(id)))) {
+      return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
+    }
+    session->id = id;
+  }
+  while (session->id.empty() || sessions_.count(session->id) > 0) session->id = NewSessionId();
   session->owner = owner;
   session->ephemeral = ephemeral;
   session->tier = Tier::kHost;  // the empty state, host.empty()
@@ -609,7 +627,9 @@ void Engine::RemoveSession(Session* session) {
 void Engine::StartJob(std::unique_ptr<Job> job) {
   auto active = std::make_unique<Active>();
   absl::StatusOr<Session*> session;
-  if (job->session_id.empty()) {
+  if (job->mode == Job::Mode::kPrefill) {
+    session = NewSession(job->principal, /*ephemeral=*/false, job->session_id);
+  } else if (job->session_id.empty()) {
     const bool ephemeral = job->mode == Job::Mode::kScore ||
                            (job->mode == Job::Mode::kGenerate && !job->keep_session);
     session = NewSession(job->principal, ephemeral);

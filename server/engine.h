@@ -144,7 +144,9 @@ class Engine {
   absl::Status Submit(GenerateJob job);
 
   using InfoCallback = std::function<void(absl::StatusOr<SessionInfo>)>;
-  void CreateSession(std::string principal, std::vector<int32_t> prompt, InfoCallback done);
+  // `id` empty: a random one.
+  void CreateSession(std::string principal, std::string id, std::vector<int32_t> prompt,
+                     InfoCallback done);
   void ForkSession(std::string principal, std::string id, InfoCallback done);
   void GetSession(std::string principal, std::string id, InfoCallback done);
   void DeleteSession(std::string principal, std::string id,
@@ -180,7 +182,8 @@ class Engine {
 
   // Engine-thread helpers.
   absl::StatusOr<Session*> Lookup(const std::string& principal, const std::string& id);
-  absl::StatusOr<Session*> NewSession(const std::string& owner, bool ephemeral);
+  absl::StatusOr<Session*> NewSession(const std::string& owner, bool ephemeral,
+                                      const std::string& id = "");
   absl::Status CanAddSession() const;
   absl::Status LoadState(Session& session, std::vector<char>* state);
   absl::Status MakeResident(Session& session);

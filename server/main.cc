@@ -26,6 +26,7 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (with --tls_key: ser
 ABSL_FLAG(std::string, tls_key, "", "PEM private key");
 ABSL_FLAG(std::string, auth_tokens_file, "", "bearer tokens, one \"name token\" per line; "
           "when set every call needs \"authorization: Bearer <token>\"");
+ABSL_FLAG(std::string, replica_name, "", "this replica's name in ModelInfo (default: host name)");
 ABSL_FLAG(int, slots, 64, "state slots: sessions resident on the device at once");
 ABSL_FLAG(int64_t, step_tokens, 512, "tokens per engine step: decode tokens plus prompt pieces");
 ABSL_FLAG(int64_t, prefill_piece, 64, "prompt pieces end on multiples of this many tokens");
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.replica_name = absl::GetFlag(FLAGS_replica_name);
   auto& e = options.engine;
   e.slots = absl::GetFlag(FLAGS_slots);
   e.step_tokens = absl::GetFlag(FLAGS_step_tokens);

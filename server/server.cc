@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -91,6 +93,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   for (const auto& p : impl.model.model->Parameters()) description.parameters += p.size;
   description.backend = impl.backend_name;
   description.fingerprint = absl::StrFormat("%016x", fingerprint);
+  description.replica = options.replica_name;
+  if (description.replica.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    description.replica = host;
+  }
   impl.service = std::make_unique<FwpService>(
       options.service, *server->engine_, *impl.model.tokenizer,
       static_cast<int32_t>(impl.model.config.vocab_size), std::move(description),

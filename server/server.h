@@ -24,6 +24,7 @@ struct ServerOptions {
   std::string tls_cert;                  // PEM files; both or neither
   std::string tls_key;
   std::string auth_tokens_file;          // lines "name token"; empty: no auth
+  std::string replica_name;              // reported by ModelInfo (default: the host name)
   EngineOptions engine;
   ServiceOptions service;
 };

@@ -489,7 +489,7 @@ grpc::ServerUnaryReactor* FwpService::CreateSession(grpc::CallbackServerContext*
     prompt = std::move(*tokens);
   }
   auto* reactor = context->DefaultReactor();
-  engine_.CreateSession(*principal, std::move(prompt),
+  engine_.CreateSession(*principal, request->session_id(), std::move(prompt),
                         Completion(metrics_, "CreateSession", reactor,
                                    [response](const SessionInfo& info) {
                                      ToProto(info, response);
@@ -587,6 +587,7 @@ grpc::ServerUnaryReactor* FwpService::ModelInfo(grpc::CallbackServerContext* con
     response->set_state_slots(engine_.options().slots);
     response->set_max_tokens_limit(engine_.options().limits.max_tokens);
     response->set_fingerprint(description_.fingerprint);
+    response->set_replica(description_.replica);
   }
   return Unary(context, "ModelInfo", status);
 }

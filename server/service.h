@@ -29,6 +29,7 @@ struct ModelDescription {
   int64_t parameters = 0;
   std::string backend;
   std::string fingerprint;
+  std::string replica;
 };
 
 class FwpService final : public fwp::v1::Fwp::CallbackService {

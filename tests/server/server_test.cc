@@ -175,6 +175,25 @@ TEST_F(ServerTest, ForkedSessionContinuesIdenticallyToItsParent) {
   EXPECT_EQ(from_parent.logprobs, from_child.logprobs);
 }
 
+TEST_F(ServerTest, ClientChosenSessionIdsAreUsedAndCheckedForClashes) {
+  const std::string id = "c0ffee00c0ffee00c0ffee00c0ffee00";
+  const auto create = [&](const std::string& session_id, bool with_prompt) {
+    grpc::ClientContext context;
+    v1::CreateSessionRequest request;
+    request.set_session_id(session_id);
+    if (with_prompt) request.mutable_prompt()->set_text("The jury said");
+    v1::SessionInfo info;
+    grpc::Status status = stub().CreateSession(&context, request, &info);
+    return std::make_pair(status.error_code(), info.session_id());
+  };
+  EXPECT_EQ(create(id, false), std::make_pair(grpc::StatusCode::OK, id));
+  EXPECT_EQ(create(id, true).first, grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(create("C0FFEE", false).first, grpc::StatusCode::INVALID_ARGUMENT);
+  const std::string other = "c0ffee00c0ffee00c0ffee00c0ffee01";
+  EXPECT_EQ(create(other, true), std::make_pair(grpc::StatusCode::OK, other));
+  EXPECT_TRUE(Generate(stub(), Greedy({5}, 2, other)).status.ok());
+}
+
 TEST_F(ServerTest, ChatFeedsOnlyEachNewTurnToOneSession) {
   const auto a = PromptIds(stub(), "The jury said");
   const auto b = PromptIds(stub(), " and the mayor");

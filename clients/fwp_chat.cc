@@ -1,0 +1,376 @@
+// fwp-chat: an interactive terminal chat with fwp-server over the
+// bidirectional Chat stream. The session lives on the server (its whole
+// context is one constant-size state); each line you type is one turn.
+//
+//   fwp-chat --address localhost:50051 [--tls --ca_cert ca.pem] [--token T]
+//
+// Commands: /reset (a new session), /fork (continue in a copy), /save NAME,
+// /load NAME, /stats, /max_tokens N, /temperature X, /help, /quit.
+// Ctrl-C cancels the reply being streamed, not the program; Ctrl-D quits.
+// Sessions saved with /save are kept on the server and named in
+// --sessions_file; unsaved sessions are deleted on quit.
+#include <editline/readline.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "clients/client_common.h"
+#include "fwp/v1/fwp.grpc.pb.h"
+
+ABSL_FLAG(std::string, address, "localhost:50051", "server (or load balancer) address");
+ABSL_FLAG(bool, tls, false, "connect with TLS");
+ABSL_FLAG(std::string, ca_cert, "", "PEM root certificate for TLS (implies --tls)");
+ABSL_FLAG(std::string, token, "", "bearer token (or set FWP_TOKEN)");
+ABSL_FLAG(std::string, session, "", "continue this session instead of starting a new one");
+ABSL_FLAG(std::string, sessions_file, "", "where /save keeps names (default ~/.fwp-chat-sessions)");
+ABSL_FLAG(int, max_tokens, 256, "tokens per reply at most");
+ABSL_FLAG(double, temperature, 0.8, "sampling temperature (0: greedy)");
+ABSL_FLAG(double, top_p, 0.95, "nucleus mass");
+ABSL_FLAG(double, repetition_penalty, 1.1, "1: off");
+ABSL_FLAG(std::string, stop, "", "a stop string for replies (e.g. \"\\n\")");
+
+namespace {
+
+std::atomic<bool> interrupted{false};
+void OnInterrupt(int) { interrupted = true; }
+
+std::string RandomSessionId() {
+  std::random_device device;
+  std::string id;
+  for (int i = 0; i < 4; ++i) id += absl::StrFormat("%08x", device());
+  return id;
+}
+
+class Chat {
+ public:
+  Chat(std::shared_ptr<grpc::Channel> channel, fwp::client::ChannelOptions options)
+      : stub_(fwp::v1::Fwp::NewStub(channel)), options_(std::move(options)) {
+    sessions_file_ = absl::GetFlag(FLAGS_sessions_file);
+    if (sessions_file_.empty()) {
+      const char* home = std::getenv("HOME");
+      sessions_file_ = std::string(home ? home : ".") + "/.fwp-chat-sessions";
+    }
+    max_tokens_ = absl::GetFlag(FLAGS_max_tokens);
+    temperature_ = absl::GetFlag(FLAGS_temperature);
+  }
+
+  ~Chat() { CloseStream(); }
+
+  // A new session (the id chosen here, so a load balancer hashing
+  // x-session-id creates it on the replica that will serve it).
+  bool NewSession() {
+    const std::string id = RandomSessionId();
+    grpc::ClientContext context;
+    fwp::client::PrepareContext(context, options_, id);
+    fwp::v1::CreateSessionRequest request;
+    request.set_session_id(id);
+    fwp::v1::SessionInfo info;
+    grpc::Status status = stub_->CreateSession(&context, request, &info);
+    if (!status.ok()) return Error("cannot create a session", status);
+    created_.insert(id);
+    SwitchTo(id);
+    return true;
+  }
+
+  bool Use(const std::string& id) {
+    fwp::v1::SessionInfo info;
+    grpc::Status status = GetInfo(id, &info);
+    if (!status.ok()) return Error("cannot use session " + id, status);
+    SwitchTo(id);
+    return true;
+  }
+
+  void Turn(const std::string& text) {
+    if (!stream_) OpenStream();
+    fwp::v1::ChatRequest request;
+    request.mutable_prompt()->set_text(text);
+    if (first_turn_) request.set_session_id(session_);
+    auto* s = request.mutable_sampling();
+    s->set_temperature(static_cast<float>(temperature_));
+    s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+    s->set_repetition_penalty(static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
+    request.mutable_stopping()->set_max_tokens(max_tokens_);
+    if (!absl::GetFlag(FLAGS_stop).empty()) request.mutable_stopping()->add_stop(absl::GetFlag(FLAGS_stop));
+    const auto start = std::chrono::steady_clock::now();
+    interrupted = false;
+    if (!stream_->Write(request)) {
+      FinishBrokenStream();
+      return;
+    }
+    first_turn_ = false;
+    // Ctrl-C (a flag set by the handler) cancels this reply's stream.
+    std::atomic<bool> reply_done{false};
+    std::thread watcher([&] {
+      while (!reply_done) {
+        if (interrupted) {
+          std::lock_guard<std::mutex> lock(context_mutex_);
+          if (context_) context_->TryCancel();
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    });
+    fwp::v1::GenerateResponse m;
+    bool finished = false;
+    int tokens = 0;
+    std::chrono::steady_clock::time_point first;
+    while (stream_->Read(&m)) {
+      if (tokens == 0 && m.token_ids_size() > 0) first = std::chrono::steady_clock::now();
+      tokens += m.token_ids_size();
+      std::cout << m.text() << std::flush;
+      if (m.finished()) {
+        finished = true;
+        last_usage_ = m.usage();
+        break;
+      }
+    }
+    reply_done = true;
+    watcher.join();
+    std::cout << "\n";
+    if (!finished) {
+      if (interrupted) std::cout << "[cancelled]\n";
+      FinishBrokenStream();
+    }
+    const auto end = std::chrono::steady_clock::now();
+    if (tokens > 0) {
+      last_ttft_s_ = std::chrono::duration<double>(first - start).count();
+      const double decode_s = std::chrono::duration<double>(end - first).count();
+      last_tokens_per_s_ = tokens > 1 && decode_s > 0 ? (tokens - 1) / decode_s : 0.0;
+      last_tokens_ = tokens;
+    }
+  }
+
+  // Returns false to quit.
+  bool Command(const std::string& line) {
+    std::istringstream in(line);
+    std::string command, arg;
+    in >> command >> arg;
+    if (command == "/quit" || command == "/exit") return false;
+    if (command == "/help") {
+      std::cout << "/reset  /fork  /save NAME  /load NAME  /stats  /max_tokens N  "
+                   "/temperature X  /quit\n";
+    } else if (command == "/reset") {
+      if (NewSession()) std::cout << "[new session " << session_ << "]\n";
+    } else if (command == "/fork") {
+      CloseStream();
+      grpc::ClientContext context;
+      fwp::client::PrepareContext(context, options_, session_);
+      fwp::v1::ForkSessionRequest request;
+      request.set_session_id(session_);
+      fwp::v1::SessionInfo info;
+      grpc::Status status = stub_->ForkSession(&context, request, &info);
+      if (!status.ok()) {
+        Error("cannot fork", status);
+      } else {
+        std::cout << "[forked " << session_ << " into " << info.session_id()
+                  << "; continuing in the fork]\n";
+        created_.insert(info.session_id());
+        SwitchTo(info.session_id());
+      }
+    } else if (command == "/save") {
+      if (arg.empty()) {
+        std::cout << "usage: /save NAME\n";
+      } else {
+        auto names = ReadNames();
+        names[arg] = session_;
+        WriteNames(names);
+        saved_.insert(session_);
+        std::cout << "[saved session " << session_ << " as \"" << arg << "\"]\n";
+      }
+    } else if (command == "/load") {
+      auto names = ReadNames();
+      if (arg.empty() || names.count(arg) == 0) {
+        std::cout << "[no saved session \"" << arg << "\" in " << sessions_file_ << "]\n";
+      } else if (Use(names[arg])) {
+        saved_.insert(names[arg]);
+        std::cout << "[loaded \"" << arg << "\": session " << session_ << "]\n";
+      }
+    } else if (command == "/stats") {
+      fwp::v1::SessionInfo info;
+      grpc::Status status = GetInfo(session_, &info);
+      int64_t state_bytes = info.state_bytes();
+      std::cout << absl::StrFormat(
+          "[session %s: %d tokens seen, state %.1f KiB (%s); last reply %d tokens, "
+          "TTFT %.1f ms, %.1f tokens/s]\n",
+          session_, status.ok() ? info.tokens() : -1, state_bytes / 1024.0,
+          status.ok() ? fwp::v1::Tier_Name(info.tier()) : status.error_message(), last_tokens_,
+          last_ttft_s_ * 1e3, last_tokens_per_s_);
+    } else if (command == "/max_tokens") {
+      int v;
+      if (absl::SimpleAtoi(arg, &v) && v > 0) {
+        max_tokens_ = v;
+        std::cout << "[max_tokens " << v << "]\n";
+      } else {
+        std::cout << "usage: /max_tokens N (N > 0)\n";
+      }
+    } else if (command == "/temperature") {
+      double v;
+      if (absl::SimpleAtod(arg, &v) && v >= 0) {
+        temperature_ = v;
+        std::cout << "[temperature " << v << "]\n";
+      } else {
+        std::cout << "usage: /temperature X (X ≥ 0)\n";
+      }
+    } else {
+      std::cout << "unknown command " << command << " (/help lists them)\n";
+    }
+    return true;
+  }
+
+  // Deletes the sessions made in this run that were not saved.
+  void Cleanup() {
+    CloseStream();
+    for (const auto& id : created_) {
+      if (saved_.count(id)) continue;
+      grpc::ClientContext context;
+      fwp::client::PrepareContext(context, options_, id);
+      fwp::v1::DeleteSessionRequest request;
+      request.set_session_id(id);
+      fwp::v1::DeleteSessionResponse response;
+      stub_->DeleteSession(&context, request, &response);
+    }
+  }
+
+  const std::string& session() const { return session_; }
+
+ private:
+  void SwitchTo(const std::string& id) {
+    CloseStream();
+    session_ = id;
+  }
+
+  void OpenStream() {
+    std::lock_guard<std::mutex> lock(context_mutex_);
+    context_ = std::make_unique<grpc::ClientContext>();
+    fwp::client::PrepareContext(*context_, options_, session_);
+    stream_ = stub_->Chat(context_.get());
+    first_turn_ = true;
+  }
+
+  void CloseStream() {
+    if (!stream_) return;
+    stream_->WritesDone();
+    stream_->Finish();
+    std::lock_guard<std::mutex> lock(context_mutex_);
+    stream_.reset();
+    context_.reset();
+  }
+
+  void FinishBrokenStream() {
+    grpc::Status status = stream_->Finish();
+    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+      Error("the reply failed", status);
+    }
+    std::lock_guard<std::mutex> lock(context_mutex_);
+    stream_.reset();
+    context_.reset();
+  }
+
+  grpc::Status GetInfo(const std::string& id, fwp::v1::SessionInfo* info) {
+    grpc::ClientContext context;
+    fwp::client::PrepareContext(context, options_, id);
+    fwp::v1::GetSessionRequest request;
+    request.set_session_id(id);
+    return stub_->GetSession(&context, request, info);
+  }
+
+  bool Error(const std::string& what, const grpc::Status& status) {
+    std::cout << "[" << what << ": " << status.error_message() << "]\n";
+    return false;
+  }
+
+  std::map<std::string, std::string> ReadNames() {
+    std::map<std::string, std::string> names;
+    std::ifstream in(sessions_file_);
+    std::string name, id;
+    while (in >> name >> id) names[name] = id;
+    return names;
+  }
+
+  void WriteNames(const std::map<std::string, std::string>& names) {
+    std::ofstream out(sessions_file_, std::ios::trunc);
+    for (const auto& [name, id] : names) out << name << " " << id << "\n";
+  }
+
+  std::unique_ptr<fwp::v1::Fwp::Stub> stub_;
+  fwp::client::ChannelOptions options_;
+  std::string sessions_file_;
+  std::string session_;
+  std::set<std::string> created_, saved_;
+  std::mutex context_mutex_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::ClientReaderWriter<fwp::v1::ChatRequest, fwp::v1::GenerateResponse>> stream_;
+  bool first_turn_ = true;
+  int max_tokens_ = 256;
+  double temperature_ = 0.8;
+  fwp::v1::Usage last_usage_;
+  int last_tokens_ = 0;
+  double last_ttft_s_ = 0.0;
+  double last_tokens_per_s_ = 0.0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("fwp-chat: chat with fwp-server in the terminal");
+  absl::ParseCommandLine(argc, argv);
+  fwp::client::ChannelOptions options;
+  options.address = absl::GetFlag(FLAGS_address);
+  options.tls = absl::GetFlag(FLAGS_tls);
+  options.ca_cert = absl::GetFlag(FLAGS_ca_cert);
+  options.token = absl::GetFlag(FLAGS_token);
+  if (options.token.empty() && std::getenv("FWP_TOKEN") != nullptr) options.token = std::getenv("FWP_TOKEN");
+  auto channel = fwp::client::MakeChannel(options);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "fwp-chat: %s\n", std::string(channel.status().message()).c_str());
+    return 2;
+  }
+  Chat chat(*channel, options);
+  const bool ok = absl::GetFlag(FLAGS_session).empty() ? chat.NewSession()
+                                                       : chat.Use(absl::GetFlag(FLAGS_session));
+  if (!ok) return 1;
+  std::cout << "fwp-chat: session " << chat.session() << " on " << options.address
+            << " (/help for commands, Ctrl-C cancels a reply, Ctrl-D quits)\n";
+
+  struct sigaction action = {};
+  action.sa_handler = OnInterrupt;
+  sigemptyset(&action.sa_mask);
+  struct sigaction ignore = {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  while (true) {
+    sigaction(SIGINT, &ignore, nullptr);  // at the prompt Ctrl-C does nothing
+    char* raw = readline("> ");
+    if (raw == nullptr) break;  // Ctrl-D
+    std::string line(raw);
+    std::free(raw);
+    if (line.empty()) continue;
+    add_history(line.c_str());
+    if (line[0] == '/') {
+      if (!chat.Command(line)) break;
+      continue;
+    }
+    sigaction(SIGINT, &action, nullptr);
+    chat.Turn(line);
+  }
+  chat.Cleanup();
+  std::cout << "\n";
+  return 0;
+}
