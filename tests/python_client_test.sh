@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Python client example against a CPU fwp-server: a streaming generate
+# (greedy: the same text as fwp-generate) and a two-turn chat loop.
+set -euo pipefail
+server="$1"; generate="$2"; model="$3"; stubs="$4"; client="$5"
+dir=$(mktemp -d)
+pid=""
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+"$server" --model "$model" --address 127.0.0.1:0 --metrics_port -1 --port_file "$dir/port" \
+  2> "$dir/log" &
+pid=$!
+for _ in $(seq 1 300); do [ -s "$dir/port" ] && break; sleep 0.1; done
+[ -s "$dir/port" ] || fail "server did not start"
+addr="127.0.0.1:$(cat "$dir/port")"
+export FWP_PY_STUBS="$stubs"
+
+py=$(/usr/bin/python3 "$client" generate --address "$addr" --prompt "The jury said" \
+  --max_tokens 16 2> "$dir/usage")
+cc=$("$generate" --address "$addr" --prompt "The jury said" --max_tokens 16 2> /dev/null)
+[ -n "$py" ] && [ "$py" = "$cc" ] || fail "python '$py' vs fwp-generate '$cc'"
+grep -q "\[length\] 3 prompt + 16 generated" "$dir/usage" || fail "usage: $(cat "$dir/usage")"
+
+out=$(printf 'The jury said\nand the mayor\n' | /usr/bin/python3 "$client" chat --address "$addr" \
+  --max_tokens 5)
+[ "$(echo "$out" | grep -c '^\[length, 5 tokens')" -eq 2 ] || fail "chat: $out"
+seen=$(echo "$out" | sed -n 's/.*session has seen \([0-9]*\)\]/\1/p' | tr '\n' ' ')
+set -- $seen
+[ "$1" -eq 8 ] && [ "$2" -ge $(( $1 + 5 + 1 )) ] || fail "the session did not carry over: seen $seen"
+echo ok
