@@ -1,6 +1,6 @@
 #include "model/sentencepiece_adapter.h"
 
-#include <dlfcn.h>
+#include <dlfcn.h>  // dlmopen (GNU)
 #include <unistd.h>
 
 #include <cstdlib>
@@ -10,14 +10,14 @@
 namespace fwp {
 namespace {
 
-// The plugin's functions (sentencepiece_plugin.cc).
+// The plugin's C functions (sentencepiece_plugin.cc).
 struct PluginApi {
-  void* (*load)(const char*, std::string*) = nullptr;
+  void* (*load)(const char*, char*, size_t) = nullptr;
   void (*free)(void*) = nullptr;
-  void (*encode)(const void*, const char*, size_t, std::vector<int>*) = nullptr;
-  void (*decode)(const void*, const std::vector<int>*, std::string*) = nullptr;
+  size_t (*encode)(const void*, const char*, size_t, int*, size_t) = nullptr;
+  size_t (*decode)(const void*, const int*, size_t, char*, size_t) = nullptr;
   int (*info)(const void*, int) = nullptr;
-  void (*train)(const char*, std::string*) = nullptr;
+  int (*train)(const char*, char*, size_t) = nullptr;
   std::string error;  // why the plugin could not be loaded
 };
 
@@ -44,15 +44,12 @@ const PluginApi& Plugin() {
   static PluginApi api;
   static std::once_flag once;
   std::call_once(once, [] {
-    int flags = RTLD_NOW | RTLD_LOCAL;
-#if !defined(__SANITIZE_ADDRESS__)
-    flags |= RTLD_DEEPBIND;  // sanitizer runtimes refuse it
-#endif
+    // A link-map namespace of its own (sentencepiece_plugin.cc says why).
     void* handle = nullptr;
     std::string tried;
     for (const auto& path : Candidates()) {
       if (path.find('/') != std::string::npos && !std::filesystem::exists(path)) continue;
-      handle = dlopen(path.c_str(), flags);
+      handle = dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (handle != nullptr) break;
       tried += "\n  " + path + ": " + dlerror();
     }
@@ -93,20 +90,36 @@ std::unique_ptr<SentencePieceModel> SentencePieceModel::Load(const std::string& 
     return nullptr;
   }
   std::unique_ptr<SentencePieceModel> model(new SentencePieceModel());
-  model->processor_ = api.load(path.c_str(), error);
-  if (model->processor_ == nullptr) return nullptr;
+  char message[1024] = {};
+  model->processor_ = api.load(path.c_str(), message, sizeof(message));
+  if (model->processor_ == nullptr) {
+    *error = message;
+    return nullptr;
+  }
   return model;
 }
 
+// The plugin fills caller-owned buffers and returns the full size; a second
+// call with the exact size covers the rare overflow of the first guess.
 std::vector<int> SentencePieceModel::Encode(std::string_view text) const {
-  std::vector<int> ids;
-  Plugin().encode(processor_, text.data(), text.size(), &ids);
+  std::vector<int> ids(text.size() + 16);
+  size_t n = Plugin().encode(processor_, text.data(), text.size(), ids.data(), ids.size());
+  if (n > ids.size()) {
+    ids.resize(n);
+    n = Plugin().encode(processor_, text.data(), text.size(), ids.data(), ids.size());
+  }
+  ids.resize(n);
   return ids;
 }
 
 std::string SentencePieceModel::Decode(const std::vector<int>& ids) const {
-  std::string text;
-  Plugin().decode(processor_, &ids, &text);
+  std::string text(16 * ids.size() + 64, '\0');
+  size_t n = Plugin().decode(processor_, ids.data(), ids.size(), text.data(), text.size());
+  if (n > text.size()) {
+    text.resize(n);
+    n = Plugin().decode(processor_, ids.data(), ids.size(), text.data(), text.size());
+  }
+  text.resize(n);
   return text;
 }
 
@@ -117,9 +130,8 @@ int SentencePieceModel::EosId() const { return Plugin().info(processor_, 2); }
 std::string TrainSentencePiece(const std::string& flags) {
   const PluginApi& api = Plugin();
   if (!api.error.empty()) return api.error;
-  std::string error;
-  api.train(flags.c_str(), &error);
-  return error;
+  char message[4096] = {};
+  return api.train(flags.c_str(), message, sizeof(message)) == 0 ? std::string() : std::string(message);
 }
 
 }  // namespace fwp

@@ -4,23 +4,38 @@
 // Debian's libsentencepiece carries a private copy of protobuf 3.14 and
 // exports its symbols, which collide with the system protobuf that gRPC
 // uses (a process linking both crashes in protobuf's static initialisers).
-// So this module is loaded at run time with dlopen(RTLD_LOCAL | RTLD_DEEPBIND)
-// by sentencepiece_adapter.cc: SentencePiece then binds to its own protobuf
-// and nothing of it leaks into the process. Its interface is plain C
-// functions over std types (same libstdc++ on both sides).
+// So sentencepiece_adapter.cc loads this module with dlmopen into a link-map
+// namespace of its own: there SentencePiece binds to its own protobuf (and
+// its own C and C++ runtimes), and nothing of it meets the process's. The
+// interface is therefore plain C over caller-owned buffers: no allocation,
+// object or exception crosses the boundary.
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #define FWP_EXPORT extern "C" __attribute__((visibility("default")))
 
-FWP_EXPORT void* fwp_spm_load(const char* path, std::string* error) {
+namespace {
+
+void CopyOut(const std::string& text, char* out, size_t cap) {
+  if (cap == 0) return;
+  const size_t n = std::min(text.size(), cap - 1);
+  std::memcpy(out, text.data(), n);
+  out[n] = '\0';
+}
+
+}  // namespace
+
+// Null with the reason in `error` when `path` is not a loadable model.
+FWP_EXPORT void* fwp_spm_load(const char* path, char* error, size_t error_cap) {
   auto* processor = new sentencepiece::SentencePieceProcessor();
   const auto status = processor->Load(path);
   if (!status.ok()) {
-    *error = status.ToString();
+    CopyOut(status.ToString(), error, error_cap);
     delete processor;
     return nullptr;
   }
@@ -31,18 +46,26 @@ FWP_EXPORT void fwp_spm_free(void* processor) {
   delete static_cast<sentencepiece::SentencePieceProcessor*>(processor);
 }
 
-FWP_EXPORT void fwp_spm_encode(const void* processor, const char* text, size_t size,
-                               std::vector<int>* ids) {
+// Returns the number of ids; writes the first min(count, cap) into `ids`.
+FWP_EXPORT size_t fwp_spm_encode(const void* processor, const char* text, size_t size,
+                                 int* ids, size_t cap) {
+  std::vector<int> out;
   static_cast<const sentencepiece::SentencePieceProcessor*>(processor)
-      ->Encode(std::string(text, size), ids)
+      ->Encode(std::string(text, size), &out)
       .IgnoreError();  // fails only without a model
+  std::copy_n(out.begin(), std::min(out.size(), cap), ids);
+  return out.size();
 }
 
-FWP_EXPORT void fwp_spm_decode(const void* processor, const std::vector<int>* ids,
-                               std::string* text) {
+// Returns the text's length; writes the first min(length, cap) bytes.
+FWP_EXPORT size_t fwp_spm_decode(const void* processor, const int* ids, size_t n, char* text,
+                                 size_t cap) {
+  std::string out;
   static_cast<const sentencepiece::SentencePieceProcessor*>(processor)
-      ->Decode(*ids, text)
+      ->Decode(std::vector<int>(ids, ids + n), &out)
       .IgnoreError();  // ids are checked by the caller
+  std::memcpy(text, out.data(), std::min(out.size(), cap));
+  return out.size();
 }
 
 // what: 0 piece count, 1 BOS id, 2 EOS id.
@@ -55,7 +78,10 @@ FWP_EXPORT int fwp_spm_info(const void* processor, int what) {
   }
 }
 
-FWP_EXPORT void fwp_spm_train(const char* flags, std::string* error) {
+// 0 on success, else the trainer's error in `error`.
+FWP_EXPORT int fwp_spm_train(const char* flags, char* error, size_t error_cap) {
   const auto status = sentencepiece::SentencePieceTrainer::Train(flags);
-  if (!status.ok()) *error = status.ToString();
+  if (status.ok()) return 0;
+  CopyOut(status.ToString(), error, error_cap);
+  return 1;
 }

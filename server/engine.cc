@@ -736,49 +736,28 @@ void Engine::FeedLogits(Active& a, const float* logits) {
   event.usage.time_to_first_token_s = Seconds(a.first_token - job.arrival);
   event.usage.total_time_s = Seconds(now - job.arrival);
   event.usage.session_tokens = a.session->position + 1;
-  job.out->Push(std::move(event));
-  Finish(a, reason, absl::OkStatus());
+  Finish(a, reason, absl::OkStatus(), &event);
 }
 
-void Engine::Finish(Active& a, FinishReason reason, absl::Status status) {
+void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* last) {
   if (a.phase == Active::Phase::kDone) return;
   const bool admitted = a.phase != Active::Phase::kWaiting;
   const bool from_decode = a.phase == Active::Phase::kDecode;
+  const bool completed = status.ok() && reason != FinishReason::kCancelled;
   a.phase = Active::Phase::kDone;
   Job& job = *a.job;
   Session* session = a.session;
+  // 1. The session's final state: what it has seen but not fed.
   if (session != nullptr && from_decode && reason == FinishReason::kCancelled) {
     session->pending = {a.next_token};  // sampled and streamed, not yet fed
   }
-  switch (job.mode) {
-    case Job::Mode::kGenerate:
-      if (!status.ok() || reason == FinishReason::kCancelled) {
-        Event event;
-        event.finished = true;
-        event.reason = FinishReason::kCancelled;
-        event.status = status;
-        event.usage.prompt_tokens = static_cast<int32_t>(job.prompt.size());
-        event.usage.generated_tokens = a.generated;
-        event.usage.total_time_s = Seconds(Clock::now() - job.arrival);
-        job.out->Push(std::move(event));
-      }
-      break;
-    case Job::Mode::kPrefill:
-      if (status.ok() && reason != FinishReason::kCancelled) {
-        session->pending = {a.feed.back()};
-        job.on_info(Info(*session));
-      } else {
-        job.on_info(status.ok() ? absl::CancelledError("cancelled") : status);
-      }
-      break;
-    case Job::Mode::kScore:
-      if (status.ok() && reason != FinishReason::kCancelled) {
-        job.on_score(std::move(a.score));
-      } else {
-        job.on_score(status.ok() ? absl::CancelledError("cancelled") : status);
-      }
-      break;
+  if (session != nullptr && job.mode == Job::Mode::kPrefill && completed) {
+    session->pending = {a.feed.back()};
   }
+  std::optional<SessionInfo> info;
+  if (session != nullptr) info = Info(*session);
+  // 2. Released, and persisted before anyone hears the request is done (a
+  // replica killed right after a reply must not lose the turn).
   if (session != nullptr) {
     session->busy = false;
     session->last_used = ++tick_;
@@ -791,6 +770,35 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status) {
       }
     }
     a.session = nullptr;
+  }
+  // 3. The answer.
+  switch (job.mode) {
+    case Job::Mode::kGenerate:
+      if (last != nullptr) {
+        job.out->Push(std::move(*last));
+      } else {  // failed or cancelled
+        Event event;
+        event.finished = true;
+        event.reason = FinishReason::kCancelled;
+        event.status = status;
+        event.usage.prompt_tokens = static_cast<int32_t>(job.prompt.size());
+        event.usage.generated_tokens = a.generated;
+        event.usage.total_time_s = Seconds(Clock::now() - job.arrival);
+        job.out->Push(std::move(event));
+      }
+      break;
+    case Job::Mode::kPrefill:
+      job.on_info(completed ? absl::StatusOr<SessionInfo>(*info)
+                            : absl::StatusOr<SessionInfo>(
+                                  status.ok() ? absl::CancelledError("cancelled") : status));
+      break;
+    case Job::Mode::kScore:
+      if (completed) {
+        job.on_score(std::move(a.score));
+      } else {
+        job.on_score(status.ok() ? absl::CancelledError("cancelled") : status);
+      }
+      break;
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -196,7 +196,11 @@ class Engine {
   void StartJob(std::unique_ptr<Job> job);
   void Admit(Active& active);
   void FeedLogits(Active& active, const float* logits);
-  void Finish(Active& active, FinishReason reason, absl::Status status);
+  // Ends a request: releases (and with --snapshot_every_turn persists) its
+  // session, then delivers `last` (the final event of a completed
+  // generation) or the error / cancellation.
+  void Finish(Active& active, FinishReason reason, absl::Status status,
+              Event* last = nullptr);
   void PublishGauges();
 
   EngineOptions options_;

@@ -16,7 +16,8 @@ tmp = tempfile.mkdtemp()
 port_file = os.path.join(tmp, "port")
 server = subprocess.Popen(
     [server_bin, "--model", model, "--address", "127.0.0.1:0", "--metrics_port", "-1",
-     "--port_file", port_file], stderr=open(os.path.join(tmp, "server.log"), "w"))
+     "--port_file", port_file], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    stderr=open(os.path.join(tmp, "server.log"), "w"))
 
 
 def fail(message):
