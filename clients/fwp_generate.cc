@@ -131,7 +131,9 @@ int main(int argc, char** argv) {
   const bool json = absl::GetFlag(FLAGS_json);
   fwp::v1::GenerateResponse last;
   std::string session_id;
+  bool printed = false;
   while (reader->Read(&response)) {
+    printed = true;
     if (!response.session_id().empty()) session_id = response.session_id();
     if (json) {
       nlohmann::json line = {{"token_ids", std::vector<int32_t>(response.token_ids().begin(),
@@ -166,7 +168,7 @@ int main(int argc, char** argv) {
     if (response.finished()) last = response;
   }
   grpc::Status status = reader->Finish();
-  if (!json) std::cout << "\n";
+  if (!json && printed) std::cout << "\n";
   if (!status.ok()) {
     std::fprintf(stderr, "fwp-generate: error %d: %s\n", static_cast<int>(status.error_code()),
                  status.error_message().c_str());

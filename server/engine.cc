@@ -43,6 +43,28 @@ std::optional<Event> Stream::Pop() {
   return event;
 }
 
+std::optional<Event> Stream::PopMerged() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (events_.empty()) return std::nullopt;
+  Event merged = std::move(events_.front());
+  events_.pop_front();
+  while (merged.status.ok() && !merged.finished && !events_.empty() &&
+         events_.front().status.ok()) {
+    Event& next = events_.front();
+    merged.tokens.insert(merged.tokens.end(), next.tokens.begin(), next.tokens.end());
+    merged.text += next.text;
+    merged.logprobs.insert(merged.logprobs.end(), next.logprobs.begin(), next.logprobs.end());
+    merged.top_logprobs.insert(merged.top_logprobs.end(), next.top_logprobs.begin(),
+                               next.top_logprobs.end());
+    if (merged.session_id.empty()) merged.session_id = std::move(next.session_id);
+    merged.finished = next.finished;
+    merged.reason = next.reason;
+    merged.usage = next.usage;
+    events_.pop_front();
+  }
+  return merged;
+}
+
 size_t Stream::buffered() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return events_.size();

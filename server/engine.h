@@ -77,6 +77,10 @@ class Stream {
  public:
   void Push(Event event);
   std::optional<Event> Pop();
+  // Everything buffered, merged into one event (tokens, text and
+  // log-probabilities concatenated; the last event's end): a reader that fell
+  // behind catches up in one message. An error event is returned alone.
+  std::optional<Event> PopMerged();
   size_t buffered() const;
   // From the RPC side: the client went away or the deadline passed.
   void Cancel();

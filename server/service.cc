@@ -167,7 +167,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       return;
     }
-    std::optional<Event> event = stream_->Pop();
+    std::optional<Event> event = stream_->PopMerged();
     if (!event) return;
     if (!event->status.ok()) {
       FinishWith(ToGrpc(event->status));
@@ -317,7 +317,7 @@ class ChatReactor final : public grpc::ServerBidiReactor<v1::ChatRequest, v1::Ge
 
   void PumpLocked() {
     if (writing_ || done_ || !stream_) return;
-    std::optional<Event> event = stream_->Pop();
+    std::optional<Event> event = stream_->PopMerged();
     if (!event) return;
     if (!event->status.ok()) {
       FinishWith(ToGrpc(event->status));

@@ -44,4 +44,27 @@ wait $pid || fail "server exit status $?"
 pid=""
 grep -q "stopped" "$dir/log" || fail "no clean stop"
 [ -s "$dir/snapshots/$session.fwps" ] || fail "session $session not snapshotted"
+
+# TLS with a self-signed certificate, and bearer tokens.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost" -keyout "$dir/key.pem" -out "$dir/cert.pem" 2> /dev/null
+echo "alice alice-token-0123456789" > "$dir/tokens"
+rm -f "$dir/port"
+"$server" --model "$model" --address 127.0.0.1:0 --metrics_port -1 --port_file "$dir/port" \
+  --tls_cert "$dir/cert.pem" --tls_key "$dir/key.pem" --auth_tokens_file "$dir/tokens" 2> "$dir/log" &
+pid=$!
+for _ in $(seq 1 300); do [ -s "$dir/port" ] && break; sleep 0.1; done
+[ -s "$dir/port" ] || fail "TLS server did not start"
+addr="localhost:$(cat "$dir/port")"
+tls=$("$generate" --address "$addr" --ca_cert "$dir/cert.pem" --token alice-token-0123456789 \
+  --prompt "The jury said" --max_tokens 12 2> /dev/null) || fail "TLS generate failed"
+[ "$tls" = "$text" ] || fail "TLS gave other text: '$tls' vs '$text'"
+if "$generate" --address "$addr" --ca_cert "$dir/cert.pem" --prompt "x" 2> "$dir/err"; then
+  fail "a call without a token was served"
+fi
+grep -q "error 16" "$dir/err" || fail "expected UNAUTHENTICATED: $(cat "$dir/err")"
+if "$generate" --address "$addr" --token alice-token-0123456789 --prompt "x" --timeout_s 3 \
+  2> /dev/null; then
+  fail "a plaintext client reached the TLS server"
+fi
 echo "ok"

@@ -51,7 +51,7 @@ TEST_F(ServerTest, StreamsTokensAndTextAndFinishesWithLength) {
   EXPECT_EQ(c.usage.generated_tokens(), 12);
   EXPECT_EQ(c.usage.prompt_tokens(), static_cast<int>(PromptIds(stub(), "The jury said").size()));
   EXPECT_GT(c.usage.time_to_first_token_s(), 0.0);
-  EXPECT_GE(c.messages.size(), 12u);  // streamed, one message per token
+  EXPECT_GE(c.messages.size(), 2u);  // streamed (tokens a slow reader missed come together)
   EXPECT_TRUE(c.messages.back().finished());
   EXPECT_TRUE(c.session_id.empty());  // no session kept
   // The streamed text is the detokenised continuation of the prompt.
