@@ -39,6 +39,9 @@ class Backend {
   virtual void CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
   virtual void Zero(void* dst, size_t bytes) = 0;
   virtual void Synchronize() = 0;
+  // Memory this backend could still allocate: free device memory (CUDA) or
+  // available host memory (CPU), in bytes.
+  virtual int64_t AvailableBytes() const = 0;
 
   // Ops; shapes as in the op headers (kernels/<op>.h).
   virtual void Matmul(const float* a, const float* b, const float* bias,

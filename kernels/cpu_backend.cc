@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/adamw.h"
+#include <unistd.h>
+
 #include "kernels/backend.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
@@ -46,6 +48,9 @@ class CpuBackend final : public Backend {
     if (bytes) std::memset(dst, 0, bytes);
   }
   void Synchronize() override {}
+  int64_t AvailableBytes() const override {
+    return static_cast<int64_t>(sysconf(_SC_AVPHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  }
 
   void Matmul(const float* a, const float* b, const float* bias, float* c,
               int64_t m, int64_t n, int64_t k, bool accumulate) override {

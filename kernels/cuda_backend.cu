@@ -69,6 +69,11 @@ class CudaBackend final : public Backend {
     if (bytes) FWP_CUDA_CHECK("zero", cudaMemsetAsync(dst, 0, bytes, stream_));
   }
   void Synchronize() override { FWP_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream_)); }
+  int64_t AvailableBytes() const override {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return 0;
+    return static_cast<int64_t>(free);
+  }
 
   void Matmul(const float* a, const float* b, const float* bias, float* c, int64_t m,
               int64_t n, int64_t k, bool accumulate) override {

@@ -70,6 +70,16 @@ size_t Stream::buffered() const {
   return events_.size();
 }
 
+void Stream::SetSessionId(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  session_id_ = id;
+}
+
+std::string Stream::session_id() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return session_id_;
+}
+
 void Stream::Cancel() {
   std::lock_guard<std::mutex> lock(mutex_);
   cancelled_ = true;
@@ -94,7 +104,10 @@ struct Engine::Session {
   int32_t slot = -1;          // kDevice
   std::vector<char> host;     // kHost; empty: the empty state
   int64_t position = 0;       // tokens fed into the state
-  std::vector<int32_t> pending;  // seen, not yet fed (0 or 1 token)
+  // Seen, not yet fed: the last token (so the logits that continue the
+  // session are computed when needed), or what a cancelled request's prompt
+  // had left unfed.
+  std::vector<int32_t> pending;
   bool busy = false;
   bool ephemeral = false;
   uint64_t last_used = 0;
@@ -123,6 +136,7 @@ struct Engine::Active {
   size_t feed_end = 0;        // feed[0, feed_end) goes into the state
   size_t fed = 0;
   int32_t next_token = 0;     // kDecode: the sampled token to feed
+  bool created_session = false;  // this request made its session
   std::unique_ptr<TokenSampler> sampler;
   std::unique_ptr<TextStream> text;
   int32_t generated = 0;
@@ -156,6 +170,12 @@ bool ValidSessionId(const std::string& id) {
 }
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Never throws (a file-system error reads as "no such file").
+bool FileExists(const std::string& path) {
+  std::error_code error;
+  return std::filesystem::exists(path, error);
+}
 
 }  // namespace
 
@@ -305,10 +325,14 @@ void Engine::CreateSession(std::string principal, std::string id, std::vector<in
   }
   if (draining()) return done(absl::UnavailableError("the server is shutting down"));
   Post([this, principal = std::move(principal), id = std::move(id), done = std::move(done)] {
+    if (draining()) return done(absl::UnavailableError("the server is shutting down"));
     auto session = NewSession(principal, /*ephemeral=*/false, id);
     if (!session.ok()) return done(session.status());
     if (options_.snapshot_every_turn && !options_.snapshot_dir.empty()) {
-      if (auto s = WriteToDisk(**session); !s.ok()) return done(s);
+      if (auto s = WriteToDisk(**session); !s.ok()) {
+        RemoveSession(*session);
+        return done(s);
+      }
     }
     done(Info(**session));
   });
@@ -317,6 +341,7 @@ void Engine::CreateSession(std::string principal, std::string id, std::vector<in
 void Engine::ForkSession(std::string principal, std::string id, InfoCallback done) {
   if (draining()) return done(absl::UnavailableError("the server is shutting down"));
   Post([this, principal = std::move(principal), id = std::move(id), done = std::move(done)] {
+    if (draining()) return done(absl::UnavailableError("the server is shutting down"));
     auto parent = Lookup(principal, id);
     if (!parent.ok()) return done(parent.status());
     if ((*parent)->busy) {
@@ -332,7 +357,10 @@ void Engine::ForkSession(std::string principal, std::string id, InfoCallback don
     (*child)->pending = (*parent)->pending;
     if (options_.snapshot_every_turn && !options_.snapshot_dir.empty()) {
       // Its id may hash to another replica sharing the snapshot dir.
-      if (auto s = WriteToDisk(**child); !s.ok()) return done(s);
+      if (auto s = WriteToDisk(**child); !s.ok()) {
+        RemoveSession(*child);
+        return done(s);
+      }
     }
     done(Info(**child));
   });
@@ -446,7 +474,7 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
   if (auto it = sessions_.find(id); it != sessions_.end()) {
     session = it->second.get();
   } else if (!options_.snapshot_dir.empty() &&
-             std::filesystem::exists(SnapshotPath(id))) {
+             FileExists(SnapshotPath(id))) {
     // Written by an earlier run of this server or by another replica.
     auto snapshot = ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id);
     if (!snapshot.ok()) {
@@ -492,7 +520,7 @@ absl::StatusOr<Engine::Session*> Engine::NewSession(const std::string& owner, bo
   auto session = std::make_unique<Session>();
   if (!id.empty()) {
     if (sessions_.count(id) > 0 ||
-        (!options_.snapshot_dir.empty() && std::filesystem::exists(SnapshotPath(id)))) {
+        (!options_.snapshot_dir.empty() && FileExists(SnapshotPath(id)))) {
       return absl::AlreadyExistsError(absl::StrCat("session ", id, " already exists"));
     }
     session->id = id;
@@ -651,10 +679,12 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
   absl::StatusOr<Session*> session;
   if (job->mode == Job::Mode::kPrefill) {
     session = NewSession(job->principal, /*ephemeral=*/false, job->session_id);
+    active->created_session = true;
   } else if (job->session_id.empty()) {
     const bool ephemeral = job->mode == Job::Mode::kScore ||
                            (job->mode == Job::Mode::kGenerate && !job->keep_session);
     session = NewSession(job->principal, ephemeral);
+    active->created_session = true;
   } else {
     session = Lookup(job->principal, job->session_id);
     if (session.ok() && (*session)->busy) {
@@ -683,6 +713,9 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
   }
   active->session = *session;
   active->session->busy = true;
+  // The RPC side learns the session even if the request ends before its
+  // first event (to release a chat stream's own session).
+  if (active->job->out) active->job->out->SetSessionId(active->session->id);
   active_.push_back(std::move(active));
 }
 
@@ -770,14 +803,23 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
   Job& job = *a.job;
   Session* session = a.session;
   // 1. The session's final state: what it has seen but not fed.
-  if (session != nullptr && from_decode && reason == FinishReason::kCancelled) {
-    session->pending = {a.next_token};  // sampled and streamed, not yet fed
+  if (session != nullptr && admitted && !completed) {
+    if (from_decode) {
+      session->pending = {a.next_token};  // sampled and streamed, not yet fed
+    } else {
+      // Cut off in its prompt: what was not fed stays pending, so the
+      // session holds every token it was given.
+      session->pending.assign(a.feed.begin() + static_cast<std::ptrdiff_t>(a.fed),
+                              a.feed.end());
+    }
   }
   if (session != nullptr && job.mode == Job::Mode::kPrefill && completed) {
     session->pending = {a.feed.back()};
   }
-  std::optional<SessionInfo> info;
-  if (session != nullptr) info = Info(*session);
+  // A session this request made whose id never reached the client goes.
+  if (session != nullptr && a.created_session && !completed && a.generated == 0) {
+    session->ephemeral = true;
+  }
   // 2. Released, and persisted before anyone hears the request is done (a
   // replica killed right after a reply must not lose the turn).
   if (session != nullptr) {
@@ -792,6 +834,10 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
       }
     }
     a.session = nullptr;
+  }
+  std::optional<SessionInfo> info;
+  if (session != nullptr && job.mode == Job::Mode::kPrefill && completed) {
+    info = Info(*session);  // not removed: it completed
   }
   // 3. The answer.
   switch (job.mode) {
@@ -861,6 +907,7 @@ void Engine::Loop() {
     }
     for (auto& command : commands) command();
     if (!active_.empty()) Step();
+    SpillHost();  // also after session commands (forks) with nothing running
     PublishGauges();
   }
 }
@@ -873,11 +920,18 @@ void Engine::Step() {
       Finish(*a, FinishReason::kCancelled, absl::OkStatus());
     }
   }
-  // 2. Admission, first come first served.
+  // 2. Admission, first come first served; once a request finds no slot,
+  // only requests whose sessions are already resident go ahead of it (they
+  // hold slots that no eviction could free, and running them frees them).
+  bool blocked = false;
   for (auto& a : active_) {
     if (a->phase != Active::Phase::kWaiting) continue;
+    if (blocked && a->session->tier != Tier::kDevice) continue;
     absl::Status resident = MakeResident(*a->session);
-    if (absl::IsResourceExhausted(resident)) break;  // no slot yet: wait
+    if (absl::IsResourceExhausted(resident)) {  // no slot yet: wait
+      blocked = true;
+      continue;
+    }
     if (!resident.ok()) {
       Finish(*a, FinishReason::kNone, resident);
       continue;
@@ -958,7 +1012,6 @@ void Engine::Step() {
   std::erase_if(active_, [](const std::unique_ptr<Active>& a) {
     return a->phase == Active::Phase::kDone;
   });
-  SpillHost();
   ++metrics_->steps;
   metrics_->step_s.Observe(Seconds(Clock::now() - start));
 }

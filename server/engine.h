@@ -11,7 +11,9 @@
 // memory, or a snapshot file in the snapshot directory (disk); touching a
 // session brings it back into a slot. A session that has seen tokens holds
 // its last token unfed ("pending"): the next request feeds it first, so the
-// logits that continue the session are always computed, never stored.
+// logits that continue the session are always computed, never stored. A
+// request cancelled in its prompt leaves the unfed rest pending too, so a
+// session always holds every token it was given.
 //
 // Exactness: a session's prompt is fed in pieces that end on multiples of
 // `prefill_piece` of its own position, and decode steps are batch-invariant,
@@ -86,10 +88,14 @@ class Stream {
   void Cancel();
   bool cancelled() const;
   void SetNotify(std::function<void()> notify);  // empty: stop notifying
+  // The session the request runs on, set when the engine starts it.
+  void SetSessionId(const std::string& id);
+  std::string session_id() const;
 
  private:
   mutable std::mutex mutex_;
   std::deque<Event> events_;
+  std::string session_id_;
   std::function<void()> notify_;
   bool cancelled_ = false;
 };

@@ -27,7 +27,8 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key");
 ABSL_FLAG(std::string, auth_tokens_file, "", "bearer tokens, one \"name token\" per line; "
           "when set every call needs \"authorization: Bearer <token>\"");
 ABSL_FLAG(std::string, replica_name, "", "this replica's name in ModelInfo (default: host name)");
-ABSL_FLAG(int, slots, 64, "state slots: sessions resident on the device at once");
+ABSL_FLAG(int, slots, 64, "state slots: sessions resident on the device at once (0: sized "
+          "from free device memory, at most 4096)");
 ABSL_FLAG(int64_t, step_tokens, 512, "tokens per engine step: decode tokens plus prompt pieces");
 ABSL_FLAG(int64_t, prefill_piece, 64, "prompt pieces end on multiples of this many tokens");
 ABSL_FLAG(int64_t, max_requests, 1024, "requests running or queued at once");
@@ -91,7 +92,8 @@ int main(int argc, char** argv) {
                "fwp-server: serving %s on port %d (backend %s, %d slots, state %lld bytes per "
                "session)%s\n",
                options.model_dir.c_str(), (*server)->port(), (*server)->backend_name().c_str(),
-               e.slots, static_cast<long long>((*server)->engine().state_bytes()),
+               (*server)->engine().options().slots,
+               static_cast<long long>((*server)->engine().state_bytes()),
                options.metrics_port >= 0
                    ? (" metrics on :" + std::to_string((*server)->metrics_port())).c_str()
                    : "");

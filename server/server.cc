@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -82,6 +83,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   FWP_ASSIGN_OR_RETURN(uint64_t fingerprint, ModelFingerprint(options.model_dir));
   if (!options.auth_tokens_file.empty()) {
     FWP_ASSIGN_OR_RETURN(options.service.tokens, ReadAuthTokens(options.auth_tokens_file));
+  }
+  if (options.engine.slots == 0) {
+    // Sized from free memory: 80% of what the backend has left after the
+    // weights, one slot per session state, at least 1 and at most
+    // kMaxAutoSlots (the engine's per-step buffers grow with the slots).
+    constexpr int64_t kMaxAutoSlots = 4096;
+    const int64_t slot_bytes = impl.model.model->state_layout().SlotBytes();
+    const int64_t budget = impl.backend->AvailableBytes() / 10 * 8;
+    options.engine.slots = static_cast<int32_t>(
+        std::clamp<int64_t>(budget / std::max<int64_t>(slot_bytes, 1), 1, kMaxAutoSlots));
   }
   FWP_ASSIGN_OR_RETURN(server->engine_,
                        Engine::Create(options.engine, *impl.model.model, *impl.model.tokenizer,

@@ -228,6 +228,7 @@ class ChatReactor final : public grpc::ServerBidiReactor<v1::ChatRequest, v1::Ge
 
   void OnReadDone(bool ok) override {
     std::lock_guard<std::recursive_mutex> lock(pump_->mutex);
+    if (done_) return;  // finished (cancelled) while the read was pending
     if (!ok) {  // the client closed its side: done once the turn ends
       reads_closed_ = true;
       if (!turn_running_) FinishWith(grpc::Status::OK);
@@ -272,6 +273,8 @@ class ChatReactor final : public grpc::ServerBidiReactor<v1::ChatRequest, v1::Ge
       if (stream_) {
         stream_->Cancel();
         stream_->SetNotify(nullptr);
+        // The first turn may end before its first event named the session.
+        if (session_id_.empty()) session_id_ = stream_->session_id();
       }
     }
     if (!session_id_.empty() && !keep_session_) {
@@ -480,6 +483,7 @@ auto Completion(Metrics& metrics, const char* method, grpc::ServerUnaryReactor* 
 grpc::ServerUnaryReactor* FwpService::CreateSession(grpc::CallbackServerContext* context,
                                                     const v1::CreateSessionRequest* request,
                                                     v1::SessionInfo* response) {
+  if (auto s = CheckSize(*request); !s.ok()) return Unary(context, "CreateSession", s);
   auto principal = Authenticate(*context);
   if (!principal.ok()) return Unary(context, "CreateSession", principal.status());
   std::vector<int32_t> prompt;

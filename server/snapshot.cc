@@ -116,7 +116,7 @@ absl::StatusOr<SessionSnapshot> DecodeSnapshot(const std::string& in, uint64_t f
     return absl::DataLossError(absl::StrCat("snapshot holds a state of ", bytes,
                                             " bytes; this model's is ", state_bytes));
   }
-  if (s.position < 0 || pending > 1 || owner > 4096) {
+  if (s.position < 0 || pending > (1u << 24) || owner > 4096) {
     return absl::DataLossError("snapshot header fields are out of range");
   }
   const size_t payload = kIdBytes + size_t{pending} * 4 + owner + static_cast<size_t>(bytes);

@@ -7,7 +7,7 @@
 //       16     8  model fingerprint (ModelFingerprint of the serving model)
 //       24     8  position: tokens fed into the state
 //       32     8  state bytes (the model's slot size)
-//       40     4  pending tokens (seen but not yet fed; 0 or 1)
+//       40     4  pending tokens (seen but not yet fed: usually 1, the last)
 //       44     4  owner bytes (the bearer-token name that created it; may be 0)
 //       48     4  CRC-32 (zlib) of everything after the header
 //       52    12  reserved, zero

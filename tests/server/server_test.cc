@@ -312,6 +312,52 @@ TEST_F(ServerTest, CancellingOrPassingTheDeadlineFreesTheSlot) {
   EXPECT_EQ(r_.server->metrics().slots_in_use.load(), 0);
 }
 
+TEST(ServerCancel, ACancelledPromptStaysInTheSessionAndNewSessionsAreNotOrphaned) {
+  ServerOptions options = TestOptions();
+  options.engine.step_tokens = 64;  // a long prompt takes many steps
+  Running r = StartServer(options);
+  const auto sessions = [&] {
+    return r.server->metrics().sessions_device.load() + r.server->metrics().sessions_host.load() +
+           r.server->metrics().sessions_disk.load();
+  };
+  auto s = CreateSession(*r.stub, {5, 6, 7});
+  ASSERT_TRUE(s.ok());
+  std::vector<int32_t> prompt(3000);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(10 + i % 5000);
+  {
+    grpc::ClientContext context;
+    auto reader = r.stub->Generate(&context, Greedy(prompt, 4, s->session_id()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    context.TryCancel();
+    Collect(*reader);
+  }
+  v1::SessionInfo info;
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(GetSession(*r.stub, s->session_id(), &info).ok());
+    if (!info.busy()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(info.tokens(), 3 + 3000) << "every token given is held, fed or pending";
+  EXPECT_TRUE(Generate(*r.stub, Greedy({9}, 2, s->session_id())).status.ok());
+
+  // A chat stream's own session, cut off before its first token, goes.
+  const int64_t before = sessions();
+  {
+    grpc::ClientContext context;
+    auto chat = r.stub->Chat(&context);
+    v1::ChatRequest request;
+    for (int32_t t : prompt) request.mutable_prompt()->mutable_ids()->add_ids(t);
+    ASSERT_TRUE(chat->Write(request));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    context.TryCancel();
+    chat->Finish();
+  }
+  for (int i = 0; i < 200 && (sessions() != before || r.server->engine().inflight() > 0); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(sessions(), before);
+}
+
 TEST_F(ServerTest, EveryInvalidInputGetsInvalidArgumentNamingTheField) {
   const auto expect_invalid = [&](v1::GenerateRequest request, const std::string& field) {
     auto c = Generate(stub(), request);
@@ -459,6 +505,20 @@ TEST(ServerTiers, SessionsParkedToHostAndDiskContinueBitIdentically) {
   for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(hosted.continuations[i].logprobs, reference.continuations[i].logprobs);
   }
+}
+
+TEST(ServerTiers, ZeroSlotsSizesThePoolFromFreeMemory) {
+  ServerOptions options = TestOptions();
+  options.engine.slots = 0;
+  Running r = StartServer(options);
+  ASSERT_NE(r.server, nullptr);
+  const int slots = r.server->engine().options().slots;
+  EXPECT_GE(slots, 1);
+  EXPECT_LE(slots, 4096);
+  grpc::ClientContext context;
+  v1::ModelInfoResponse info;
+  ASSERT_TRUE(r.stub->ModelInfo(&context, v1::ModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.state_slots(), slots);
 }
 
 TEST(ServerTiers, FullStoreWithoutDiskRefusesNewSessions) {
