@@ -1,11 +1,30 @@
 #include "clients/client_common.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 
+ABSL_FLAG(std::string, address, "localhost:50051", "server (or load balancer) address");
+ABSL_FLAG(bool, tls, false, "connect with TLS");
+ABSL_FLAG(std::string, ca_cert, "", "PEM root certificate for TLS (implies --tls)");
+ABSL_FLAG(std::string, token, "", "bearer token (default: $FWP_TOKEN)");
+
 namespace fwp::client {
+
+ChannelOptions ChannelOptionsFromFlags() {
+  ChannelOptions options;
+  options.address = absl::GetFlag(FLAGS_address);
+  options.tls = absl::GetFlag(FLAGS_tls);
+  options.ca_cert = absl::GetFlag(FLAGS_ca_cert);
+  options.token = absl::GetFlag(FLAGS_token);
+  if (options.token.empty() && std::getenv("FWP_TOKEN") != nullptr) {
+    options.token = std::getenv("FWP_TOKEN");
+  }
+  return options;
+}
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ChannelOptions& options) {
   std::shared_ptr<grpc::ChannelCredentials> credentials;

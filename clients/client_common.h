@@ -21,6 +21,10 @@ struct ChannelOptions {
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ChannelOptions& options);
 
+// From the flags every client shares: --address, --tls, --ca_cert, --token
+// (or $FWP_TOKEN).
+ChannelOptions ChannelOptionsFromFlags();
+
 // Adds "authorization: Bearer <token>" and, for a session, "x-session-id"
 // (the header a load balancer hashes to keep a session on its replica).
 void PrepareContext(grpc::ClientContext& context, const ChannelOptions& options,

@@ -34,10 +34,6 @@
 #include "clients/client_common.h"
 #include "fwp/v1/fwp.grpc.pb.h"
 
-ABSL_FLAG(std::string, address, "localhost:50051", "server (or load balancer) address");
-ABSL_FLAG(bool, tls, false, "connect with TLS");
-ABSL_FLAG(std::string, ca_cert, "", "PEM root certificate for TLS (implies --tls)");
-ABSL_FLAG(std::string, token, "", "bearer token (or set FWP_TOKEN)");
 ABSL_FLAG(std::string, session, "", "continue this session instead of starting a new one");
 ABSL_FLAG(std::string, sessions_file, "", "where /save keeps names (default ~/.fwp-chat-sessions)");
 ABSL_FLAG(int, max_tokens, 256, "tokens per reply at most");
@@ -331,12 +327,7 @@ class Chat {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("fwp-chat: chat with fwp-server in the terminal");
   absl::ParseCommandLine(argc, argv);
-  fwp::client::ChannelOptions options;
-  options.address = absl::GetFlag(FLAGS_address);
-  options.tls = absl::GetFlag(FLAGS_tls);
-  options.ca_cert = absl::GetFlag(FLAGS_ca_cert);
-  options.token = absl::GetFlag(FLAGS_token);
-  if (options.token.empty() && std::getenv("FWP_TOKEN") != nullptr) options.token = std::getenv("FWP_TOKEN");
+  fwp::client::ChannelOptions options = fwp::client::ChannelOptionsFromFlags();
   auto channel = fwp::client::MakeChannel(options);
   if (!channel.ok()) {
     std::fprintf(stderr, "fwp-chat: %s\n", std::string(channel.status().message()).c_str());

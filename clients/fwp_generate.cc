@@ -20,10 +20,6 @@
 #include "clients/client_common.h"
 #include "fwp/v1/fwp.grpc.pb.h"
 
-ABSL_FLAG(std::string, address, "localhost:50051", "server address");
-ABSL_FLAG(bool, tls, false, "connect with TLS");
-ABSL_FLAG(std::string, ca_cert, "", "PEM root certificate for TLS (implies --tls)");
-ABSL_FLAG(std::string, token, "", "bearer token (or set FWP_TOKEN)");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
 ABSL_FLAG(std::string, prompt_ids, "", "prompt as comma-separated token ids (instead of --prompt)");
 ABSL_FLAG(std::string, session, "", "continue this session");
@@ -76,14 +72,7 @@ const char* ReasonName(fwp::v1::FinishReason reason) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("fwp-generate: stream one completion from fwp-server");
   absl::ParseCommandLine(argc, argv);
-  fwp::client::ChannelOptions channel_options;
-  channel_options.address = absl::GetFlag(FLAGS_address);
-  channel_options.tls = absl::GetFlag(FLAGS_tls);
-  channel_options.ca_cert = absl::GetFlag(FLAGS_ca_cert);
-  channel_options.token = absl::GetFlag(FLAGS_token);
-  if (channel_options.token.empty() && std::getenv("FWP_TOKEN") != nullptr) {
-    channel_options.token = std::getenv("FWP_TOKEN");
-  }
+  fwp::client::ChannelOptions channel_options = fwp::client::ChannelOptionsFromFlags();
 
   fwp::v1::GenerateRequest request;
   if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {

@@ -11,19 +11,13 @@
 #include "clients/client_common.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
-ABSL_FLAG(std::string, address, "localhost:50051", "server address");
-ABSL_FLAG(bool, tls, false, "connect with TLS");
-ABSL_FLAG(std::string, ca_cert, "", "PEM root certificate for TLS (implies --tls)");
 ABSL_FLAG(std::string, service, "", "service name to check (empty: the whole server)");
 ABSL_FLAG(double, timeout_s, 3.0, "deadline");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("fwp-health: check a server's grpc.health.v1 status");
   absl::ParseCommandLine(argc, argv);
-  fwp::client::ChannelOptions options;
-  options.address = absl::GetFlag(FLAGS_address);
-  options.tls = absl::GetFlag(FLAGS_tls);
-  options.ca_cert = absl::GetFlag(FLAGS_ca_cert);
+  fwp::client::ChannelOptions options = fwp::client::ChannelOptionsFromFlags();
   auto channel = fwp::client::MakeChannel(options);
   if (!channel.ok()) {
     std::fprintf(stderr, "fwp-health: %s\n", std::string(channel.status().message()).c_str());

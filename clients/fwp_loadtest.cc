@@ -39,10 +39,6 @@
 #include "clients/client_common.h"
 #include "fwp/v1/fwp.grpc.pb.h"
 
-ABSL_FLAG(std::string, address, "localhost:50051", "server or load balancer address");
-ABSL_FLAG(bool, tls, false, "connect with TLS");
-ABSL_FLAG(std::string, ca_cert, "", "PEM root certificate for TLS (implies --tls)");
-ABSL_FLAG(std::string, token, "", "bearer token (or set FWP_TOKEN)");
 ABSL_FLAG(std::string, mode, "closed", "closed | open | chat");
 ABSL_FLAG(std::string, levels, "1,4,16,64", "closed/chat: concurrent clients per level");
 ABSL_FLAG(std::string, rates, "1,4,16", "open: request rates per level (requests/s)");
@@ -403,12 +399,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fwp-loadtest: --requests and --duration_s must be positive\n");
     return 2;
   }
-  fwp::client::ChannelOptions options;
-  options.address = absl::GetFlag(FLAGS_address);
-  options.tls = absl::GetFlag(FLAGS_tls);
-  options.ca_cert = absl::GetFlag(FLAGS_ca_cert);
-  options.token = absl::GetFlag(FLAGS_token);
-  if (options.token.empty() && std::getenv("FWP_TOKEN") != nullptr) options.token = std::getenv("FWP_TOKEN");
+  fwp::client::ChannelOptions options = fwp::client::ChannelOptionsFromFlags();
   auto channel = fwp::client::MakeChannel(options);
   if (!channel.ok()) {
     std::fprintf(stderr, "fwp-loadtest: %s\n", std::string(channel.status().message()).c_str());

@@ -478,6 +478,15 @@ auto Completion(Metrics& metrics, const char* method, grpc::ServerUnaryReactor* 
   };
 }
 
+// The same for the calls that answer with a SessionInfo.
+auto InfoCompletion(Metrics& metrics, const char* method, grpc::ServerUnaryReactor* reactor,
+                    v1::SessionInfo* response) {
+  return Completion(metrics, method, reactor, [response](const SessionInfo& info) {
+    ToProto(info, response);
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* FwpService::CreateSession(grpc::CallbackServerContext* context,
@@ -494,11 +503,7 @@ grpc::ServerUnaryReactor* FwpService::CreateSession(grpc::CallbackServerContext*
   }
   auto* reactor = context->DefaultReactor();
   engine_.CreateSession(*principal, request->session_id(), std::move(prompt),
-                        Completion(metrics_, "CreateSession", reactor,
-                                   [response](const SessionInfo& info) {
-                                     ToProto(info, response);
-                                     return absl::OkStatus();
-                                   }));
+                        InfoCompletion(metrics_, "CreateSession", reactor, response));
   return reactor;
 }
 
@@ -509,11 +514,7 @@ grpc::ServerUnaryReactor* FwpService::ForkSession(grpc::CallbackServerContext* c
   if (!principal.ok()) return Unary(context, "ForkSession", principal.status());
   auto* reactor = context->DefaultReactor();
   engine_.ForkSession(*principal, request->session_id(),
-                      Completion(metrics_, "ForkSession", reactor,
-                                 [response](const SessionInfo& info) {
-                                   ToProto(info, response);
-                                   return absl::OkStatus();
-                                 }));
+                      InfoCompletion(metrics_, "ForkSession", reactor, response));
   return reactor;
 }
 
@@ -524,11 +525,7 @@ grpc::ServerUnaryReactor* FwpService::GetSession(grpc::CallbackServerContext* co
   if (!principal.ok()) return Unary(context, "GetSession", principal.status());
   auto* reactor = context->DefaultReactor();
   engine_.GetSession(*principal, request->session_id(),
-                     Completion(metrics_, "GetSession", reactor,
-                                [response](const SessionInfo& info) {
-                                  ToProto(info, response);
-                                  return absl::OkStatus();
-                                }));
+                     InfoCompletion(metrics_, "GetSession", reactor, response));
   return reactor;
 }
 

@@ -4,17 +4,8 @@
 # bounded in time stops by itself, and the PNG plot is written.
 set -euo pipefail
 server="$1"; loadtest="$2"; model="$3"
-dir=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-
-"$server" --model "$model" --address 127.0.0.1:0 --metrics_port -1 --port_file "$dir/port" \
-  2> "$dir/log" &
-pid=$!
-for _ in $(seq 1 300); do [ -s "$dir/port" ] && break; sleep 0.1; done
-[ -s "$dir/port" ] || fail "server did not start"
-addr="127.0.0.1:$(cat "$dir/port")"
+. "$(dirname "$0")/server_lib.sh"
+start_server "$server" "$model"
 
 "$loadtest" --address "$addr" --levels 1,4 --requests 12 --duration_s 60 \
   --prompt_tokens 4:12 --max_tokens 4:12 --json_out "$dir/sweep.json" --plot_out "$dir/sweep.png" \

@@ -3,16 +3,8 @@
 # (greedy: the same text as fwp-generate) and a two-turn chat loop.
 set -euo pipefail
 server="$1"; generate="$2"; model="$3"; stubs="$4"; client="$5"
-dir=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-"$server" --model "$model" --address 127.0.0.1:0 --metrics_port -1 --port_file "$dir/port" \
-  2> "$dir/log" &
-pid=$!
-for _ in $(seq 1 300); do [ -s "$dir/port" ] && break; sleep 0.1; done
-[ -s "$dir/port" ] || fail "server did not start"
-addr="127.0.0.1:$(cat "$dir/port")"
+. "$(dirname "$0")/server_lib.sh"
+start_server "$server" "$model"
 export FWP_PY_STUBS="$stubs"
 
 py=$(/usr/bin/python3 "$client" generate --address "$addr" --prompt "The jury said" \

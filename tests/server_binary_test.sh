@@ -4,22 +4,14 @@
 # SIGTERM, and a clear refusal of a missing model.
 set -euo pipefail
 server="$1"; generate="$2"; model="$3"
-dir=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*"; cat "$dir/log" 2>/dev/null; exit 1; }
+. "$(dirname "$0")/server_lib.sh"
 
 if "$server" --model "$dir/nothing" --address 127.0.0.1:0 --metrics_port -1 2> "$dir/err"; then
   fail "a missing model was accepted"
 fi
 grep -q "nothing" "$dir/err" || fail "the error does not name the model: $(cat "$dir/err")"
 
-"$server" --model "$model" --address 127.0.0.1:0 --metrics_port -1 --port_file "$dir/port" \
-  --snapshot_dir "$dir/snapshots" --grace_s 2 2> "$dir/log" &
-pid=$!
-for _ in $(seq 1 300); do [ -s "$dir/port" ] && break; sleep 0.1; done
-[ -s "$dir/port" ] || fail "server did not start"
-addr="127.0.0.1:$(cat "$dir/port")"
+start_server "$server" "$model" --snapshot_dir "$dir/snapshots" --grace_s 2
 
 text=$("$generate" --address "$addr" --prompt "The jury said" --max_tokens 12 2> "$dir/usage")
 [ -n "$text" ] || fail "no text"
@@ -49,13 +41,9 @@ grep -q "stopped" "$dir/log" || fail "no clean stop"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
   -addext "subjectAltName=DNS:localhost" -keyout "$dir/key.pem" -out "$dir/cert.pem" 2> /dev/null
 echo "alice alice-token-0123456789" > "$dir/tokens"
-rm -f "$dir/port"
-"$server" --model "$model" --address 127.0.0.1:0 --metrics_port -1 --port_file "$dir/port" \
-  --tls_cert "$dir/cert.pem" --tls_key "$dir/key.pem" --auth_tokens_file "$dir/tokens" 2> "$dir/log" &
-pid=$!
-for _ in $(seq 1 300); do [ -s "$dir/port" ] && break; sleep 0.1; done
-[ -s "$dir/port" ] || fail "TLS server did not start"
-addr="localhost:$(cat "$dir/port")"
+start_server "$server" "$model" --tls_cert "$dir/cert.pem" --tls_key "$dir/key.pem" \
+  --auth_tokens_file "$dir/tokens"
+addr="localhost:${addr#127.0.0.1:}"
 tls=$("$generate" --address "$addr" --ca_cert "$dir/cert.pem" --token alice-token-0123456789 \
   --prompt "The jury said" --max_tokens 12 2> /dev/null) || fail "TLS generate failed"
 [ "$tls" = "$text" ] || fail "TLS gave other text: '$tls' vs '$text'"
