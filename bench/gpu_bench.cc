@@ -23,6 +23,8 @@
 
 ABSL_FLAG(double, seconds, 1.0, "minimum time per measurement");
 ABSL_FLAG(int, device, 0, "CUDA device");
+ABSL_FLAG(bool, batch_invariant, true, "decode with the batch-invariant matmul (as the "
+          "server does); false: cuBLAS");
 
 namespace {
 
@@ -170,6 +172,7 @@ void Sequence(fwp::Backend& gpu) {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   auto gpu = fwp::MakeCudaBackend(absl::GetFlag(FLAGS_device));
+  if (gpu.ok()) (*gpu)->SetBatchInvariant(absl::GetFlag(FLAGS_batch_invariant));
   if (!gpu.ok()) {
     std::printf("fwp-bench-gpu: no GPU to measure: %s\n", std::string(gpu.status().message()).c_str());
     return 0;

@@ -39,6 +39,12 @@ class Backend {
   virtual void CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
   virtual void Zero(void* dst, size_t bytes) = 0;
   virtual void Synchronize() = 0;
+  // Batch invariance of Matmul: when on, row i of C has the same bits
+  // whatever the number of rows (what exact serving under batching needs);
+  // off, the backend may pick the fastest algorithm per shape. The CPU
+  // matmul is always invariant; CUDA starts with it on (cuBLAS when off).
+  virtual void SetBatchInvariant(bool on) { (void)on; }
+  virtual bool batch_invariant() const { return true; }
   // Memory this backend could still allocate: free device memory (CUDA) or
   // available host memory (CPU), in bytes.
   virtual int64_t AvailableBytes() const = 0;

@@ -28,6 +28,8 @@ class CudaBackend final : public Backend {
   }
 
   const char* Name() const override { return name_.c_str(); }
+  void SetBatchInvariant(bool on) override { batch_invariant_ = on; }
+  bool batch_invariant() const override { return batch_invariant_; }
 
   absl::Status CheckAttention(const FastWeightSpec& spec) const override {
     const char* why = "";
@@ -77,7 +79,11 @@ class CudaBackend final : public Backend {
 
   void Matmul(const float* a, const float* b, const float* bias, float* c, int64_t m,
               int64_t n, int64_t k, bool accumulate) override {
-    cuda::Matmul(cublas_, stream_, a, b, bias, c, m, n, k, accumulate);
+    if (batch_invariant_) {
+      cuda::InvariantMatmul(stream_, a, b, bias, c, m, n, k, accumulate);
+    } else {
+      cuda::Matmul(cublas_, stream_, a, b, bias, c, m, n, k, accumulate);
+    }
   }
   void Embedding(const int32_t* tokens, const int64_t* positions, int64_t n, const float* table,
                  int64_t d, float* out) override {
@@ -178,6 +184,7 @@ class CudaBackend final : public Backend {
   int device_;
   cudaStream_t stream_;
   cublasHandle_t cublas_;
+  bool batch_invariant_ = true;
   std::string name_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;

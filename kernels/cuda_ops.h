@@ -18,6 +18,10 @@ namespace fwp::cuda {
 // matmul.cu (cuBLAS, full float32: no TF32)
 void Matmul(cublasHandle_t handle, cudaStream_t stream, const float* a, const float* b,
             const float* bias, float* c, int64_t m, int64_t n, int64_t k, bool accumulate);
+// matmul_invariant.cu: the same product with bits independent of m (a row's
+// result depends only on that row), for batch-invariant decoding.
+void InvariantMatmul(cudaStream_t stream, const float* a, const float* b, const float* bias,
+                     float* c, int64_t m, int64_t n, int64_t k, bool accumulate);
 void MatmulBackward(cublasHandle_t handle, cudaStream_t stream, const float* dc,
                     const float* a, const float* b, float* da, float* db, float* dbias,
                     int64_t m, int64_t n, int64_t k);

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<fwp::Backend> backend = std::move(*made);
+  backend->SetBatchInvariant(false);  // training: cuBLAS
   fwp::RetrievalConfig config;
   config.setting = absl::GetFlag(FLAGS_setting);
   config.update = absl::GetFlag(FLAGS_update) == "sum" ? fwp::UpdateRule::kSum : fwp::UpdateRule::kDelta;

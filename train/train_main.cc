@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
   auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
   if (!made.ok()) return Fail(made.status());
   std::unique_ptr<fwp::Backend> backend = std::move(*made);
+  backend->SetBatchInvariant(false);  // training needs no per-row invariance: cuBLAS
   const std::string data = absl::GetFlag(FLAGS_data);
   auto train = fwp::ReadTokenFile(data + "/train.tok");
   if (!train.ok()) return Fail(train.status());

@@ -67,6 +67,35 @@ TEST_F(CudaOps, Matmul) {
   }
 }
 
+TEST_F(CudaOps, MatmulIsBatchInvariantAndCublasAgrees) {
+  Rng rng(11);
+  const int64_t n = 300, k = 257, rows = 130;
+  const auto a = RandomVector(rows * k, rng), b = RandomVector(n * k, rng);
+  const auto bias = RandomVector(n, rng);
+  std::vector<float> want(rows * n);
+  cpu_->Matmul(a.data(), b.data(), bias.data(), want.data(), rows, n, k, false);
+  ASSERT_TRUE(gpu_->batch_invariant());  // the default: what serving needs
+  float* da = Up(a);
+  float* db = Up(b);
+  float* dbias = Up(bias);
+  float* all = Poisoned(rows * n);
+  gpu_->Matmul(da, db, dbias, all, rows, n, k, false);
+  const std::vector<float> full = Down(all, rows * n);
+  EXPECT_LT(RelativeError(full, want), 1e-5);
+  // Row 5's bits alone, among 7, and among all 130 rows.
+  for (int64_t m : {1, 7, 64, 65}) {
+    float* c = Poisoned(m * n);
+    gpu_->Matmul(da + 5 * k, db, dbias, c, m, n, k, false);
+    const std::vector<float> got = Down(c, m * n);
+    EXPECT_EQ(0, std::memcmp(got.data(), full.data() + 5 * n, n * sizeof(float))) << "m=" << m;
+  }
+  gpu_->SetBatchInvariant(false);  // cuBLAS: the same product to float precision
+  float* c = Poisoned(rows * n);
+  gpu_->Matmul(da, db, dbias, c, rows, n, k, false);
+  EXPECT_LT(RelativeError(Down(c, rows * n), want), 1e-5);
+  gpu_->SetBatchInvariant(true);
+}
+
 TEST_F(CudaOps, MatmulBackward) {
   Rng rng(2);
   const int64_t m = 37, n = 50, k = 64;
