@@ -358,6 +358,47 @@ TEST(ServerCancel, ACancelledPromptStaysInTheSessionAndNewSessionsAreNotOrphaned
   EXPECT_EQ(sessions(), before);
 }
 
+TEST(ServerBatching, ALongPromptDoesNotStallTheStreamsAlreadyRunning) {
+  ServerOptions options = TestOptions();
+  options.engine.step_tokens = 128;  // the prompt below needs ≥ 3000 / 127 steps
+  Running r = StartServer(options);
+  // A running stream, read on its own thread, timestamps its tokens.
+  grpc::ClientContext running_context;
+  auto running = r.stub->Generate(&running_context, GreedyText("The jury said", 4000));
+  v1::GenerateResponse m;
+  ASSERT_TRUE(running->Read(&m));
+  std::atomic<bool> stop{false};
+  std::mutex mutex;
+  std::vector<std::chrono::steady_clock::time_point> arrivals;
+  std::thread reader([&] {
+    v1::GenerateResponse message;
+    while (!stop && running->Read(&message)) {
+      std::lock_guard<std::mutex> lock(mutex);
+      for (int i = 0; i < message.token_ids_size(); ++i) {
+        arrivals.push_back(std::chrono::steady_clock::now());
+      }
+    }
+  });
+  // A 3000-token prompt joins; until its first token, the engine runs
+  // ≥ 23 steps of prompt pieces, each also decoding the running stream.
+  std::vector<int32_t> prompt(3000);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(10 + i % 5000);
+  const auto start = std::chrono::steady_clock::now();
+  grpc::ClientContext long_context;
+  auto long_reader = r.stub->Generate(&long_context, Greedy(prompt, 1));
+  ASSERT_TRUE(long_reader->Read(&m));  // its first (and only) token
+  const auto first = std::chrono::steady_clock::now();
+  Collect(*long_reader);
+  running_context.TryCancel();
+  stop = true;
+  reader.join();
+  running->Finish();
+  int during = 0;
+  for (const auto& t : arrivals) during += t > start && t < first;
+  EXPECT_GE(during, 20) << "the running stream got " << during
+                        << " tokens while the long prompt was fed";
+}
+
 TEST_F(ServerTest, EveryInvalidInputGetsInvalidArgumentNamingTheField) {
   const auto expect_invalid = [&](v1::GenerateRequest request, const std::string& field) {
     auto c = Generate(stub(), request);
