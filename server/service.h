@@ -91,6 +91,6 @@ class FwpService final : public fwp::v1::Fwp::CallbackService {
 };
 
 grpc::Status ToGrpc(const absl::Status& status);
-const char* GrpcCodeName(grpc::StatusCode code);
+std::string GrpcCodeName(grpc::StatusCode code);  // "INVALID_ARGUMENT", ...
 
 }  // namespace fwp::server
