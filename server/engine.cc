@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "model/atomic_file.h"
 #include "server/snapshot.h"
 
 namespace fwp::server {
@@ -222,6 +223,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
       static_cast<size_t>(std::max<int64_t>(options.slots, options.prefill_piece)) *
       engine->vocab_);
   metrics->slots_total = options.slots;
+  engine->writer_ = std::thread([e = engine.get()] { e->WriterLoop(); });
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
@@ -243,6 +245,12 @@ Engine::~Engine() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    writer_stop_ = true;  // after what is queued
+  }
+  writer_wake_.notify_all();
+  if (writer_.joinable()) writer_.join();
   // The engine thread is gone: whatever still runs is cancelled here.
   for (auto& active : active_) {
     if (active->phase != Active::Phase::kDone) {
@@ -439,6 +447,7 @@ void Engine::Drain(std::chrono::milliseconds grace) {
       }
     }
     active_.clear();
+    FlushWrites();  // the turns' own snapshots land before the final ones
     if (!options_.snapshot_dir.empty()) {
       int written = 0;
       for (auto& [id, session] : sessions_) {
@@ -635,6 +644,51 @@ absl::Status Engine::WriteToDisk(Session& session) {
   return WriteSnapshot(SnapshotPath(session.id), snapshot, fingerprint_);
 }
 
+void Engine::WriteThen(Session& session, std::function<void()> then) {
+  SessionSnapshot snapshot;
+  snapshot.session_id = session.id;
+  snapshot.owner = session.owner;
+  snapshot.position = session.position;
+  snapshot.pending = session.pending;
+  if (auto s = LoadState(session, &snapshot.state); !s.ok()) {
+    std::fprintf(stderr, "fwp-server: cannot write session %s: %s\n", session.id.c_str(),
+                 std::string(s.message()).c_str());
+    return then();
+  }
+  if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    writes_.push_back({SnapshotPath(session.id), EncodeSnapshot(snapshot, fingerprint_),
+                       std::move(then)});
+  }
+  writer_wake_.notify_one();
+}
+
+void Engine::WriterLoop() {
+  std::unique_lock<std::mutex> lock(writer_mutex_);
+  while (true) {
+    writer_wake_.wait(lock, [&] { return writer_stop_ || !writes_.empty(); });
+    if (writes_.empty()) return;  // stopping, nothing left
+    PendingWrite write = std::move(writes_.front());
+    writes_.pop_front();
+    writing_ = true;
+    lock.unlock();
+    if (auto s = WriteFileAtomically(write.path, write.bytes); !s.ok()) {
+      std::fprintf(stderr, "fwp-server: cannot write %s: %s\n", write.path.c_str(),
+                   std::string(s.message()).c_str());
+    }
+    if (write.then) write.then();
+    lock.lock();
+    writing_ = false;
+    if (writes_.empty()) writer_idle_.notify_all();
+  }
+}
+
+void Engine::FlushWrites() {
+  std::unique_lock<std::mutex> lock(writer_mutex_);
+  writer_idle_.wait(lock, [&] { return writes_.empty() && !writing_; });
+}
+
 void Engine::SpillHost() {
   if (options_.snapshot_dir.empty()) return;
   while (host_sessions_ * state_bytes_ > options_.host_bytes) {
@@ -820,54 +874,60 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
   if (session != nullptr && a.created_session && !completed && a.generated == 0) {
     session->ephemeral = true;
   }
-  // 2. Released, and persisted before anyone hears the request is done (a
-  // replica killed right after a reply must not lose the turn).
-  if (session != nullptr) {
-    session->busy = false;
-    session->last_used = ++tick_;
-    if (session->ephemeral) {
-      RemoveSession(session);
-    } else if (options_.snapshot_every_turn && !options_.snapshot_dir.empty() && admitted) {
-      if (auto s = WriteToDisk(*session); !s.ok()) {
-        std::fprintf(stderr, "fwp-server: cannot write session %s: %s\n",
-                     session->id.c_str(), std::string(s.message()).c_str());
-      }
-    }
-    a.session = nullptr;
-  }
-  std::optional<SessionInfo> info;
-  if (session != nullptr && job.mode == Job::Mode::kPrefill && completed) {
-    info = Info(*session);  // not removed: it completed
-  }
-  // 3. The answer.
+  // 2. The answer, delivered now or, with --snapshot_every_turn, once the
+  // session is on disk (a replica killed right after a reply must not lose
+  // the turn).
+  std::function<void()> answer;
   switch (job.mode) {
-    case Job::Mode::kGenerate:
+    case Job::Mode::kGenerate: {
+      Event event;
       if (last != nullptr) {
-        job.out->Push(std::move(*last));
+        event = std::move(*last);
       } else {  // failed or cancelled
-        Event event;
         event.finished = true;
         event.reason = FinishReason::kCancelled;
         event.status = status;
         event.usage.prompt_tokens = static_cast<int32_t>(job.prompt.size());
         event.usage.generated_tokens = a.generated;
         event.usage.total_time_s = Seconds(Clock::now() - job.arrival);
-        job.out->Push(std::move(event));
       }
+      answer = [out = job.out, event = std::move(event)]() mutable {
+        out->Push(std::move(event));
+      };
       break;
-    case Job::Mode::kPrefill:
-      job.on_info(completed ? absl::StatusOr<SessionInfo>(*info)
-                            : absl::StatusOr<SessionInfo>(
-                                  status.ok() ? absl::CancelledError("cancelled") : status));
+    }
+    case Job::Mode::kPrefill: {
+      absl::StatusOr<SessionInfo> result =
+          completed ? absl::StatusOr<SessionInfo>(Info(*session))
+                    : absl::StatusOr<SessionInfo>(
+                          status.ok() ? absl::CancelledError("cancelled") : status);
+      if (result.ok()) result->busy = false;
+      answer = [done = job.on_info, result = std::move(result)] { done(result); };
       break;
-    case Job::Mode::kScore:
-      if (completed) {
-        job.on_score(std::move(a.score));
-      } else {
-        job.on_score(status.ok() ? absl::CancelledError("cancelled") : status);
-      }
+    }
+    case Job::Mode::kScore: {
+      absl::StatusOr<ScoreResult> result =
+          completed ? absl::StatusOr<ScoreResult>(std::move(a.score))
+                    : absl::StatusOr<ScoreResult>(
+                          status.ok() ? absl::CancelledError("cancelled") : status);
+      answer = [done = job.on_score, result = std::move(result)] { done(result); };
       break;
+    }
   }
+  // 3. The session released (removed if this request's alone).
+  bool deferred = false;
+  if (session != nullptr) {
+    session->busy = false;
+    session->last_used = ++tick_;
+    if (session->ephemeral) {
+      RemoveSession(session);
+    } else if (options_.snapshot_every_turn && !options_.snapshot_dir.empty() && admitted) {
+      WriteThen(*session, std::move(answer));
+      deferred = true;
+    }
+    a.session = nullptr;
+  }
+  if (!deferred) answer();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!admitted) --queued_;

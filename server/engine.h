@@ -200,6 +200,13 @@ class Engine {
   bool EvictOne();
   void SpillHost();
   absl::Status WriteToDisk(Session& session);
+  // --snapshot_every_turn: the snapshot is encoded on the engine thread and
+  // written (fsync, rename) by the writer thread, which then runs `then`
+  // (the request's answer), so a turn is durable before it is acknowledged
+  // and the engine never waits on the disk.
+  void WriteThen(Session& session, std::function<void()> then);
+  void WriterLoop();
+  void FlushWrites();
   void RemoveSession(Session* session);
   SessionInfo Info(const Session& session) const;
   std::string SnapshotPath(const std::string& id) const;
@@ -243,6 +250,19 @@ class Engine {
   uint64_t rate_tokens_ = 0;
 
   std::thread thread_;
+
+  struct PendingWrite {
+    std::string path;
+    std::string bytes;
+    std::function<void()> then;
+  };
+  std::mutex writer_mutex_;
+  std::condition_variable writer_wake_;
+  std::condition_variable writer_idle_;
+  std::deque<PendingWrite> writes_;
+  bool writing_ = false;
+  bool writer_stop_ = false;
+  std::thread writer_;
 };
 
 }  // namespace fwp::server
