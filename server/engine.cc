@@ -939,9 +939,16 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
 // ---- The loop (engine thread) ----------------------------------------------
 
 bool Engine::HasRunnableWork() const {
+  const auto slot_obtainable = [&] {
+    if (!free_slots_.empty()) return true;
+    for (const Session* s : slot_owner_) {
+      if (s != nullptr && !s->busy) return true;  // evictable
+    }
+    return false;
+  };
   for (const auto& a : active_) {
     if (a->phase == Active::Phase::kWaiting) {
-      if (!free_slots_.empty()) return true;
+      if (a->session->tier == Tier::kDevice || slot_obtainable()) return true;
       continue;
     }
     if (!a->paused(options_.stream_buffer)) return true;
