@@ -107,8 +107,15 @@ class Chat {
     const auto start = std::chrono::steady_clock::now();
     interrupted = false;
     if (!stream_->Write(request)) {
-      FinishBrokenStream();
-      return;
+      // The stream died while idle (server restart, proxy timeout): once more
+      // on a new one.
+      DropStream(/*report=*/false);
+      OpenStream();
+      request.set_session_id(session_);
+      if (!stream_->Write(request)) {
+        DropStream(/*report=*/true);
+        return;
+      }
     }
     first_turn_ = false;
     // Ctrl-C (a flag set by the handler) cancels this reply's stream.
@@ -140,10 +147,10 @@ class Chat {
     reply_done = true;
     watcher.join();
     std::cout << "\n";
-    if (!finished) {
-      if (interrupted) std::cout << "[cancelled]\n";
-      FinishBrokenStream();
-    }
+    if (!finished && interrupted) std::cout << "[cancelled]\n";
+    // A Ctrl-C, even one that came as the reply ended, may have cancelled the
+    // stream: the next turn starts a new one.
+    if (!finished || interrupted) DropStream(/*report=*/!interrupted);
     const auto end = std::chrono::steady_clock::now();
     if (tokens > 0) {
       last_ttft_s_ = std::chrono::duration<double>(first - start).count();
@@ -269,9 +276,10 @@ class Chat {
     context_.reset();
   }
 
-  void FinishBrokenStream() {
+  void DropStream(bool report) {
+    stream_->WritesDone();
     grpc::Status status = stream_->Finish();
-    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+    if (report && !status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
       Error("the reply failed", status);
     }
     std::lock_guard<std::mutex> lock(context_mutex_);
@@ -340,6 +348,7 @@ int main(int argc, char** argv) {
   std::cout << "fwp-chat: session " << chat.session() << " on " << options.address
             << " (/help for commands, Ctrl-C cancels a reply, Ctrl-D quits)\n";
 
+  rl_catch_signals = 0;  // Ctrl-C is ours: ignored at the prompt, cancels a reply
   struct sigaction action = {};
   action.sa_handler = OnInterrupt;
   sigemptyset(&action.sa_mask);
@@ -348,7 +357,9 @@ int main(int argc, char** argv) {
   sigemptyset(&ignore.sa_mask);
   while (true) {
     sigaction(SIGINT, &ignore, nullptr);  // at the prompt Ctrl-C does nothing
+    interrupted = false;
     char* raw = readline("> ");
+    if (raw == nullptr && interrupted) continue;
     if (raw == nullptr) break;  // Ctrl-D
     std::string line(raw);
     std::free(raw);

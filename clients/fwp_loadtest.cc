@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -80,6 +81,14 @@ struct Result {
   Clock::time_point start;
   std::vector<Clock::time_point> tokens;
 };
+
+// Arrival times of `n` tokens that came in one message at `now`: the first
+// message's all at `now`; a later one's spread evenly since the previous token
+// (the server merges tokens a slow reader missed).
+void AddTokens(Result& r, int n, Clock::time_point now) {
+  const Clock::time_point previous = r.tokens.empty() ? now : r.tokens.back();
+  for (int i = 1; i <= n; ++i) r.tokens.push_back(previous + (now - previous) * i / n);
+}
 
 struct Stats {
   double p50 = 0, p90 = 0, p99 = 0;
@@ -182,9 +191,7 @@ class LoadTest {
     r.start = Clock::now();
     auto reader = stub_->Generate(&context, request);
     fwp::v1::GenerateResponse m;
-    while (reader->Read(&m)) {
-      for (int t = 0; t < m.token_ids_size(); ++t) r.tokens.push_back(Clock::now());
-    }
+    while (reader->Read(&m)) AddTokens(r, m.token_ids_size(), Clock::now());
     r.code = reader->Finish().error_code();
     if (r.code == grpc::StatusCode::CANCELLED) r.code = grpc::StatusCode::DEADLINE_EXCEEDED;
     return r;
@@ -234,7 +241,7 @@ class LoadTest {
         if (stream->Write(request)) {
           fwp::v1::GenerateResponse m;
           while (!finished && stream->Read(&m)) {
-            for (int t = 0; t < m.token_ids_size(); ++t) r.tokens.push_back(Clock::now());
+            AddTokens(r, m.token_ids_size(), Clock::now());
             finished = m.finished();
           }
         }
@@ -252,7 +259,7 @@ class LoadTest {
         stream->Finish();
       }
       grpc::ClientContext del;
-      fwp::client::PrepareContext(del, options_, id);
+      fwp::client::PrepareContext(del, options_, id, std::chrono::seconds(5));
       fwp::v1::DeleteSessionRequest request;
       request.set_session_id(id);
       fwp::v1::DeleteSessionResponse response;
@@ -370,6 +377,7 @@ bool Plot(const nlohmann::json& levels, const std::string& png) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("fwp-loadtest: load fwp-server and report throughput and latency");
   absl::ParseCommandLine(argc, argv);
+  std::signal(SIGPIPE, SIG_IGN);  // a gnuplot that is missing or dies must not kill the run
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode != "closed" && mode != "open" && mode != "chat") {
     std::fprintf(stderr, "fwp-loadtest: --mode must be closed, open or chat\n");
@@ -430,7 +438,12 @@ int main(int argc, char** argv) {
                           {"prompt_tokens", absl::GetFlag(FLAGS_prompt_tokens)},
                           {"max_tokens", absl::GetFlag(FLAGS_max_tokens)},
                           {"backend", info.backend()}, {"levels", report}};
-    std::ofstream(path) << doc.dump(2) << "\n";
+    std::ofstream out(path);
+    out << doc.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "fwp-loadtest: cannot write %s\n", path.c_str());
+      return 1;
+    }
   }
   if (const std::string path = absl::GetFlag(FLAGS_plot_out); !path.empty()) {
     if (!Plot(report, path)) std::fprintf(stderr, "fwp-loadtest: gnuplot failed; no plot\n");

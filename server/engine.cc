@@ -138,6 +138,9 @@ struct Engine::Active {
   size_t fed = 0;
   int32_t next_token = 0;     // kDecode: the sampled token to feed
   bool created_session = false;  // this request made its session
+  // A request for a session that another request is using waits for it
+  // (by id: the session may be deleted meanwhile); `session` is null until.
+  std::string waiting_for_session;
   std::unique_ptr<TokenSampler> sampler;
   std::unique_ptr<TextStream> text;
   int32_t generated = 0;
@@ -388,24 +391,21 @@ void Engine::DeleteSession(std::string principal, std::string id,
     auto session = Lookup(principal, id);
     if (!session.ok()) return done(session.status());
     if ((*session)->busy) {
-      return done(absl::FailedPreconditionError(
-          absl::StrCat("session ", id, " is busy with a request; cancel it first")));
+      // Delete wins: the request running on it is cancelled, and the session
+      // goes when that request ends (it is unreachable from now on).
+      for (auto& a : active_) {
+        if (a->session == *session && a->job->out) a->job->out->Cancel();
+      }
+      (*session)->ephemeral = true;
+    } else {
+      RemoveSession(*session);
     }
-    RemoveSession(*session);
     done(absl::OkStatus());
   });
 }
 
 void Engine::ReleaseSession(std::string principal, std::string id) {
-  Post([this, principal = std::move(principal), id = std::move(id)] {
-    auto session = Lookup(principal, id);
-    if (!session.ok()) return;
-    if ((*session)->busy) {
-      (*session)->ephemeral = true;  // Finish removes it
-    } else {
-      RemoveSession(*session);
-    }
-  });
+  DeleteSession(std::move(principal), std::move(id), [](absl::Status) {});
 }
 
 void Engine::Score(std::string principal, std::string id, std::vector<int32_t> tokens,
@@ -741,9 +741,14 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
     active->created_session = true;
   } else {
     session = Lookup(job->principal, job->session_id);
-    if (session.ok() && (*session)->busy) {
-      session = absl::FailedPreconditionError(absl::StrCat(
-          "session ", job->session_id, " is busy with another request"));
+    if (session.ok() && (*session)->busy && job->mode == Job::Mode::kGenerate) {
+      // Requests on one session run one after the other (a chat's next turn
+      // may arrive before a cancelled reply has let go).
+      active->job = std::move(job);
+      active->waiting_for_session = active->job->session_id;
+      if (active->job->out) active->job->out->SetSessionId(active->waiting_for_session);
+      active_.push_back(std::move(active));
+      return;
     }
     if (session.ok() && job->mode == Job::Mode::kScore) {
       // Score a copy: the session itself is left as it was.
@@ -948,6 +953,7 @@ bool Engine::HasRunnableWork() const {
   };
   for (const auto& a : active_) {
     if (a->phase == Active::Phase::kWaiting) {
+      if (a->session == nullptr) continue;  // waits for its session (polled)
       if (a->session->tier == Tier::kDevice || slot_obtainable()) return true;
       continue;
     }
@@ -993,6 +999,19 @@ void Engine::Step() {
   bool blocked = false;
   for (auto& a : active_) {
     if (a->phase != Active::Phase::kWaiting) continue;
+    if (!a->waiting_for_session.empty()) {
+      auto it = sessions_.find(a->waiting_for_session);
+      if (it == sessions_.end() || it->second->ephemeral) {
+        Finish(*a, FinishReason::kNone,
+               absl::NotFoundError(absl::StrCat("session ", a->waiting_for_session,
+                                                " was deleted")));
+        continue;
+      }
+      if (it->second->busy) continue;  // its turn has not come yet
+      a->session = it->second.get();
+      a->session->busy = true;
+      a->waiting_for_session.clear();
+    }
     if (blocked && a->session->tier != Tier::kDevice) continue;
     absl::Status resident = MakeResident(*a->session);
     if (absl::IsResourceExhausted(resident)) {  // no slot yet: wait

@@ -159,10 +159,12 @@ class Engine {
                      InfoCallback done);
   void ForkSession(std::string principal, std::string id, InfoCallback done);
   void GetSession(std::string principal, std::string id, InfoCallback done);
+  // A request running on the session is cancelled; the session is gone for
+  // callers at once and removed when that request ends.
   void DeleteSession(std::string principal, std::string id,
                      std::function<void(absl::Status)> done);
-  // Deletes a session now or, when a request runs on it, as soon as that ends
-  // (a chat stream's own session when the stream goes away).
+  // DeleteSession without an answer (a chat stream's own session when the
+  // stream goes away).
   void ReleaseSession(std::string principal, std::string id);
   void Score(std::string principal, std::string id, std::vector<int32_t> tokens,
              std::function<void(absl::StatusOr<ScoreResult>)> done);

@@ -66,6 +66,20 @@ def send(text):
     os.write(fd, text.encode())
 
 
+def read_more(count, timeout=30.0):
+    """Reads until `count` more bytes have arrived."""
+    global output
+    target = len(output) + count
+    deadline = time.time() + timeout
+    while len(output) < target:
+        left = deadline - time.time()
+        if left <= 0:
+            fail("timed out waiting for output")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            output += os.read(fd, 4096)
+
+
 banner = read_until("> ")
 if "session" not in banner:
     fail("no banner: %r" % banner)
@@ -92,7 +106,8 @@ if "mine " not in names:
 send("/max_tokens 4000\r")
 read_until("> ")
 send("It was a cold day\r")
-time.sleep(1.0)
+read_until("It was a cold day\r\n")  # the echo
+read_more(20)  # the reply is streaming
 send("\x03")
 cancelled = read_until("> ", timeout=10)
 if "[cancelled]" not in cancelled:
@@ -102,6 +117,10 @@ send("/max_tokens 4\r")
 read_until("> ")
 send("Yes\r")
 after = read_until("> ")
+if "[the reply failed" in after or len(after.strip().splitlines()) < 2:
+    fail("the turn after the cancel: %r" % after)
+send("\x03")  # at the prompt: nothing happens
+time.sleep(0.2)
 send("/stats\r")
 stats = read_until("> ")
 if "tokens/s" not in stats or "state 512.0 KiB" not in stats:

@@ -10,6 +10,7 @@ snapshot directory behind a real nginx running the repo's own config
   - new sessions spread over both replicas.
 
 Usage: scale_out_test.py FWP_SERVER MODEL_DIR REPO_DIR PYTHON_STUBS"""
+import atexit
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from fwp.v1 import fwp_pb2, fwp_pb2_grpc  # noqa: E402
 
 tmp = tempfile.mkdtemp()
 procs = []
+atexit.register(lambda: cleanup())  # whatever fails, no process outlives the test
 
 
 def fail(message):
@@ -78,10 +80,17 @@ def free_port():
     return port
 
 
-def generated_ok(metrics_port):
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read().decode()
-    m = re.search(r'fwp_requests_total\{method="Generate",code="OK"\} (\d+)', text)
-    return int(m.group(1)) if m else 0
+def generated_ok(metrics_port, at_least=0):
+    """Generate calls a replica counted OK (a call is counted just after the
+    client has its answer, so wait briefly for `at_least`)."""
+    for _ in range(100):
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port).read().decode()
+        m = re.search(r'fwp_requests_total\{method="Generate",code="OK"\} (\d+)', text)
+        count = int(m.group(1)) if m else 0
+        if count >= at_least:
+            return count
+        time.sleep(0.02)
+    return count
 
 
 snapshots = os.path.join(tmp, "snapshots")
@@ -183,7 +192,8 @@ try:
     other = "replica-b" if home == "replica-a" else "replica-a"
     before = {name: generated_ok(m) for name, (_, m) in replicas.items()}
     got = [turn(lb, session, prompts[1]), turn(lb, session, prompts[2])]
-    after = {name: generated_ok(m) for name, (_, m) in replicas.items()}
+    after = {name: generated_ok(m, before[name] + (2 if name == home else 0))
+             for name, (_, m) in replicas.items()}
     if after[home] - before[home] != 2 or after[other] != before[other]:
         fail("turns did not all land on %s: before %s after %s" % (home, before, after))
     if got != expected[:2]:
@@ -197,10 +207,10 @@ try:
         fail("the resumed session diverged: %s vs %s" % (got[2], expected[2]))
     if replica_of(session) != other:
         fail("the session is not on %s after the failover" % other)
-    if generated_ok(replicas[other][1]) != after[other] + 1:
+    if generated_ok(replicas[other][1], after[other] + 1) != after[other] + 1:
         fail("the failed-over turn did not run on %s" % other)
 except grpc.RpcError as error:
     fail("RPC failed: %s %s" % (error.code(), error.details()))
-
-cleanup()
+finally:
+    cleanup()
 print("ok")

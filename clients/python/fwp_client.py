@@ -97,6 +97,7 @@ def chat(stub, args):
                     break
     finally:
         turns.put(None)
+        replies.cancel()  # a reply still streaming (Ctrl-C) ends here
         stub.DeleteSession(fwp_pb2.DeleteSessionRequest(session_id=session_id),
                            metadata=metadata(args, session_id))
 

@@ -399,6 +399,55 @@ TEST(ServerBatching, ALongPromptDoesNotStallTheStreamsAlreadyRunning) {
                         << " tokens while the long prompt was fed";
 }
 
+TEST_F(ServerTest, RequestsOnOneSessionRunOneAfterAnother) {
+  const std::vector<int32_t> start = {120, 45, 1033};
+  auto s = CreateSession(stub(), start);
+  ASSERT_TRUE(s.ok());
+  // The first is running (its first token is here) when the second arrives.
+  grpc::ClientContext context;
+  auto reader = stub().Generate(&context, Greedy({87, 9}, 30, s->session_id()));
+  v1::GenerateResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  Completion second;
+  std::thread b([&] { second = Generate(stub(), Greedy({311}, 6, s->session_id())); });
+  Completion first = Collect(*reader);
+  first.tokens.insert(first.tokens.begin(), m.token_ids().begin(), m.token_ids().end());
+  b.join();
+  ASSERT_TRUE(first.status.ok() && second.status.ok()) << second.status.error_message();
+  // The same two requests, one after the other, on a fresh copy.
+  auto t = CreateSession(stub(), start);
+  ASSERT_TRUE(t.ok());
+  auto first2 = Generate(stub(), Greedy({87, 9}, 30, t->session_id()));
+  auto second2 = Generate(stub(), Greedy({311}, 6, t->session_id()));
+  EXPECT_EQ(first.tokens, first2.tokens);
+  EXPECT_EQ(second.tokens, second2.tokens);
+  v1::SessionInfo info;
+  ASSERT_TRUE(GetSession(stub(), s->session_id(), &info).ok());
+  EXPECT_EQ(info.tokens(), 3 + 2 + 30 + 1 + 6);
+}
+
+TEST_F(ServerTest, DeletingABusySessionCancelsItsRequest) {
+  auto s = CreateSession(stub(), {5, 6});
+  ASSERT_TRUE(s.ok());
+  grpc::ClientContext context;
+  auto reader = stub().Generate(&context, Greedy({7}, 4000, s->session_id()));
+  v1::GenerateResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  grpc::ClientContext del;
+  v1::DeleteSessionRequest request;
+  request.set_session_id(s->session_id());
+  v1::DeleteSessionResponse response;
+  ASSERT_TRUE(stub().DeleteSession(&del, request, &response).ok());
+  auto rest = Collect(*reader);
+  EXPECT_EQ(rest.reason, v1::FINISH_REASON_CANCELLED);
+  v1::SessionInfo info;
+  EXPECT_EQ(GetSession(stub(), s->session_id(), &info).error_code(), grpc::StatusCode::NOT_FOUND);
+  for (int i = 0; i < 200 && r_.server->engine().inflight() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(r_.server->engine().inflight(), 0);
+}
+
 TEST_F(ServerTest, EveryInvalidInputGetsInvalidArgumentNamingTheField) {
   const auto expect_invalid = [&](v1::GenerateRequest request, const std::string& field) {
     auto c = Generate(stub(), request);
