@@ -248,19 +248,20 @@ Engine::~Engine() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
-  {
-    std::lock_guard<std::mutex> lock(writer_mutex_);
-    writer_stop_ = true;  // after what is queued
-  }
-  writer_wake_.notify_all();
-  if (writer_.joinable()) writer_.join();
-  // The engine thread is gone: whatever still runs is cancelled here.
+  // The engine thread is gone: whatever still runs is cancelled here (before
+  // the writer stops, so answers waiting on a snapshot are still delivered).
   for (auto& active : active_) {
     if (active->phase != Active::Phase::kDone) {
       Finish(*active, FinishReason::kCancelled,
              absl::UnavailableError("the server is shutting down"));
     }
   }
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    writer_stop_ = true;  // after what is queued
+  }
+  writer_wake_.notify_all();
+  if (writer_.joinable()) writer_.join();
 }
 
 // ---- Queueing (any thread) -------------------------------------------------
@@ -565,8 +566,15 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
       *state = session.host;  // empty: the empty state
       return absl::OkStatus();
     case Tier::kDisk: {
-      auto snapshot = ReadSnapshot(SnapshotPath(session.id), fingerprint_, state_bytes_,
-                                   session.id);
+      std::shared_ptr<const std::string> unwritten;
+      {
+        std::lock_guard<std::mutex> lock(writer_mutex_);
+        if (auto it = unwritten_.find(session.id); it != unwritten_.end()) unwritten = it->second;
+      }
+      auto snapshot =
+          unwritten != nullptr
+              ? DecodeSnapshot(*unwritten, fingerprint_, state_bytes_, session.id)
+              : ReadSnapshot(SnapshotPath(session.id), fingerprint_, state_bytes_, session.id);
       if (!snapshot.ok()) {
         return absl::DataLossError(absl::StrCat("session ", session.id,
                                                 " cannot be restored: ",
@@ -618,6 +626,7 @@ absl::Status Engine::MakeResident(Session& session) {
     --host_sessions_;
   } else if (!options_.snapshot_every_turn) {
     // The session lives in memory now; a stale file must not come back.
+    SettleWrite(session.id);
     std::error_code ignored;
     std::filesystem::remove(SnapshotPath(session.id), ignored);
   }
@@ -656,12 +665,22 @@ void Engine::WriteThen(Session& session, std::function<void()> then) {
     return then();
   }
   if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
+  QueueWrite(session.id, EncodeSnapshot(snapshot, fingerprint_), std::move(then));
+}
+
+void Engine::QueueWrite(const std::string& id, std::string bytes, std::function<void()> then) {
+  auto shared = std::make_shared<const std::string>(std::move(bytes));
   {
     std::lock_guard<std::mutex> lock(writer_mutex_);
-    writes_.push_back({SnapshotPath(session.id), EncodeSnapshot(snapshot, fingerprint_),
-                       std::move(then)});
+    unwritten_[id] = shared;
+    writes_.push_back({id, std::move(shared), std::move(then)});
   }
   writer_wake_.notify_one();
+}
+
+void Engine::SettleWrite(const std::string& id) {
+  std::unique_lock<std::mutex> lock(writer_mutex_);
+  writer_idle_.wait(lock, [&] { return unwritten_.count(id) == 0; });
 }
 
 void Engine::WriterLoop() {
@@ -673,14 +692,18 @@ void Engine::WriterLoop() {
     writes_.pop_front();
     writing_ = true;
     lock.unlock();
-    if (auto s = WriteFileAtomically(write.path, write.bytes); !s.ok()) {
-      std::fprintf(stderr, "fwp-server: cannot write %s: %s\n", write.path.c_str(),
+    const std::string path = SnapshotPath(write.id);
+    if (auto s = WriteFileAtomically(path, *write.bytes); !s.ok()) {
+      std::fprintf(stderr, "fwp-server: cannot write %s: %s\n", path.c_str(),
                    std::string(s.message()).c_str());
     }
     if (write.then) write.then();
     lock.lock();
     writing_ = false;
-    if (writes_.empty()) writer_idle_.notify_all();
+    if (auto it = unwritten_.find(write.id); it != unwritten_.end() && it->second == write.bytes) {
+      unwritten_.erase(it);  // a newer write of the same session may still wait
+    }
+    writer_idle_.notify_all();
   }
 }
 
@@ -700,11 +723,15 @@ void Engine::SpillHost() {
       }
     }
     if (victim == nullptr) return;
-    if (auto s = WriteToDisk(*victim); !s.ok()) {
-      std::fprintf(stderr, "fwp-server: cannot spill session %s to disk: %s\n",
-                   victim->id.c_str(), std::string(s.message()).c_str());
-      return;
-    }
+    // Written by the writer thread; the engine does not wait on the disk.
+    SessionSnapshot snapshot;
+    snapshot.session_id = victim->id;
+    snapshot.owner = victim->owner;
+    snapshot.position = victim->position;
+    snapshot.pending = victim->pending;
+    snapshot.state = std::move(victim->host);
+    if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
+    QueueWrite(victim->id, EncodeSnapshot(snapshot, fingerprint_), nullptr);
     victim->host = {};
     victim->tier = Tier::kDisk;
     --host_sessions_;
@@ -720,6 +747,7 @@ void Engine::RemoveSession(Session* session) {
     --host_sessions_;
   }
   if (!options_.snapshot_dir.empty()) {
+    SettleWrite(session->id);
     std::error_code ignored;
     std::filesystem::remove(SnapshotPath(session->id), ignored);
   }
@@ -969,7 +997,9 @@ void Engine::Loop() {
       std::unique_lock<std::mutex> lock(mutex_);
       if (commands_.empty() && !stop_ && !HasRunnableWork()) {
         if (active_.empty()) {
-          wake_.wait(lock, [&] { return stop_ || !commands_.empty(); });
+          // Idle: wake once a second anyway so the gauges (tokens/s) decay.
+          wake_.wait_for(lock, std::chrono::seconds(1),
+                         [&] { return stop_ || !commands_.empty(); });
         } else {
           // Paused streams, cancellations and waiting requests are polled.
           wake_.wait_for(lock, std::chrono::milliseconds(2));

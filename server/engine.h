@@ -254,14 +254,20 @@ class Engine {
   std::thread thread_;
 
   struct PendingWrite {
-    std::string path;
-    std::string bytes;
+    std::string id;
+    std::shared_ptr<const std::string> bytes;
     std::function<void()> then;
   };
+  // Queues a snapshot for the writer; until it is on disk, LoadState reads
+  // it from `unwritten_` (a spilled session may be touched at once).
+  void QueueWrite(const std::string& id, std::string bytes, std::function<void()> then);
+  // Waits for a pending write of `id`, so that removing its file sticks.
+  void SettleWrite(const std::string& id);
   std::mutex writer_mutex_;
   std::condition_variable writer_wake_;
   std::condition_variable writer_idle_;
   std::deque<PendingWrite> writes_;
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> unwritten_;
   bool writing_ = false;
   bool writer_stop_ = false;
   std::thread writer_;
