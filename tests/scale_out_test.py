@@ -126,7 +126,9 @@ http {
 }
 """ % {"tmp": tmp})
 # One process (no workers to outlive the test holding its output pipes).
-nginx = subprocess.Popen(["nginx", "-p", tmp, "-c", os.path.join(tmp, "nginx.conf")],
+nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin: not on every PATH
+nginx = subprocess.Popen([nginx_bin, "-p", tmp, "-e", os.path.join(tmp, "nginx.log"),
+                          "-c", os.path.join(tmp, "nginx.conf")],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=open(os.path.join(tmp, "nginx-stderr.log"), "w"))
 procs.append(nginx)
