@@ -360,13 +360,8 @@ void Engine::ForkSession(std::string principal, std::string id, InfoCallback don
       return done(absl::FailedPreconditionError(
           absl::StrCat("session ", id, " is busy with a request; fork it when it is idle")));
     }
-    std::vector<char> state;
-    if (auto s = LoadState(**parent, &state); !s.ok()) return done(s);
-    auto child = NewSession(principal, /*ephemeral=*/false);
+    auto child = CopySession(**parent, principal, /*ephemeral=*/false);
     if (!child.ok()) return done(child.status());
-    (*child)->host = std::move(state);
-    (*child)->position = (*parent)->position;
-    (*child)->pending = (*parent)->pending;
     if (options_.snapshot_every_turn && !options_.snapshot_dir.empty()) {
       // Its id may hash to another replica sharing the snapshot dir.
       if (auto s = WriteToDisk(**child); !s.ok()) {
@@ -546,6 +541,17 @@ absl::StatusOr<Engine::Session*> Engine::NewSession(const std::string& owner, bo
   return raw;
 }
 
+absl::StatusOr<Engine::Session*> Engine::CopySession(Session& parent, const std::string& owner,
+                                                     bool ephemeral) {
+  std::vector<char> state;
+  FWP_RETURN_IF_ERROR(LoadState(parent, &state));
+  FWP_ASSIGN_OR_RETURN(Session * copy, NewSession(owner, ephemeral));
+  copy->host = std::move(state);  // parked in host memory until used
+  copy->position = parent.position;
+  copy->pending = parent.pending;
+  return copy;
+}
+
 SessionInfo Engine::Info(const Session& session) const {
   SessionInfo info;
   info.id = session.id;
@@ -642,7 +648,7 @@ absl::Status Engine::MakeResident(Session& session) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::WriteToDisk(Session& session) {
+absl::StatusOr<std::string> Engine::EncodeSession(Session& session) {
   SessionSnapshot snapshot;
   snapshot.session_id = session.id;
   snapshot.owner = session.owner;
@@ -650,22 +656,22 @@ absl::Status Engine::WriteToDisk(Session& session) {
   snapshot.pending = session.pending;
   FWP_RETURN_IF_ERROR(LoadState(session, &snapshot.state));
   if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
-  return WriteSnapshot(SnapshotPath(session.id), snapshot, fingerprint_);
+  return EncodeSnapshot(snapshot, fingerprint_);
+}
+
+absl::Status Engine::WriteToDisk(Session& session) {
+  FWP_ASSIGN_OR_RETURN(std::string bytes, EncodeSession(session));
+  return WriteFileAtomically(SnapshotPath(session.id), bytes);
 }
 
 void Engine::WriteThen(Session& session, std::function<void()> then) {
-  SessionSnapshot snapshot;
-  snapshot.session_id = session.id;
-  snapshot.owner = session.owner;
-  snapshot.position = session.position;
-  snapshot.pending = session.pending;
-  if (auto s = LoadState(session, &snapshot.state); !s.ok()) {
+  auto bytes = EncodeSession(session);
+  if (!bytes.ok()) {
     std::fprintf(stderr, "fwp-server: cannot write session %s: %s\n", session.id.c_str(),
-                 std::string(s.message()).c_str());
+                 std::string(bytes.status().message()).c_str());
     return then();
   }
-  if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
-  QueueWrite(session.id, EncodeSnapshot(snapshot, fingerprint_), std::move(then));
+  QueueWrite(session.id, std::move(*bytes), std::move(then));
 }
 
 void Engine::QueueWrite(const std::string& id, std::string bytes, std::function<void()> then) {
@@ -724,14 +730,9 @@ void Engine::SpillHost() {
     }
     if (victim == nullptr) return;
     // Written by the writer thread; the engine does not wait on the disk.
-    SessionSnapshot snapshot;
-    snapshot.session_id = victim->id;
-    snapshot.owner = victim->owner;
-    snapshot.position = victim->position;
-    snapshot.pending = victim->pending;
-    snapshot.state = std::move(victim->host);
-    if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
-    QueueWrite(victim->id, EncodeSnapshot(snapshot, fingerprint_), nullptr);
+    auto bytes = EncodeSession(*victim);  // host tier: cannot fail
+    if (!bytes.ok()) return;
+    QueueWrite(victim->id, std::move(*bytes), nullptr);
     victim->host = {};
     victim->tier = Tier::kDisk;
     --host_sessions_;
@@ -780,16 +781,7 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
     }
     if (session.ok() && job->mode == Job::Mode::kScore) {
       // Score a copy: the session itself is left as it was.
-      std::vector<char> state;
-      absl::Status loaded = LoadState(**session, &state);
-      Session* parent = *session;
-      session = loaded.ok() ? NewSession(job->principal, /*ephemeral=*/true)
-                            : absl::StatusOr<Session*>(loaded);
-      if (session.ok()) {
-        (*session)->host = std::move(state);
-        (*session)->position = parent->position;
-        (*session)->pending = parent->pending;
-      }
+      session = CopySession(**session, job->principal, /*ephemeral=*/true);
     }
   }
   active->job = std::move(job);
@@ -1133,6 +1125,10 @@ void Engine::Step() {
 }
 
 void Engine::PublishGauges() {
+  // A scrape needs no more than this; counting sessions is O(sessions).
+  const auto now = Clock::now();
+  if (now - gauges_published_ < std::chrono::milliseconds(100)) return;
+  gauges_published_ = now;
   int64_t device = 0, host = 0, disk = 0, running = 0, waiting = 0;
   for (const auto& [id, s] : sessions_) {
     if (s->ephemeral) continue;
@@ -1150,7 +1146,6 @@ void Engine::PublishGauges() {
   metrics_->slots_in_use = options_.slots - static_cast<int64_t>(free_slots_.size());
   metrics_->queued = waiting;
   metrics_->running = running;
-  const auto now = Clock::now();
   const double elapsed = Seconds(now - rate_start_);
   if (elapsed >= 1.0) {
     metrics_->tokens_per_second = rate_tokens_ / elapsed;

@@ -201,6 +201,12 @@ class Engine {
   absl::Status MakeResident(Session& session);
   bool EvictOne();
   void SpillHost();
+  // A copy of `parent`'s state as a new session (forks, and scoring without
+  // touching the session).
+  absl::StatusOr<Session*> CopySession(Session& parent, const std::string& owner,
+                                       bool ephemeral);
+  // The session's snapshot file contents.
+  absl::StatusOr<std::string> EncodeSession(Session& session);
   absl::Status WriteToDisk(Session& session);
   // --snapshot_every_turn: the snapshot is encoded on the engine thread and
   // written (fsync, rename) by the writer thread, which then runs `then`
@@ -249,6 +255,7 @@ class Engine {
   uint64_t tick_ = 0;
   std::vector<float> logits_;
   Clock::time_point rate_start_ = Clock::now();
+  Clock::time_point gauges_published_;
   uint64_t rate_tokens_ = 0;
 
   std::thread thread_;
