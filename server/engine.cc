@@ -964,12 +964,16 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
 // ---- The loop (engine thread) ----------------------------------------------
 
 bool Engine::HasRunnableWork() const {
+  int obtainable = -1;  // whether a slot can be had, computed once if needed
   const auto slot_obtainable = [&] {
-    if (!free_slots_.empty()) return true;
-    for (const Session* s : slot_owner_) {
-      if (s != nullptr && !s->busy) return true;  // evictable
+    if (obtainable < 0) {
+      obtainable = !free_slots_.empty();
+      for (const Session* s : slot_owner_) {
+        if (obtainable) break;
+        obtainable = s != nullptr && !s->busy;  // evictable
+      }
     }
-    return false;
+    return obtainable == 1;
   };
   for (const auto& a : active_) {
     if (a->phase == Active::Phase::kWaiting) {
