@@ -150,16 +150,62 @@ void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
 
 namespace {
 
-// One token of the recurrence from S_{t−1} = s: φq, φk, β, v − v̄ and the
-// update u (ComputeToken); ApplyToken then writes it into (s, z). The backward
-// uses them to recompute states and per-token values.
+// The backward's recurrent work is a few passes over rows of d_value floats
+// per token; it is compiled twice (x86-64-v3: AVX2 + FMA, and the baseline)
+// and the loader picks the one the CPU runs. Its loops are written on
+// 8-float vectors, so reductions keep eight partial sums.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FWP_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FWP_VECTOR_CLONES
+#endif
+
+// The helpers below are always inlined, so passing 8-float vectors by value
+// crosses no ABI boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
+using v8 = float __attribute__((vector_size(32)));
+
+inline v8 Load(const float* p) {
+  v8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void Store(float* p, v8 v) { __builtin_memcpy(p, &v, sizeof v); }
+inline v8 Broadcast(float x) { return v8{} + x; }
+inline float Sum(v8 v) {
+  float s = 0.0f;
+  for (int l = 0; l < 8; ++l) s += v[l];
+  return s;
+}
+
+// out += a · x (rows of d_value).
+inline void AddScaled(float* out, float a, const float* x, int64_t n) {
+  const v8 av = Broadcast(a);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) Store(out + j, Load(out + j) + av * Load(x + j));
+  for (; j < n; ++j) out[j] += a * x[j];
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  v8 acc{};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) acc += Load(a + j) * Load(b + j);
+  float s = Sum(acc);
+  for (; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+// One token of the recurrence from S_{t−1}: φq, φk, β, v − v̄ and the update
+// u; S_t = S_{t−1} + φk uᵀ (and z_t = z_{t−1} + φk) written out of place.
 struct TokenValues {
   std::vector<float> phi_q, phi_k, u, v_minus_vbar;
   float beta = 1.0f;
 };
 
-void ComputeToken(const FastWeightSpec& spec, const float* row, const float* favor_proj,
-                  const float* s, TokenValues& tv) {
+FWP_VECTOR_CLONES
+void RecomputeToken(const FastWeightSpec& spec, const float* row, const float* favor_proj,
+                    const float* s_prev, const float* z_prev, float* s_next, float* z_next,
+                    TokenValues& tv) {
   const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
   tv.phi_q.resize(dp);
   tv.phi_k.resize(dp);
@@ -168,27 +214,118 @@ void ComputeToken(const FastWeightSpec& spec, const float* row, const float* fav
   FeatureMapRow(spec.phi, row, dk, favor_proj, tv.phi_q.data());
   FeatureMapRow(spec.phi, row + dk, dk, favor_proj, tv.phi_k.data());
   float* u = tv.u.data();
+  const float* pk = tv.phi_k.data();
   std::copy(row + 2 * dk, row + 2 * dk + dv, u);
   if (spec.update == UpdateRule::kDelta) {
     tv.beta = Sigmoid(row[2 * dk + dv]);
+    // v̄ = S_{t−1}ᵀφk, walking S by contiguous rows.
+    float* vbar = tv.v_minus_vbar.data();
+    std::fill(vbar, vbar + dv, 0.0f);
+    for (int64_t r = 0; r < dp; ++r) AddScaled(vbar, pk[r], s_prev + r * dv, dv);
     for (int64_t j = 0; j < dv; ++j) {
-      float vbar = 0.0f;
-      for (int64_t r = 0; r < dp; ++r) vbar += s[r * dv + j] * tv.phi_k[r];
-      tv.v_minus_vbar[j] = u[j] - vbar;
-      u[j] = tv.beta * tv.v_minus_vbar[j];
+      vbar[j] = u[j] - vbar[j];
+      u[j] = tv.beta * vbar[j];
     }
+  }
+  for (int64_t r = 0; r < dp; ++r) {
+    const float* prev = s_prev + r * dv;
+    float* next = s_next + r * dv;
+    const v8 kv = Broadcast(pk[r]);
+    int64_t j = 0;
+    for (; j + 8 <= dv; j += 8) Store(next + j, Load(prev + j) + kv * Load(u + j));
+    for (; j < dv; ++j) next[j] = prev[j] + pk[r] * u[j];
+  }
+  if (z_next != nullptr) {
+    for (int64_t r = 0; r < dp; ++r) z_next[r] = z_prev[r] + pk[r];
   }
 }
 
-void ApplyToken(const FastWeightSpec& spec, const TokenValues& tv, float* s, float* z) {
-  const int64_t dv = spec.DValue(), dp = spec.DPhi();
+// Per-(sequence, head) gradient state of the backward and its scratch.
+struct BackwardState {
+  std::vector<float> ds, dz, dn, du, dvbar, numer, dphi_q, dphi_k;
+};
+
+// One token backwards: from ∂L/∂y_t and ∂L/∂(S_t, z_t) in g, writes the
+// token's row of dqkvb and leaves ∂L/∂(S_{t−1}, z_{t−1}) in g.
+FWP_VECTOR_CLONES
+void BackwardToken(const FastWeightSpec& spec, const float* row, const float* favor_proj,
+                   const TokenValues& tv, const float* st, const float* zt, const float* sp,
+                   const float* dyt, BackwardState& g, float* drow) {
+  const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
+  const bool has_z = spec.HasNormalizer();
+  const float* pq = tv.phi_q.data();
+  const float* pk = tv.phi_k.data();
   const float* u = tv.u.data();
+  float* ds = g.ds.data();
+  float* dz = g.dz.data();
+  float* dn = g.dn.data();
+  float* du = g.du.data();
+  // y = factor · S_tᵀφq, factor = scale (or scale / (z_t·φq)).
+  float factor = spec.Scale(), dden = 0.0f;
+  bool normalised = false;
+  if (has_z) {
+    const float den = Dot(zt, pq, dp);
+    if (den > 0.0f) {
+      normalised = true;
+      factor /= den;
+      // ∂L/∂den = −Σ_j dy_j y_j / den, with y = factor · S_tᵀφq.
+      float* numer = g.numer.data();
+      std::fill(numer, numer + dv, 0.0f);
+      for (int64_t r = 0; r < dp; ++r) AddScaled(numer, pq[r], st + r * dv, dv);
+      dden = -Dot(dyt, numer, dv) * factor / den;
+    }
+  }
+  for (int64_t j = 0; j < dv; ++j) dn[j] = dyt[j] * factor;
+  // One pass over the rows of S_t and dS, row r at a time:
+  //   φq gets S_t dn (+ z_t dden); S_t gets φq dnᵀ; z_t gets φq dden;
+  //   then S_t = S_{t−1} + φk uᵀ: du = dS_tᵀφk, dφk = dS_t u (+ dz_t).
+  std::fill(du, du + dv, 0.0f);
   for (int64_t r = 0; r < dp; ++r) {
-    for (int64_t j = 0; j < dv; ++j) s[r * dv + j] += tv.phi_k[r] * u[j];
+    const float* str = st + r * dv;
+    float* dsr = ds + r * dv;
+    const float q = pq[r], k = pk[r];
+    const v8 qv = Broadcast(q), kv = Broadcast(k);
+    v8 acc_q{}, acc_k{};
+    int64_t j = 0;
+    for (; j + 8 <= dv; j += 8) {
+      const v8 dnv = Load(dn + j);
+      const v8 d = Load(dsr + j) + qv * dnv;
+      Store(dsr + j, d);
+      acc_q += Load(str + j) * dnv;
+      Store(du + j, Load(du + j) + d * kv);
+      acc_k += d * Load(u + j);
+    }
+    float sum_q = Sum(acc_q), sum_k = Sum(acc_k);
+    for (; j < dv; ++j) {
+      sum_q += str[j] * dn[j];
+      const float d = dsr[j] + q * dn[j];
+      dsr[j] = d;
+      du[j] += d * k;
+      sum_k += d * u[j];
+    }
+    g.dphi_q[r] = sum_q + (normalised ? zt[r] * dden : 0.0f);
+    if (normalised) dz[r] += q * dden;
+    g.dphi_k[r] = sum_k + (has_z ? dz[r] : 0.0f);
   }
-  if (z != nullptr) {
-    for (int64_t r = 0; r < dp; ++r) z[r] += tv.phi_k[r];
+  if (spec.update == UpdateRule::kDelta) {
+    // u = β (v − v̄), v̄ = S_{t−1}ᵀφk: dS_{t−1} = dS_t + φk dv̄ᵀ, dφk += S_{t−1} dv̄.
+    const float beta = tv.beta;
+    float* dvbar = g.dvbar.data();
+    for (int64_t j = 0; j < dv; ++j) {
+      drow[2 * dk + j] = beta * du[j];
+      dvbar[j] = -beta * du[j];
+    }
+    const float dbeta = Dot(du, tv.v_minus_vbar.data(), dv);
+    drow[2 * dk + dv] = dbeta * beta * (1.0f - beta);
+    for (int64_t r = 0; r < dp; ++r) {
+      g.dphi_k[r] += Dot(sp + r * dv, dvbar, dv);
+      AddScaled(ds + r * dv, pk[r], dvbar, dv);
+    }
+  } else {
+    std::copy(du, du + dv, drow + 2 * dk);
   }
+  FeatureMapRowBackward(spec.phi, row, dk, favor_proj, g.dphi_q.data(), drow);
+  FeatureMapRowBackward(spec.phi, row + dk, dk, favor_proj, g.dphi_k.data(), drow + dk);
 }
 
 }  // namespace
@@ -198,12 +335,10 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
                                 int64_t batch, int64_t time, const StateView& state,
                                 const float* dy, float* dqkvb, const StateView& dstate,
                                 int64_t chunk) {
-  const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
+  const int64_t dv = spec.DValue(), dp = spec.DPhi();
   const int64_t sz = dp * dv;
   const int64_t zf = spec.HasNormalizer() ? dp : 0;
   const int64_t row_width = spec.RowWidth(), y_width = spec.heads * dv;
-  const bool delta = spec.update == UpdateRule::kDelta;
-  const float scale = spec.Scale();
   chunk = std::max<int64_t>(1, std::min(chunk, time));
   const int64_t chunks = (time + chunk - 1) / chunk;
 
@@ -216,134 +351,63 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
     const float* rows = qkvb + b * time * row_width + h * spec.HeadWidth();
     auto row_of = [&](int64_t t) { return rows + t * row_width; };
 
-    // Checkpoints of (S, z) at every chunk start.
-    thread_local std::vector<float> checkpoints, states, ds, dz, dn, du, dphi_q, dphi_k, dvbar;
-    thread_local TokenValues tv;
+    // Checkpoints of (S, z) at every chunk start, by the chunkwise form.
+    thread_local std::vector<float> checkpoints, states, y_scratch;
+    thread_local std::vector<TokenValues> tvs;
+    thread_local ChunkScratch scratch;
+    thread_local BackwardState g;
     checkpoints.resize(chunks * (sz + zf));
-    std::vector<float> s(s0, s0 + sz), z(z0 ? z0 : s0, z0 ? z0 + dp : s0);
-    for (int64_t c = 0; c < chunks; ++c) {
-      std::copy(s.begin(), s.end(), checkpoints.begin() + c * (sz + zf));
-      if (zf) std::copy(z.begin(), z.end(), checkpoints.begin() + c * (sz + zf) + sz);
-      for (int64_t t = c * chunk; t < std::min(time, (c + 1) * chunk); ++t) {
-        ComputeToken(spec, row_of(t), favor_proj, s.data(), tv);
-        ApplyToken(spec, tv, s.data(), zf ? z.data() : nullptr);
-      }
+    scratch.Resize(chunk, dp, dv);
+    y_scratch.resize(chunk * dv);
+    float* cp = checkpoints.data();
+    std::copy(s0, s0 + sz, cp);
+    if (zf) std::copy(z0, z0 + dp, cp + sz);
+    for (int64_t c = 0; c + 1 < chunks; ++c) {  // the last chunk's end state is not needed
+      float* next = cp + (c + 1) * (sz + zf);
+      std::copy(cp + c * (sz + zf), next, next);
+      SequenceChunk(spec, row_of(c * chunk), row_width, favor_proj, chunk, next,
+                    zf ? next + sz : nullptr, y_scratch.data(), dv, scratch);
     }
 
     // ∂L/∂S_T, ∂L/∂z_T from the caller (or zero).
-    ds.assign(sz, 0.0f);
-    dz.assign(zf, 0.0f);
+    g.ds.assign(sz, 0.0f);
+    g.dz.assign(zf, 0.0f);
     float* ds_out = dstate.base ? dstate.base + slot * dstate.slot_floats + dstate.s_offset + h * sz
                                 : nullptr;
     float* dz_out = dstate.base && zf
                         ? dstate.base + slot * dstate.slot_floats + dstate.z_offset + h * dp
                         : nullptr;
-    if (ds_out) std::copy(ds_out, ds_out + sz, ds.begin());
-    if (dz_out) std::copy(dz_out, dz_out + dp, dz.begin());
-    dn.resize(dv);
-    du.resize(dv);
-    dvbar.resize(dv);
-    dphi_q.resize(dp);
-    dphi_k.resize(dp);
+    if (ds_out) std::copy(ds_out, ds_out + sz, g.ds.begin());
+    if (dz_out) std::copy(dz_out, dz_out + dp, g.dz.begin());
+    for (auto* v : {&g.dn, &g.du, &g.dvbar, &g.numer}) v->resize(dv);
+    g.dphi_q.resize(dp);
+    g.dphi_k.resize(dp);
+    if (static_cast<int64_t>(tvs.size()) < chunk) tvs.resize(chunk);
 
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * chunk, t1 = std::min(time, (c + 1) * chunk);
-      // Recompute the chunk: states[i] is (S, z) after token t0 + i; the
-      // state before the chunk is its checkpoint.
+      // Recompute the chunk by the recurrence: states[i] is (S, z) after
+      // token t0 + i, tvs[i] that token's values; the state before the chunk
+      // is its checkpoint.
       states.resize((t1 - t0) * (sz + zf));
-      std::copy(checkpoints.begin() + c * (sz + zf), checkpoints.begin() + c * (sz + zf) + sz,
-                s.begin());
-      if (zf) std::copy(checkpoints.begin() + c * (sz + zf) + sz,
-                        checkpoints.begin() + (c + 1) * (sz + zf), z.begin());
+      auto before = [&](int64_t t) {
+        return t > t0 ? &states[(t - t0 - 1) * (sz + zf)] : cp + c * (sz + zf);
+      };
       for (int64_t t = t0; t < t1; ++t) {
-        ComputeToken(spec, row_of(t), favor_proj, s.data(), tv);
-        ApplyToken(spec, tv, s.data(), zf ? z.data() : nullptr);
-        std::copy(s.begin(), s.end(), states.begin() + (t - t0) * (sz + zf));
-        if (zf) std::copy(z.begin(), z.end(), states.begin() + (t - t0) * (sz + zf) + sz);
+        const float* prev = before(t);
+        float* next = &states[(t - t0) * (sz + zf)];
+        RecomputeToken(spec, row_of(t), favor_proj, prev, prev + sz, next,
+                       zf ? next + sz : nullptr, tvs[t - t0]);
       }
       for (int64_t t = t1 - 1; t >= t0; --t) {
-        const float* row = row_of(t);
-        const float* st = &states[(t - t0) * (sz + zf)];  // S_t
-        const float* zt = st + sz;                         // z_t
-        const float* sp = t > t0 ? &states[(t - t0 - 1) * (sz + zf)]
-                                 : &checkpoints[c * (sz + zf)];  // S_{t−1}
-        // Recompute this token's φq, φk and update from S_{t−1}.
-        ComputeToken(spec, row, favor_proj, sp, tv);
-        const float* pq = tv.phi_q.data();
-        const float* pk = tv.phi_k.data();
-        const float* u = tv.u.data();
-        const float* dyt = dy + (b * time + t) * y_width + h * dv;
-        // y = factor · S_tᵀφq, factor = scale (or scale / (z_t·φq)).
-        float factor = scale, dden = 0.0f;
-        bool normalised = false;
-        if (zf) {
-          float den = 0.0f;
-          for (int64_t r = 0; r < dp; ++r) den += zt[r] * pq[r];
-          if (den > 0.0f) {
-            normalised = true;
-            factor = scale / den;
-            // ∂L/∂den = −Σ_j dy_j y_j / den, with y = factor · S_tᵀφq.
-            float dot = 0.0f;
-            for (int64_t j = 0; j < dv; ++j) {
-              float n = 0.0f;
-              for (int64_t r = 0; r < dp; ++r) n += st[r * dv + j] * pq[r];
-              dot += dyt[j] * n * factor;
-            }
-            dden = -dot / den;
-          }
-        }
-        for (int64_t j = 0; j < dv; ++j) dn[j] = dyt[j] * factor;
-        // φq gets S_t dn (+ z_t dden); S_t gets φq dnᵀ; z_t gets φq dden.
-        for (int64_t r = 0; r < dp; ++r) {
-          float acc = 0.0f;
-          const float* str = st + r * dv;
-          for (int64_t j = 0; j < dv; ++j) acc += str[j] * dn[j];
-          dphi_q[r] = acc + (normalised ? zt[r] * dden : 0.0f);
-          float* dsr = &ds[r * dv];
-          for (int64_t j = 0; j < dv; ++j) dsr[j] += pq[r] * dn[j];
-          if (normalised) dz[r] += pq[r] * dden;
-        }
-        // S_t = S_{t−1} + φk uᵀ: du = dS_tᵀφk, dφk = dS_t u (+ dz_t).
-        std::fill(du.begin(), du.end(), 0.0f);
-        for (int64_t r = 0; r < dp; ++r) {
-          const float* dsr = &ds[r * dv];
-          float acc = 0.0f;
-          for (int64_t j = 0; j < dv; ++j) {
-            du[j] += dsr[j] * pk[r];
-            acc += dsr[j] * u[j];
-          }
-          dphi_k[r] = acc + (zf ? dz[r] : 0.0f);
-        }
-        float* drow = dqkvb + (b * time + t) * row_width + h * spec.HeadWidth();
-        if (delta) {
-          // u = β (v − v̄), v̄ = S_{t−1}ᵀφk.
-          const float beta = tv.beta;
-          float dbeta = 0.0f;
-          for (int64_t j = 0; j < dv; ++j) {
-            dbeta += du[j] * tv.v_minus_vbar[j];
-            drow[2 * dk + j] = beta * du[j];
-            dvbar[j] = -beta * du[j];
-          }
-          drow[2 * dk + dv] = dbeta * beta * (1.0f - beta);
-          for (int64_t r = 0; r < dp; ++r) {
-            const float* spr = sp + r * dv;
-            float* dsr = &ds[r * dv];
-            float acc = 0.0f;
-            for (int64_t j = 0; j < dv; ++j) {
-              acc += spr[j] * dvbar[j];
-              dsr[j] += pk[r] * dvbar[j];  // dS_{t−1} = dS_t + φk dv̄ᵀ
-            }
-            dphi_k[r] += acc;
-          }
-        } else {
-          for (int64_t j = 0; j < dv; ++j) drow[2 * dk + j] = du[j];
-        }
-        FeatureMapRowBackward(spec.phi, row, dk, favor_proj, dphi_q.data(), drow);
-        FeatureMapRowBackward(spec.phi, row + dk, dk, favor_proj, dphi_k.data(), drow + dk);
+        const float* st = &states[(t - t0) * (sz + zf)];
+        BackwardToken(spec, row_of(t), favor_proj, tvs[t - t0], st, st + sz, before(t),
+                      dy + (b * time + t) * y_width + h * dv, g,
+                      dqkvb + (b * time + t) * row_width + h * spec.HeadWidth());
       }
     }
-    if (ds_out) std::copy(ds.begin(), ds.end(), ds_out);
-    if (dz_out) std::copy(dz.begin(), dz.end(), dz_out);
+    if (ds_out) std::copy(g.ds.begin(), g.ds.end(), ds_out);
+    if (dz_out) std::copy(g.dz.begin(), g.dz.end(), dz_out);
   });
 }
 

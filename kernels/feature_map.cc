@@ -31,12 +31,17 @@ void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
   const int64_t d_phi = spec.OutputDim(d);
   switch (spec.kind) {
     case FeatureMapKind::kDpfp: {
+      // r once, then each roll as two contiguous runs (no index arithmetic
+      // per element): out_i = r_i · r_{(i − j) mod 2d}.
       const int64_t two_d = 2 * d;
+      thread_local std::vector<float> r;
+      r.resize(two_d);
+      for (int64_t i = 0; i < two_d; ++i) r[i] = math::DpfpR(x, d, i);
       for (int64_t j = 1; j <= spec.nu; ++j) {
         float* out = phi + (j - 1) * two_d;
-        for (int64_t i = 0; i < two_d; ++i) {
-          out[i] = math::DpfpR(x, d, i) * math::DpfpR(x, d, math::RollSource(i, j, two_d));
-        }
+        const int64_t shift = j % two_d;
+        for (int64_t i = 0; i < shift; ++i) out[i] = r[i] * r[i - shift + two_d];
+        for (int64_t i = shift; i < two_d; ++i) out[i] = r[i] * r[i - shift];
       }
       break;
     }

@@ -166,7 +166,8 @@ std::vector<RetrievalTask::Sample> RetrievalTask::DrawAllQueries(Rng& rng) const
 }
 
 absl::StatusOr<double> RetrievalTask::Run(const std::vector<Sample>& samples, bool train,
-                                          std::vector<int32_t>* predictions) {
+                                          std::vector<int32_t>* predictions,
+                                          std::vector<float>* final_states) {
   Backend& B = backend_;
   Parameters& p = *params_;
   const int64_t n = samples.size(), T = samples[0].keys.size();
@@ -223,6 +224,7 @@ absl::StatusOr<double> RetrievalTask::Run(const std::vector<Sample>& samples, bo
   B.Zero(state.data(), state.bytes());
   B.FastWeightSequence(spec_, qkvb_d.f32(), nullptr, slot_ids, n, T, view, y.f32(), 64);
   const auto y_h = Download(B, y, rows * S);
+  if (final_states) *final_states = Download(B, state, n * slot_floats);
 
   // Loss ½‖v − ŷ‖² per sequence, averaged.
   double loss = 0;
@@ -294,23 +296,80 @@ absl::StatusOr<double> RetrievalTask::TrainStep() {
   return Run(DrawBatch(config_.batch, rng_), /*train=*/true, nullptr);
 }
 
-absl::StatusOr<RetrievalEval> RetrievalTask::Evaluate() {
+absl::StatusOr<RetrievalEval> RetrievalTask::Evaluate(bool rerun_each_query) {
+  std::vector<std::vector<Sample>> sets;
+  for (int64_t i = 0; i < config_.eval_sequences; ++i) sets.push_back(DrawAllQueries(rng_));
+  if (rerun_each_query) return EvaluateByRerun(sets);
+  Backend& B = backend_;
+  Parameters& p = *params_;
+  const int64_t S = config_.pairs, d = config_.d_key, e = embed_, dp = spec_.DPhi();
+  // Each sequence's writes once; its final memory is what every query reads.
+  std::vector<Sample> bases;
+  std::vector<int32_t> query_ids;
+  for (const auto& set : sets) {
+    bases.push_back(set[0]);
+    for (const Sample& s : set) query_ids.push_back(s.query);
+  }
+  std::vector<float> states;
+  FWP_RETURN_IF_ERROR(Run(bases, /*train=*/false, nullptr, &states).status());
+  const int64_t slot_floats = static_cast<int64_t>(states.size()) / config_.eval_sequences;
+  // q = W_q E[query] + b_q for every query, on the backend.
+  const int64_t nq = query_ids.size();
+  FWP_ASSIGN_OR_RETURN(Buffer ids_d, Upload(B, query_ids));
+  FWP_ASSIGN_OR_RETURN(Buffer eq, Buffer::Allocate(B, nq * e * sizeof(float)));
+  FWP_ASSIGN_OR_RETURN(Buffer q, Buffer::Allocate(B, nq * d * sizeof(float)));
+  B.Embedding(static_cast<const int32_t*>(ids_d.data()), nullptr, nq, p.E.data.f32(), e, eq.f32());
+  B.Matmul(eq.f32(), p.W_q.data.f32(), p.b_q.data.f32(), q.f32(), nq, d, e, false);
+  const auto q_h = Download(B, q, nq * d);
+  // The read-out y = scale · φ(q) S (÷ φ(q)·z when it is positive), as the
+  // memory's own read-out after the last write.
+  const float scale = spec_.Scale();
+  std::vector<float> phi(dp);
+  std::vector<double> y(S);
   double loss = 0;
-  int64_t batches = 0, correct = 0, total = 0;
-  for (int64_t seq = 0; seq < config_.eval_sequences; ++seq) {
-    const auto all = DrawAllQueries(rng_);
+  int64_t correct = 0, at = 0;
+  for (size_t i = 0; i < sets.size(); ++i) {
+    const float* Sm = &states[i * slot_floats];
+    const float* z = spec_.HasNormalizer() ? Sm + dp * S : nullptr;
+    for (const Sample& s : sets[i]) {
+      FeatureMapRow(spec_.phi, &q_h[at++ * d], d, nullptr, phi.data());
+      std::fill(y.begin(), y.end(), 0.0);
+      double den = 0;
+      for (int64_t r = 0; r < dp; ++r) {
+        const float* row = Sm + r * S;
+        for (int64_t j = 0; j < S; ++j) y[j] += static_cast<double>(phi[r]) * row[j];
+        if (z) den += static_cast<double>(phi[r]) * z[r];
+      }
+      const double f = den > 0 ? scale / den : scale;
+      int64_t best = 0;
+      for (int64_t j = 0; j < S; ++j) {
+        y[j] *= f;
+        const double diff = y[j] - (j == s.target ? 1.0 : 0.0);
+        loss += 0.5 * diff * diff;
+        if (y[j] > y[best]) best = j;
+      }
+      correct += best == s.target;
+    }
+  }
+  return RetrievalEval{loss / nq, static_cast<double>(correct) / nq};
+}
+
+absl::StatusOr<RetrievalEval> RetrievalTask::EvaluateByRerun(
+    const std::vector<std::vector<Sample>>& sets) {
+  double loss = 0;
+  int64_t correct = 0, total = 0;
+  for (const auto& all : sets) {
     for (size_t i = 0; i < all.size(); i += config_.batch) {
       std::vector<Sample> part(all.begin() + i,
                                all.begin() + std::min(all.size(), i + config_.batch));
       std::vector<int32_t> predicted;
       FWP_ASSIGN_OR_RETURN(double l, Run(part, /*train=*/false, &predicted));
-      loss += l;
-      ++batches;
+      loss += l * part.size();
       for (size_t j = 0; j < part.size(); ++j) correct += predicted[j] == part[j].target;
       total += part.size();
     }
   }
-  return RetrievalEval{loss / batches, static_cast<double>(correct) / total};
+  return RetrievalEval{loss / total, static_cast<double>(correct) / total};
 }
 
 absl::StatusOr<RetrievalResult> RetrievalTask::Train(

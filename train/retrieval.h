@@ -67,8 +67,13 @@ class RetrievalTask {
 
   // One Adam step on a fresh batch; returns the batch loss.
   absl::StatusOr<double> TrainStep();
-  // Loss and accuracy over eval_sequences fresh sequences, every query each.
-  absl::StatusOr<RetrievalEval> Evaluate();
+  // Loss (mean over queries) and accuracy over eval_sequences fresh
+  // sequences, each queried with every key it holds. The memory after a
+  // sequence's writes is the same for all its queries, so each sequence runs
+  // once and every query reads its final state. `rerun_each_query` is the
+  // paper's code's way instead: every query in a sequence of its own (S×
+  // the work; the two agree to float rounding, which the tests check).
+  absl::StatusOr<RetrievalEval> Evaluate(bool rerun_each_query = false);
   // Trains with the paper's stopping rule; `on_eval` sees every evaluation.
   absl::StatusOr<RetrievalResult> Train(
       const std::function<void(int64_t step, const RetrievalEval&)>& on_eval);
@@ -79,10 +84,17 @@ class RetrievalTask {
   struct Sample;
   struct Parameters;
   explicit RetrievalTask(Backend& backend, const RetrievalConfig& config);
+  // Forward (and with `train` backward and an Adam step) over samples that
+  // share one length. `final_states`, when given, receives each sequence's
+  // memory after its last write ([n, slot floats]: S, then z if any).
   absl::StatusOr<double> Run(const std::vector<Sample>& samples, bool train,
-                             std::vector<int32_t>* predictions);
+                             std::vector<int32_t>* predictions,
+                             std::vector<float>* final_states = nullptr);
   std::vector<Sample> DrawBatch(int64_t n, Rng& rng) const;
+  // A test sequence of S pairs and its queries: one sample per distinct key,
+  // the target being the key's most recent value.
   std::vector<Sample> DrawAllQueries(Rng& rng) const;
+  absl::StatusOr<RetrievalEval> EvaluateByRerun(const std::vector<std::vector<Sample>>& sets);
 
   Backend& backend_;
   RetrievalConfig config_;
