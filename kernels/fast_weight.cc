@@ -15,6 +15,13 @@ const char* UpdateRuleName(UpdateRule rule) {
   return rule == UpdateRule::kDelta ? "delta" : "sum";
 }
 
+std::optional<UpdateRule> UpdateRuleFromName(std::string_view name) {
+  for (UpdateRule rule : {UpdateRule::kDelta, UpdateRule::kSum}) {
+    if (name == UpdateRuleName(rule)) return rule;
+  }
+  return std::nullopt;
+}
+
 float FastWeightSpec::Scale() const {
   return scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d_head));
 }

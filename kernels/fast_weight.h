@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include "kernels/feature_map.h"
@@ -41,6 +42,8 @@ namespace fwp {
 enum class UpdateRule { kDelta, kSum };
 
 const char* UpdateRuleName(UpdateRule rule);
+// The rule UpdateRuleName gives `name`; nullopt for no rule.
+std::optional<UpdateRule> UpdateRuleFromName(std::string_view name);
 
 struct FastWeightSpec {
   UpdateRule update = UpdateRule::kDelta;

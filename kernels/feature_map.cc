@@ -3,6 +3,8 @@
 #include "kernels/shared_math.h"
 
 #include <cmath>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 namespace fwp {
@@ -16,6 +18,14 @@ const char* FeatureMapName(FeatureMapKind kind) {
     case FeatureMapKind::kIdentity: return "identity";
   }
   return "?";
+}
+
+std::optional<FeatureMapKind> FeatureMapFromName(std::string_view name) {
+  for (FeatureMapKind kind : {FeatureMapKind::kDpfp, FeatureMapKind::kElu1, FeatureMapKind::kFavor,
+                              FeatureMapKind::kRelu, FeatureMapKind::kIdentity}) {
+    if (name == FeatureMapName(kind)) return kind;
+  }
+  return std::nullopt;
 }
 
 int64_t FeatureMapSpec::OutputDim(int64_t d) const {

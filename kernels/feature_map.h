@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 namespace fwp {
@@ -24,6 +25,8 @@ namespace fwp {
 enum class FeatureMapKind { kDpfp, kElu1, kFavor, kRelu, kIdentity };
 
 const char* FeatureMapName(FeatureMapKind kind);
+// The kind FeatureMapName gives `name`; nullopt for no kind.
+std::optional<FeatureMapKind> FeatureMapFromName(std::string_view name);
 
 struct FeatureMapSpec {
   FeatureMapKind kind = FeatureMapKind::kDpfp;

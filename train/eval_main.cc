@@ -6,6 +6,12 @@
 // an empty state, as during training. --context stream: the whole split as
 // one stream with the state carried throughout, every prediction seeing all
 // that came before (the recurrent model's unbounded context).
+//
+//   fwp-eval --retrieval runs/retrieval/models/delta+dpfp1-setting2-S40.safetensors
+//
+// scores a memory saved by fwp-retrieval --save on --sequences fresh test
+// sequences (each queried with every key it holds): loss ½‖v − ŷ‖² and the
+// fraction of queries whose largest output is the right value.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -16,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "model/model_dir.h"
 #include "nlohmann/json.hpp"
+#include "train/retrieval.h"
 #include "train/token_file.h"
 
 ABSL_FLAG(std::string, model, "models/default", "model directory");
@@ -24,6 +31,9 @@ ABSL_FLAG(std::string, split, "valid", "train, valid or test");
 ABSL_FLAG(std::string, context, "window", "window or stream");
 ABSL_FLAG(int64_t, seq, 128, "window length (--context window)");
 ABSL_FLAG(int64_t, batch, 16, "windows per forward pass");
+ABSL_FLAG(std::string, retrieval, "", "a retrieval memory saved by fwp-retrieval --save: score it");
+ABSL_FLAG(int64_t, sequences, 100, "test sequences for --retrieval");
+ABSL_FLAG(uint64_t, seed, 12345, "seed of the --retrieval test sequences");
 
 namespace {
 
@@ -32,11 +42,33 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
+int EvaluateRetrieval(fwp::Backend& backend, const std::string& path) {
+  auto task = fwp::RetrievalTask::Load(backend, path, absl::GetFlag(FLAGS_seed));
+  if (!task.ok()) return Fail(task.status());
+  const int64_t sequences = absl::GetFlag(FLAGS_sequences);
+  if (sequences < 1) return Fail(absl::InvalidArgumentError("--sequences must be ≥ 1"));
+  (*task)->set_eval_sequences(sequences);
+  auto eval = (*task)->Evaluate();
+  if (!eval.ok()) return Fail(eval.status());
+  const fwp::RetrievalConfig& c = (*task)->config();
+  std::printf("%s: setting %d, S %lld, %s + %s%s, trained %lld steps: %lld sequences, "
+              "%lld queries, loss %.6f, accuracy %.4f\n",
+              path.c_str(), c.setting, (long long)c.pairs, fwp::UpdateRuleName(c.update),
+              fwp::FeatureMapName(c.phi.kind),
+              c.phi.kind == fwp::FeatureMapKind::kDpfp ? std::to_string(c.phi.nu).c_str() : "",
+              (long long)(*task)->steps(), (long long)sequences,
+              (long long)eval->queries, eval->loss, eval->accuracy);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   auto backend = fwp::MakeCpuBackend();
+  if (!absl::GetFlag(FLAGS_retrieval).empty()) {
+    return EvaluateRetrieval(*backend, absl::GetFlag(FLAGS_retrieval));
+  }
   auto loaded = fwp::LoadModelDir(absl::GetFlag(FLAGS_model), *backend);
   if (!loaded.ok()) return Fail(loaded.status());
   fwp::Model& model = *loaded->model;

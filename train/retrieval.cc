@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "model/safetensors.h"
 #include "kernels/status_macros.h"
 
 namespace fwp {
@@ -26,6 +30,12 @@ struct Tensor {
 struct RetrievalTask::Parameters {
   Tensor E, W_kv, W_ke, b_k, W_bv, W_be, b_b, W_q, b_q;
   std::vector<Tensor*> All() { return {&E, &W_kv, &W_ke, &b_k, &W_bv, &W_be, &b_b, &W_q, &b_q}; }
+  // Names and shapes as saved, in the order of All().
+  static std::vector<std::pair<std::string, std::vector<int64_t>>> Layout(int64_t S, int64_t d,
+                                                                         int64_t e) {
+    return {{"E", {S, e}},  {"W_kv", {d, S}}, {"W_ke", {d, e}}, {"b_k", {d}}, {"W_bv", {1, S}},
+            {"W_be", {1, e}}, {"b_b", {1}},   {"W_q", {d, e}},  {"b_q", {d}}};
+  }
 };
 
 namespace {
@@ -292,6 +302,102 @@ absl::StatusOr<double> RetrievalTask::Run(const std::vector<Sample>& samples, bo
   return loss;
 }
 
+constexpr char kFormat[] = "fwp-retrieval";
+
+absl::Status RetrievalTask::Save(const std::string& path) const {
+  const auto layout = Parameters::Layout(config_.pairs, config_.d_key, embed_);
+  const auto tensors = params_->All();
+  std::vector<std::vector<float>> host;
+  std::vector<TensorToWrite> out;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    host.push_back(Download(backend_, tensors[i]->data, tensors[i]->size));
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    out.push_back({layout[i].first, DType::kF32, layout[i].second,
+                   absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(host[i].data()),
+                                       host[i].size() * sizeof(float))});
+  }
+  const std::map<std::string, std::string> metadata = {
+      {"format", kFormat},
+      {"setting", std::to_string(config_.setting)},
+      {"pairs", std::to_string(config_.pairs)},
+      {"d_key", std::to_string(config_.d_key)},
+      {"update", UpdateRuleName(config_.update)},
+      {"feature_map", FeatureMapName(config_.phi.kind)},
+      {"nu", std::to_string(config_.phi.nu)},
+      {"steps", std::to_string(step_)},
+  };
+  return WriteSafetensors(path, out, metadata);
+}
+
+absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Load(Backend& backend,
+                                                                   const std::string& path,
+                                                                   uint64_t seed) {
+  FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  const auto& meta = file->metadata();
+  auto field = [&](const char* key) -> absl::StatusOr<std::string> {
+    auto it = meta.find(key);
+    if (it == meta.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": not a retrieval model (no metadata '", key, "')"));
+    }
+    return it->second;
+  };
+  auto number = [&](const char* key, int64_t lo, int64_t hi) -> absl::StatusOr<int64_t> {
+    FWP_ASSIGN_OR_RETURN(std::string text, field(key));
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(text, &value) || value < lo || value > hi) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": metadata '", key, "' is '", text,
+                                                     "', not a number in [", lo, ", ", hi, "]"));
+    }
+    return value;
+  };
+  FWP_ASSIGN_OR_RETURN(std::string format, field("format"));
+  if (format != kFormat) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": format is '", format, "', not '", kFormat, "'"));
+  }
+  RetrievalConfig config;
+  config.seed = seed;
+  FWP_ASSIGN_OR_RETURN(int64_t setting, number("setting", 1, 2));
+  config.setting = static_cast<int>(setting);
+  FWP_ASSIGN_OR_RETURN(config.pairs, number("pairs", 2, 1 << 20));
+  FWP_ASSIGN_OR_RETURN(config.d_key, number("d_key", 1, 1 << 16));
+  FWP_ASSIGN_OR_RETURN(int64_t nu, number("nu", 1, 16));
+  config.phi.nu = static_cast<int>(nu);
+  FWP_ASSIGN_OR_RETURN(std::string update, field("update"));
+  FWP_ASSIGN_OR_RETURN(std::string phi, field("feature_map"));
+  const auto rule = UpdateRuleFromName(update);
+  const auto kind = FeatureMapFromName(phi);
+  if (!rule || !kind) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": unknown ", rule ? "feature map '" : "update rule '", rule ? phi : update, "'"));
+  }
+  config.update = *rule;
+  config.phi.kind = *kind;
+  FWP_ASSIGN_OR_RETURN(auto task, Create(backend, config));
+  FWP_ASSIGN_OR_RETURN(task->step_, number("steps", 0, int64_t{1} << 40));
+  const auto layout = Parameters::Layout(config.pairs, config.d_key, task->embed_);
+  const auto tensors = task->params_->All();
+  if (file->tensors().size() != layout.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": holds ", file->tensors().size(),
+                                                   " tensors, a retrieval model ", layout.size()));
+  }
+  for (size_t i = 0; i < layout.size(); ++i) {
+    const auto& [name, shape] = layout[i];
+    const TensorInfo* info = file->Find(name);
+    if (info == nullptr || info->shape != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": tensor '", name, "' ", info ? "has the wrong shape" : "is missing",
+          " (S = ", config.pairs, ", d_key = ", config.d_key, " needs [",
+          absl::StrJoin(shape, ", "), "])"));
+    }
+    FWP_ASSIGN_OR_RETURN(std::vector<float> values, file->ReadF32(name));
+    backend.CopyToDevice(tensors[i]->data.data(), values.data(), values.size() * sizeof(float));
+  }
+  return task;
+}
+
 absl::StatusOr<double> RetrievalTask::TrainStep() {
   return Run(DrawBatch(config_.batch, rng_), /*train=*/true, nullptr);
 }
@@ -351,7 +457,7 @@ absl::StatusOr<RetrievalEval> RetrievalTask::Evaluate(bool rerun_each_query) {
       correct += best == s.target;
     }
   }
-  return RetrievalEval{loss / nq, static_cast<double>(correct) / nq};
+  return RetrievalEval{loss / nq, static_cast<double>(correct) / nq, nq};
 }
 
 absl::StatusOr<RetrievalEval> RetrievalTask::EvaluateByRerun(
@@ -369,7 +475,7 @@ absl::StatusOr<RetrievalEval> RetrievalTask::EvaluateByRerun(
       total += part.size();
     }
   }
-  return RetrievalEval{loss / total, static_cast<double>(correct) / total};
+  return RetrievalEval{loss / total, static_cast<double>(correct) / total, total};
 }
 
 absl::StatusOr<RetrievalResult> RetrievalTask::Train(

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
@@ -51,6 +52,7 @@ struct RetrievalConfig {
 struct RetrievalEval {
   double loss = 0;
   double accuracy = 0;  // argmax ŷ = target
+  int64_t queries = 0;
 };
 
 struct RetrievalResult {
@@ -78,7 +80,19 @@ class RetrievalTask {
   absl::StatusOr<RetrievalResult> Train(
       const std::function<void(int64_t step, const RetrievalEval&)>& on_eval);
 
+  // The trained parameters and the task's shape (setting, S, d_key, update
+  // rule, feature map) in one safetensors file; Load refuses a file that is
+  // not one, naming what is wrong. A loaded task draws fresh sequences from
+  // `seed`.
+  absl::Status Save(const std::string& path) const;
+  static absl::StatusOr<std::unique_ptr<RetrievalTask>> Load(Backend& backend,
+                                                             const std::string& path,
+                                                             uint64_t seed);
+
   const FastWeightSpec& memory() const { return spec_; }
+  const RetrievalConfig& config() const { return config_; }
+  void set_eval_sequences(int64_t n) { config_.eval_sequences = n; }
+  int64_t steps() const { return step_; }
 
  private:
   struct Sample;

@@ -4,8 +4,11 @@
 //   fwp-retrieval --setting 2 --update delta --phi elu1 --from 20 --to 200 --by 20
 //
 // For each S it trains with the paper's schedule and stopping rule and prints
-// (and appends to --csv) the final and best evaluation loss and accuracy.
+// (and appends to --csv) the final and best evaluation loss and accuracy;
+// --save DIR keeps each trained memory as DIR/<rule>+<map>-setting<k>-S<S>.safetensors
+// (fwp-eval --retrieval FILE scores it again on fresh sequences).
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/flags/flag.h"
@@ -23,6 +26,14 @@ ABSL_FLAG(int64_t, max_steps, 100000, "step budget per S");
 ABSL_FLAG(uint64_t, seed, 1, "seed");
 ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, csv, "", "append results to this CSV file");
+ABSL_FLAG(std::string, save, "", "directory to save each trained memory in");
+ABSL_FLAG(int64_t, eval_every, 100, "steps between evaluations");
+ABSL_FLAG(int64_t, eval_sequences, 20, "test sequences per evaluation (each queried with every key)");
+ABSL_FLAG(int64_t, patience, 10, "stop after this many evaluations without improvement");
+ABSL_FLAG(int64_t, batch, 32, "sequences per step");
+ABSL_FLAG(double, lr, 1e-3, "Adam learning rate");
+ABSL_FLAG(int64_t, d_key, 64, "key (and query) dimension");
+ABSL_FLAG(bool, progress, false, "print every evaluation");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -35,15 +46,39 @@ int main(int argc, char** argv) {
   backend->SetBatchInvariant(false);  // training: cuBLAS
   fwp::RetrievalConfig config;
   config.setting = absl::GetFlag(FLAGS_setting);
-  config.update = absl::GetFlag(FLAGS_update) == "sum" ? fwp::UpdateRule::kSum : fwp::UpdateRule::kDelta;
-  const std::string phi = absl::GetFlag(FLAGS_phi);
-  config.phi.kind = phi == "elu1" ? fwp::FeatureMapKind::kElu1
-                    : phi == "relu" ? fwp::FeatureMapKind::kRelu
-                    : phi == "identity" ? fwp::FeatureMapKind::kIdentity
-                                        : fwp::FeatureMapKind::kDpfp;
+  const std::string update = absl::GetFlag(FLAGS_update), phi = absl::GetFlag(FLAGS_phi);
+  const auto rule = fwp::UpdateRuleFromName(update);
+  const auto kind = fwp::FeatureMapFromName(phi);
+  if (!rule || !kind) {
+    std::fprintf(stderr, "fwp-retrieval: unknown %s '%s'\n", rule ? "--phi" : "--update",
+                 (rule ? phi : update).c_str());
+    return 1;
+  }
+  config.update = *rule;
+  config.phi.kind = *kind;
   config.phi.nu = absl::GetFlag(FLAGS_nu);
   config.max_steps = absl::GetFlag(FLAGS_max_steps);
   config.seed = absl::GetFlag(FLAGS_seed);
+  config.eval_every = absl::GetFlag(FLAGS_eval_every);
+  config.eval_sequences = absl::GetFlag(FLAGS_eval_sequences);
+  config.patience = absl::GetFlag(FLAGS_patience);
+  config.batch = absl::GetFlag(FLAGS_batch);
+  config.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
+  config.d_key = absl::GetFlag(FLAGS_d_key);
+  if (config.eval_every < 1 || config.eval_sequences < 1 || config.max_steps < 1) {
+    std::fprintf(stderr, "fwp-retrieval: --eval_every, --eval_sequences and --max_steps must be ≥ 1\n");
+    return 1;
+  }
+  const std::string save_dir = absl::GetFlag(FLAGS_save);
+  if (!save_dir.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(save_dir, error);
+    if (error) {
+      std::fprintf(stderr, "fwp-retrieval: cannot create %s: %s\n", save_dir.c_str(),
+                   error.message().c_str());
+      return 1;
+    }
+  }
   const std::string name = absl::GetFlag(FLAGS_update) + "+" + phi +
                            (phi == "dpfp" ? std::to_string(config.phi.nu) : "");
   std::printf("%-12s %7s %5s %8s %11s %9s %11s %9s\n", "memory", "setting", "S", "steps",
@@ -55,7 +90,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "fwp-retrieval: %s\n", std::string(task.status().message()).c_str());
       return 1;
     }
-    auto result = (*task)->Train([](int64_t, const fwp::RetrievalEval&) {});
+    const bool progress = absl::GetFlag(FLAGS_progress);
+    auto result = (*task)->Train([&](int64_t step, const fwp::RetrievalEval& eval) {
+      if (progress) {
+        std::printf("  S=%lld step %lld: loss %.4f, accuracy %.3f\n", (long long)S,
+                    (long long)step, eval.loss, eval.accuracy);
+        std::fflush(stdout);
+      }
+    });
     if (!result.ok()) {
       std::fprintf(stderr, "fwp-retrieval: %s\n", std::string(result.status().message()).c_str());
       return 1;
@@ -64,6 +106,16 @@ int main(int argc, char** argv) {
                 (long long)S, (long long)result->steps, result->last.loss, result->last.accuracy,
                 result->best.loss, result->best.accuracy);
     std::fflush(stdout);
+    if (!save_dir.empty()) {
+      const std::string path = save_dir + "/" + name + "-setting" +
+                               std::to_string(config.setting) + "-S" + std::to_string(S) +
+                               ".safetensors";
+      const absl::Status saved = (*task)->Save(path);
+      if (!saved.ok()) {
+        std::fprintf(stderr, "fwp-retrieval: %s\n", std::string(saved.message()).c_str());
+        return 1;
+      }
+    }
     if (!absl::GetFlag(FLAGS_csv).empty()) {
       std::ofstream(absl::GetFlag(FLAGS_csv), std::ios::app)
           << name << ',' << config.setting << ',' << S << ',' << result->steps << ','
