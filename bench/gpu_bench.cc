@@ -167,6 +167,37 @@ void Sequence(fwp::Backend& gpu) {
   }
 }
 
+// The sampler: next tokens for `rows` rows of a vocabulary of 8192 (the
+// default model's), greedy and top-p 0.9 at temperature 1, on the GPU (only
+// tokens come back) and on this machine's CPU backend (from host logits), per
+// decode step.
+void Sampler(fwp::Backend& gpu) {
+  const int64_t vocab = 8192;
+  auto cpu = fwp::MakeCpuBackend();
+  std::printf("\nsampler: vocabulary %lld, per step\n", (long long)vocab);
+  std::printf("%6s | %12s %12s | %12s %12s\n", "rows", "greedy GPU", "greedy CPU", "top-p GPU",
+              "top-p CPU");
+  fwp::Rng rng(5);
+  for (int64_t rows : {1, 64, 256}) {
+    auto logits = RandomBuffer(gpu, rows * vocab, rng, 3.0);
+    std::vector<float> host(rows * vocab);
+    gpu.CopyToHost(host.data(), logits.data(), host.size() * sizeof(float));
+    std::vector<fwp::RowSampling> greedy(rows), top_p(rows);
+    for (auto& r : top_p) {
+      r.params.temperature = 1.0f;
+      r.params.top_p = 0.9f;
+      r.uniform = rng.Uniform();
+    }
+    std::vector<int32_t> tokens(rows);
+    auto time = [&](fwp::Backend& b, const float* l, const std::vector<fwp::RowSampling>& s) {
+      return fwp::bench::TimePerCall(0.5, [&] { b.SampleRows(l, rows, vocab, s.data(), tokens.data()); });
+    };
+    std::printf("%6lld | %10.1fus %10.1fus | %10.1fus %10.1fus\n", (long long)rows,
+                time(gpu, logits.f32(), greedy) * 1e6, time(*cpu, host.data(), greedy) * 1e6,
+                time(gpu, logits.f32(), top_p) * 1e6, time(*cpu, host.data(), top_p) * 1e6);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -181,5 +212,6 @@ int main(int argc, char** argv) {
   const Ceilings ceilings = MeasureCeilings(**gpu);
   Decode(**gpu, ceilings);
   Sequence(**gpu);
+  Sampler(**gpu);
   return 0;
 }

@@ -18,6 +18,7 @@
 #include "kernels/adamw.h"
 #include "kernels/fast_weight.h"
 #include "kernels/feature_map.h"
+#include "kernels/sampling.h"
 
 namespace fwp {
 
@@ -98,6 +99,12 @@ class Backend {
                      const AdamWParams& params) = 0;
   // Σ x², returned to the host (synchronises).
   virtual double SumSquares(const float* x, int64_t n) = 0;
+
+  // Next tokens from rows × vocab logits (backend memory), one per row, by
+  // cpu::SampleWithDraw's definition; sampling and tokens are host arrays
+  // (synchronises). The logits stay where they are: only tokens come back.
+  virtual void SampleRows(const float* logits, int64_t rows, int64_t vocab,
+                          const RowSampling* sampling, int32_t* tokens) = 0;
 };
 
 // The CPU reference backend.

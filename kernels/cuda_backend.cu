@@ -165,6 +165,13 @@ class CudaBackend final : public Backend {
     return total;
   }
 
+  void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampling* sampling,
+                  int32_t* tokens) override {
+    const int64_t bytes = cuda::SampleScratchBytes(rows, vocab);
+    cuda::SampleRows(stream_, logits, rows, vocab, sampling, tokens,
+                     Scratch((bytes + sizeof(float) - 1) / sizeof(float)));
+  }
+
  private:
   // Device scratch of at least `floats`, kept between ops (one stream, so an
   // op's scratch is free again once the next op is enqueued). Scratch is

@@ -12,6 +12,7 @@
 #include "kernels/adamw.h"
 #include "kernels/fast_weight.h"
 #include "kernels/feature_map.h"
+#include "kernels/sampling.h"
 
 namespace fwp::cuda {
 
@@ -78,6 +79,13 @@ void SoftmaxCrossEntropy(cudaStream_t stream, const float* logits, const int32_t
 // adamw.cu
 void AdamW(cudaStream_t stream, float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWParams& params);
+// sampling.cu: one token per row of logits [rows, vocab] (device) into tokens
+// (host), by cpu::SampleWithDraw's definition; sampling is a host array.
+// scratch: SampleScratchBytes(rows, vocab) of device memory. Synchronises.
+int64_t SampleScratchBytes(int64_t rows, int64_t vocab);
+void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
+                const RowSampling* sampling, int32_t* tokens, void* scratch);
+
 // Σ x² as SumSquaresBlocks(n) partial doubles (device) for the host to add.
 int SumSquaresBlocks(int64_t n);
 void SumSquares(cudaStream_t stream, const float* x, int64_t n, double* partial);

@@ -44,6 +44,12 @@ void FeatureMapBackward(cudaStream_t stream, const FeatureMapSpec& spec, const f
                         const float* dphi, float* dx, int64_t dx_stride) {
   if (rows == 0) return;
   const size_t shared = PhiBackwardShared(spec, d) * sizeof(float);
+  if (shared > 48 * 1024) {  // beyond the default: opt in (wide DPFP ν or many favor features)
+    FWP_CUDA_CHECK("feature map backward smem",
+                   cudaFuncSetAttribute(FeatureMapBackwardKernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared)));
+  }
   FeatureMapBackwardKernel<<<static_cast<unsigned>(rows), kThreads, shared, stream>>>(
       spec, x, static_cast<int>(d), x_stride, favor_proj, dphi, dx, dx_stride);
   FWP_CUDA_LAUNCHED("feature map backward");

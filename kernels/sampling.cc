@@ -5,6 +5,9 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/shared_math.h"
+#include "kernels/thread_pool.h"
+
 namespace fwp::cpu {
 
 int32_t Argmax(const float* logits, int64_t vocab) {
@@ -17,52 +20,37 @@ int32_t Argmax(const float* logits, int64_t vocab) {
 
 int32_t SampleToken(const float* logits, int64_t vocab,
                     const SamplingParams& params, Rng& rng) {
-  if (params.temperature <= 0.0f || params.top_k == 1) {
-    return Argmax(logits, vocab);
+  if (params.greedy()) return Argmax(logits, vocab);
+  return SampleWithDraw(logits, vocab, params, rng.Uniform());
+}
+
+void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampling* sampling,
+                int32_t* tokens) {
+  CpuThreadPool().ParallelFor(rows, [&](int64_t i) {
+    const RowSampling& row = sampling[i];
+    tokens[i] = row.params.greedy()
+                    ? Argmax(logits + i * vocab, vocab)
+                    : SampleWithDraw(logits + i * vocab, vocab, row.params, row.uniform);
+  });
+}
+
+int32_t SampleWithDraw(const float* logits, int64_t vocab, const SamplingParams& params,
+                       double uniform) {
+  if (params.greedy()) return Argmax(logits, vocab);
+  // Candidates in sampling order: highest logit first, lower id among equals.
+  std::vector<uint64_t> keys(vocab);
+  for (int64_t i = 0; i < vocab; ++i) {
+    keys[i] = math::SampleOrderKey(logits[i], static_cast<int32_t>(i));
   }
-  // Candidates sorted by logit, highest first (stable: lower id wins ties).
-  std::vector<int32_t> ids(vocab);
-  std::iota(ids.begin(), ids.end(), 0);
   int64_t keep = vocab;
   if (params.top_k > 0 && params.top_k < vocab) keep = params.top_k;
-  std::partial_sort(ids.begin(), ids.begin() + keep, ids.end(),
-                    [&](int32_t a, int32_t b) {
-                      return logits[a] > logits[b] ||
-                             (logits[a] == logits[b] && a < b);
-                    });
-  ids.resize(keep);
+  std::partial_sort(keys.begin(), keys.begin() + keep, keys.end());
+  const auto id = [&](int64_t i) { return static_cast<int32_t>(keys[i] & 0xffffffffu); };
   const double inv_t = 1.0 / params.temperature;
-  const double top = logits[ids[0]];
+  const double top = logits[id(0)];
   std::vector<double> p(keep);
-  double total = 0.0;
-  for (int64_t i = 0; i < keep; ++i) {
-    p[i] = std::exp((logits[ids[i]] - top) * inv_t);
-    total += p[i];
-  }
-  if (params.top_p < 1.0f) {
-    double mass = 0.0;
-    int64_t n = 0;
-    while (n < keep) {
-      mass += p[n] / total;
-      ++n;
-      if (mass >= params.top_p) break;
-    }
-    keep = n;
-  }
-  if (params.min_p > 0.0f) {
-    // p[0] is the largest; keep tokens with p ≥ min_p · p_max.
-    int64_t n = 1;
-    while (n < keep && p[n] >= params.min_p * p[0]) ++n;
-    keep = n;
-  }
-  double kept = 0.0;
-  for (int64_t i = 0; i < keep; ++i) kept += p[i];
-  double r = rng.Uniform() * kept;
-  for (int64_t i = 0; i < keep; ++i) {
-    r -= p[i];
-    if (r < 0.0) return ids[i];
-  }
-  return ids[keep - 1];
+  for (int64_t i = 0; i < keep; ++i) p[i] = std::exp((logits[id(i)] - top) * inv_t);
+  return id(math::ChooseCandidate(p.data(), keep, params.top_p, params.min_p, uniform));
 }
 
 }  // namespace fwp::cpu

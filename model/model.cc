@@ -142,6 +142,31 @@ absl::Status Model::Step(StatePool& pool, absl::Span<const int32_t> slots,
   return Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, logits);
 }
 
+absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slots,
+                                  absl::Span<const int32_t> tokens,
+                                  absl::Span<const RowSampling> sampling, int32_t* next,
+                                  absl::Span<const int32_t> logits_rows, float* logits) {
+  if (tokens.size() != slots.size() || sampling.size() != slots.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step needs one token and one draw per session: ", slots.size(), " sessions, ",
+        tokens.size(), " tokens, ", sampling.size(), " draws"));
+  }
+  for (int32_t r : logits_rows) {
+    if (r < 0 || r >= static_cast<int64_t>(slots.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("logits row ", r, " is not a session's"));
+    }
+  }
+  if (slots.empty()) return absl::OkStatus();
+  FWP_RETURN_IF_ERROR(Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, nullptr));
+  const int64_t V = config_.vocab_size;
+  backend_.SampleRows(logits_.f32(), static_cast<int64_t>(slots.size()), V, sampling.data(),
+                      next);
+  for (size_t j = 0; j < logits_rows.size(); ++j) {
+    backend_.CopyToHost(logits + j * V, logits_.f32() + logits_rows[j] * V, V * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Model::Validate(const StatePool& pool, absl::Span<const int32_t> slots,
                              absl::Span<const int32_t> tokens) const {
   if (pool.slot_bytes() != state_layout().SlotBytes()) {
@@ -251,7 +276,7 @@ absl::Status Model::Run(StatePool& pool, absl::Span<const int32_t> slots,
                      c.norm_eps, xn);
   const float* head = c.tied_embeddings ? embed_.f32() : lm_head_.f32();
   backend_.Matmul(xn, head, nullptr, logits_.f32(), out_rows, V, D, false);
-  backend_.CopyToHost(logits, logits_.data(), out_rows * V * sizeof(float));
+  if (logits) backend_.CopyToHost(logits, logits_.data(), out_rows * V * sizeof(float));
   for (int64_t b = 0; b < batch; ++b) pool.Advance(slots[b], time);
   return absl::OkStatus();
 }

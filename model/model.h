@@ -59,6 +59,16 @@ class Model {
   absl::Status Step(StatePool& pool, absl::Span<const int32_t> slots,
                     absl::Span<const int32_t> tokens, float* logits);
 
+  // Step, with each session's next token drawn on the backend (Backend::
+  // SampleRows): sampling [slots] (host) in, next [slots] (host) out, so
+  // only tokens cross to the host. The rows listed in logits_rows (indices
+  // into slots) also copy their logits to logits (host) [logits_rows, vocab],
+  // for samplers that need the whole row.
+  absl::Status StepAndSample(StatePool& pool, absl::Span<const int32_t> slots,
+                             absl::Span<const int32_t> tokens,
+                             absl::Span<const RowSampling> sampling, int32_t* next,
+                             absl::Span<const int32_t> logits_rows, float* logits);
+
   // A trainable tensor: its name (model/README.md), device data, element count.
   struct Parameter {
     std::string name;
@@ -103,6 +113,8 @@ class Model {
 
   Model(Backend& backend, const Config& config);
 
+  // Leaves the logits in logits_ (device) and copies them to `logits` (host)
+  // unless it is null.
   absl::Status Run(StatePool& pool, absl::Span<const int32_t> slots,
                    absl::Span<const int32_t> tokens, int64_t time, bool step,
                    bool all_logits, float* logits);

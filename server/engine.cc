@@ -823,11 +823,12 @@ void Engine::Admit(Active& a) {
   a.phase = Active::Phase::kPrefill;
 }
 
-void Engine::FeedLogits(Active& a, const float* logits) {
+void Engine::FeedLogits(Active& a, const float* logits) { FeedPick(a, a.sampler->Sample(logits)); }
+
+void Engine::FeedPick(Active& a, TokenSampler::Pick pick) {
   const Job& job = *a.job;
   const GenerationParams& p = job.params;
   const auto now = Clock::now();
-  TokenSampler::Pick pick = a.sampler->Sample(logits);
   ++a.generated;
   ++metrics_->generated_tokens;
   ++rate_tokens_;
@@ -1061,13 +1062,32 @@ void Engine::Step() {
     }
   }
   if (!decode.empty()) {
-    if (auto s = model_.Step(*pool_, slots, tokens, logits_.data()); !s.ok()) {
+    // Tokens are drawn on the backend; only requests whose sampler needs the
+    // whole row (penalties, log-probabilities) get their logits on the host.
+    std::vector<RowSampling> draws(decode.size());
+    std::vector<int32_t> logits_rows, next(decode.size());
+    for (size_t i = 0; i < decode.size(); ++i) {
+      if (decode[i]->sampler->needs_logits()) {
+        logits_rows.push_back(static_cast<int32_t>(i));
+      } else {
+        draws[i] = decode[i]->sampler->Draw();
+      }
+    }
+    if (auto s = model_.StepAndSample(*pool_, slots, tokens, draws, next.data(), logits_rows,
+                                      logits_.data());
+        !s.ok()) {
       for (Active* a : decode) Finish(*a, FinishReason::kNone, s);
     } else {
       metrics_->batch_size.Observe(static_cast<double>(decode.size()));
+      size_t row = 0;
       for (size_t i = 0; i < decode.size(); ++i) {
-        decode[i]->session->position = pool_->position(decode[i]->session->slot);
-        FeedLogits(*decode[i], logits_.data() + i * vocab_);
+        Active& a = *decode[i];
+        a.session->position = pool_->position(a.session->slot);
+        if (row < logits_rows.size() && logits_rows[row] == static_cast<int32_t>(i)) {
+          FeedLogits(a, logits_.data() + row++ * vocab_);
+        } else {
+          FeedPick(a, a.sampler->Accept(next[i]));
+        }
       }
     }
   }

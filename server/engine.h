@@ -220,7 +220,8 @@ class Engine {
   std::string SnapshotPath(const std::string& id) const;
   void StartJob(std::unique_ptr<Job> job);
   void Admit(Active& active);
-  void FeedLogits(Active& active, const float* logits);
+  void FeedLogits(Active& active, const float* logits);  // samples on the host
+  void FeedPick(Active& active, TokenSampler::Pick pick);
   // Ends a request: releases (and with --snapshot_every_turn persists) its
   // session, then delivers `last` (the final event of a completed
   // generation) or the error / cancellation.

@@ -96,6 +96,31 @@ TokenSampler::TokenSampler(const GenerationParams& params, absl::Span<const int3
   }
 }
 
+bool TokenSampler::needs_logits() const {
+  return params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+         params_.frequency_penalty != 0.0f || params_.logprobs || params_.top_logprobs > 0;
+}
+
+RowSampling TokenSampler::Draw() {
+  RowSampling row{params_.sampling, 0.0};
+  if (!row.params.greedy()) row.uniform = rng_.Uniform();
+  return row;
+}
+
+TokenSampler::Pick TokenSampler::Accept(int32_t token) {
+  Record(token);
+  Pick pick;
+  pick.token = token;
+  return pick;
+}
+
+void TokenSampler::Record(int32_t token) {
+  if (!seen_.empty()) seen_[token] = 1;
+  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
+    ++output_counts_[token];
+  }
+}
+
 TokenSampler::Pick TokenSampler::Sample(const float* logits) {
   const float* row = logits;
   const bool penalised = params_.repetition_penalty != 1.0f ||
@@ -132,10 +157,7 @@ TokenSampler::Pick TokenSampler::Sample(const float* logits) {
       for (int64_t i = 0; i < k; ++i) pick.top.push_back({ids[i], logprob(ids[i])});
     }
   }
-  if (!seen_.empty()) seen_[pick.token] = 1;
-  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
-    ++output_counts_[pick.token];
-  }
+  Record(pick.token);
   return pick;
 }
 

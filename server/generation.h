@@ -66,7 +66,17 @@ class TokenSampler {
   // logits: [vocab] (not modified).
   Pick Sample(const float* logits);
 
+  // Whether Sample needs the whole row of logits (penalties, log-
+  // probabilities). When it does not, a batched draw on the backend gives
+  // the same token: Draw() before the step (it advances the Rng exactly as
+  // Sample would), Accept(token) after it.
+  bool needs_logits() const;
+  RowSampling Draw();
+  Pick Accept(int32_t token);
+
  private:
+  void Record(int32_t token);  // the token as part of the output (penalties)
+
   const GenerationParams& params_;
   int64_t vocab_;
   Rng rng_;

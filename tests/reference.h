@@ -9,6 +9,7 @@
 #include "kernels/fast_weight.h"
 #include "kernels/feature_map.h"
 #include "kernels/random.h"
+#include "kernels/sampling.h"
 
 namespace fwp::testing {
 
@@ -184,6 +185,38 @@ inline std::vector<FastWeightSpec> UnequalValueVariants(int64_t heads, int64_t d
     out.push_back(s);
   }
   return out;
+}
+
+// A batch of sampling rows for the sampler tests: logits [rows, vocab] with
+// repeated values (ties, and −0 beside +0), and every kind of row: greedy,
+// temperature only, top-k, top-p, min-p and all together, each with a draw.
+struct SamplingBatch {
+  int64_t rows = 0, vocab = 0;
+  std::vector<float> logits;
+  std::vector<RowSampling> sampling;
+};
+inline SamplingBatch RandomSamplingBatch(int64_t rows, int64_t vocab, Rng& rng) {
+  SamplingBatch b{rows, vocab, RandomVector(rows * vocab, rng, 3.0), {}};
+  for (int64_t i = 0; i < rows * vocab; i += 7) b.logits[i] = b.logits[i / 2];
+  for (int64_t r = 0; r < rows; ++r) {
+    b.logits[r * vocab + 1] = 0.0f;
+    b.logits[r * vocab + 2] = -0.0f;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    RowSampling row;
+    SamplingParams& p = row.params;
+    switch (r % 6) {
+      case 0: break;  // greedy
+      case 1: p.temperature = 0.7f; break;
+      case 2: p.temperature = 1.3f; p.top_k = 1 + static_cast<int32_t>(rng.Next() % 50); break;
+      case 3: p.temperature = 1.0f; p.top_p = 0.9f; break;
+      case 4: p.temperature = 0.9f; p.min_p = 0.05f; break;
+      case 5: p.temperature = 1.1f; p.top_k = 40; p.top_p = 0.8f; p.min_p = 0.02f; break;
+    }
+    if (!p.greedy()) row.uniform = rng.Uniform();
+    b.sampling.push_back(row);
+  }
+  return b;
 }
 
 }  // namespace fwp::testing

@@ -327,6 +327,23 @@ TEST_F(CudaOps, ThousandDecodeStepsOverSixtyFourSlotsMatchTheCpu) {
   }
 }
 
+// The GPU sampler picks the CPU's token for every kind of row (greedy, top-k,
+// top-p, min-p, with ties and ±0 in the logits), at a vocabulary that is not
+// a power of two. (A sampled row could differ only if CUDA's double exp and
+// the C library's differed by an ulp right at a draw's boundary.)
+TEST_F(CudaOps, SampleRowsMatchesTheCpu) {
+  Rng rng(21);
+  for (const int64_t vocab : {int64_t{5}, int64_t{3000}, int64_t{8192}}) {
+    const auto batch = testing::RandomSamplingBatch(96, vocab, rng);
+    std::vector<int32_t> cpu_tokens(batch.rows, -1), gpu_tokens(batch.rows, -1);
+    cpu_->SampleRows(batch.logits.data(), batch.rows, vocab, batch.sampling.data(),
+                     cpu_tokens.data());
+    gpu_->SampleRows(Up(batch.logits), batch.rows, vocab, batch.sampling.data(),
+                     gpu_tokens.data());
+    EXPECT_EQ(gpu_tokens, cpu_tokens) << "vocab " << vocab;
+  }
+}
+
 TEST_F(CudaOps, SoftmaxCrossEntropyAndAdamW) {
   Rng rng(9);
   const int64_t rows = 20, vocab = 3000;

@@ -2,11 +2,72 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <vector>
+
+#include "kernels/shared_math.h"
+#include "tests/reference.h"
 
 namespace fwp {
 namespace {
+
+// The integer sort key the GPU sampler sorts by orders candidates exactly as
+// the definition does: higher logit first, lower id first among equals.
+TEST(Sampling, OrderKeysSortLikeTheDefinition) {
+  Rng rng(5);
+  std::vector<float> logits = testing::RandomVector(5000, rng, 10.0);
+  for (size_t i = 0; i < logits.size(); i += 5) logits[i] = logits[i / 3];  // ties
+  logits[10] = 0.0f;
+  logits[11] = -0.0f;
+  logits[12] = -1e-30f;
+  logits[13] = 1e-30f;
+  logits[14] = -3e38f;
+  std::vector<int32_t> by_comparator(logits.size());
+  std::iota(by_comparator.begin(), by_comparator.end(), 0);
+  std::sort(by_comparator.begin(), by_comparator.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  std::vector<uint64_t> keys(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) {
+    keys[i] = math::SampleOrderKey(logits[i], static_cast<int32_t>(i));
+  }
+  std::sort(keys.begin(), keys.end());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_EQ(static_cast<int32_t>(keys[i] & 0xffffffffu), by_comparator[i]) << "at rank " << i;
+  }
+}
+
+// A batched draw (each row's parameters and uniform) picks what the
+// per-request sampler picks from the same Rng, for every kind of row.
+TEST(Sampling, BatchedRowsDrawLikeTheRequestSampler) {
+  Rng rng(11);
+  const auto batch = testing::RandomSamplingBatch(60, 700, rng);
+  std::vector<int32_t> tokens(batch.rows, -1);
+  cpu::SampleRows(batch.logits.data(), batch.rows, batch.vocab, batch.sampling.data(),
+                  tokens.data());
+  int sampled_away_from_argmax = 0;
+  for (int64_t r = 0; r < batch.rows; ++r) {
+    const float* row = &batch.logits[r * batch.vocab];
+    const SamplingParams& p = batch.sampling[r].params;
+    const int32_t expected =
+        p.greedy() ? cpu::Argmax(row, batch.vocab)
+                   : cpu::SampleWithDraw(row, batch.vocab, p, batch.sampling[r].uniform);
+    EXPECT_EQ(tokens[r], expected) << "row " << r;
+    sampled_away_from_argmax += tokens[r] != cpu::Argmax(row, batch.vocab);
+  }
+  EXPECT_GT(sampled_away_from_argmax, 10);  // the draws are not all greedy
+  // SampleToken is Argmax or SampleWithDraw with the Rng's next uniform.
+  for (int seed = 0; seed < 20; ++seed) {
+    SamplingParams p;
+    p.temperature = 1.0f;
+    p.top_p = 0.95f;
+    Rng a(seed), b(seed);
+    EXPECT_EQ(cpu::SampleToken(batch.logits.data(), batch.vocab, p, a),
+              cpu::SampleWithDraw(batch.logits.data(), batch.vocab, p, b.Uniform()));
+  }
+}
 
 TEST(Sampling, GreedyTakesTheLargestLogitAndTheLowestIdOnTies) {
   Rng rng(1);

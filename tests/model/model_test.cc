@@ -159,6 +159,44 @@ TEST(Model, AStepGivesTheSameBitsAloneOrAmongOtherSessions) {
   }
 }
 
+// StepAndSample draws each session's next token from the same logits Step
+// returns, and copies the asked-for rows' logits bit for bit.
+TEST(Model, StepAndSampleDrawsFromTheLogitsStepGives) {
+  auto backend = MakeCpuBackend();
+  const Config config = TinyConfig(testing::AllAttentionVariants(2, 16)[0]);
+  auto model = Model::Create(*backend, config, RandomWeights(config, 6, 0.5f));
+  ASSERT_TRUE(model.ok());
+  const int64_t V = config.vocab_size, sessions = 12;
+  auto a = (*model)->NewStatePool(sessions);
+  auto b = (*model)->NewStatePool(sessions);
+  std::vector<int32_t> slots(sessions);
+  for (int i = 0; i < sessions; ++i) slots[i] = (i * 5) % sessions;
+  Rng rng(3);
+  const auto batch = testing::RandomSamplingBatch(sessions, V, rng);  // its parameters and draws
+  std::vector<int32_t> tokens = RandomTokens(sessions, V, 8);
+  const std::vector<int32_t> logits_rows = {1, 4, 11};
+  std::vector<float> all(sessions * V), some(logits_rows.size() * V);
+  for (int step = 0; step < 5; ++step) {
+    ASSERT_TRUE((*model)->Step(**a, slots, tokens, all.data()).ok());
+    std::vector<int32_t> next(sessions, -1);
+    ASSERT_TRUE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(),
+                                        logits_rows, some.data()).ok());
+    for (int64_t i = 0; i < sessions; ++i) {
+      const RowSampling& row = batch.sampling[i];
+      EXPECT_EQ(next[i], cpu::SampleWithDraw(&all[i * V], V, row.params, row.uniform))
+          << "session " << i << ", step " << step;
+    }
+    for (size_t j = 0; j < logits_rows.size(); ++j) {
+      EXPECT_EQ(0, std::memcmp(&some[j * V], &all[logits_rows[j] * V], V * sizeof(float)));
+    }
+    tokens = next;  // feed the drawn tokens on
+  }
+  const int32_t bad_row = sessions;
+  std::vector<int32_t> next(sessions);
+  EXPECT_FALSE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(),
+                                       {&bad_row, 1}, some.data()).ok());
+}
+
 TEST(Model, StateBytesAreFixedByTheConfig) {
   auto backend = MakeCpuBackend();
   Config c = TinyConfig(testing::AllAttentionVariants(4, 16)[0]);

@@ -1,6 +1,7 @@
 // Server-side generation logic: penalties, log-probabilities, stop strings,
 // parameter validation, and the snapshot format.
 #include <cmath>
+#include <tuple>
 #include <filesystem>
 #include <fstream>
 
@@ -79,6 +80,43 @@ TEST(TokenSampler, TheSameSeedGivesTheSameDraws) {
   }
   EXPECT_EQ(da, db);
   EXPECT_GT(std::set<int32_t>(da.begin(), da.end()).size(), 5u);
+}
+
+// The engine draws plain rows on the backend (Draw before the step, the
+// backend's SampleRows, Accept after): the tokens must be those Sample picks
+// from the same logits and seed. Penalties and log-probabilities need the
+// whole row on the host.
+TEST(TokenSampler, BatchedDrawsPickWhatSamplePicks) {
+  const int64_t V = 300;
+  for (const auto& [temperature, top_k, top_p] :
+       {std::tuple{0.0f, 0, 1.0f}, std::tuple{0.8f, 0, 1.0f}, std::tuple{1.2f, 20, 0.9f}}) {
+    GenerationParams p = Greedy();
+    p.sampling.temperature = temperature;
+    p.sampling.top_k = top_k;
+    p.sampling.top_p = top_p;
+    p.seed = 9;
+    TokenSampler host(p, {}, V), batched(p, {}, V);
+    EXPECT_FALSE(batched.needs_logits());
+    std::vector<float> logits(V);
+    for (int step = 0; step < 60; ++step) {
+      for (int64_t i = 0; i < V; ++i) logits[i] = std::sin(0.37f * i * (step + 1));
+      const RowSampling row = batched.Draw();
+      int32_t token = -1;
+      cpu::SampleRows(logits.data(), 1, V, &row, &token);
+      EXPECT_EQ(batched.Accept(token).token, host.Sample(logits.data()).token)
+          << "temperature " << temperature << ", step " << step;
+    }
+  }
+  for (auto set : std::vector<void (*)(GenerationParams&)>{
+           [](GenerationParams& q) { q.repetition_penalty = 1.1f; },
+           [](GenerationParams& q) { q.presence_penalty = 0.5f; },
+           [](GenerationParams& q) { q.frequency_penalty = 0.5f; },
+           [](GenerationParams& q) { q.logprobs = true; },
+           [](GenerationParams& q) { q.top_logprobs = 3; }}) {
+    GenerationParams q = Greedy();
+    set(q);
+    EXPECT_TRUE(TokenSampler(q, {}, V).needs_logits());
+  }
 }
 
 TEST(ValidateGenerationParams, NamesTheField) {
