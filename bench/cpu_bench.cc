@@ -16,11 +16,13 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "bench/timing.h"
+#include "bench/training.h"
 #include "kernels/matmul.h"
 #include "kernels/random.h"
 #include "model/model.h"
 
 ABSL_FLAG(double, seconds, 2.0, "minimum time per measurement");
+ABSL_FLAG(std::string, train_config, "models/default.json", "model config of the training measurement");
 
 namespace {
 
@@ -113,11 +115,27 @@ void ModelTable() {
   std::printf("%-28s %8d %12.1f %14.3f\n", "prefill 512 tokens (chunk 64)", 1, prompt / t, t * 1e3);
 }
 
+// fwp-train's step on the default config, batch 16 × 128 tokens (as the
+// shipped model was trained).
+void TrainingRow() {
+  auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_train_config));
+  if (!config.ok()) {
+    std::fprintf(stderr, "training: %s\n", config.status().ToString().c_str());
+    return;
+  }
+  auto backend = fwp::MakeCpuBackend();
+  const auto f = fwp::bench::MeasureTraining(*backend, *config, 16, 128, absl::GetFlag(FLAGS_seconds));
+  std::printf("\ntraining (%s, batch 16 x 128): %.0f tokens/s, %.1f GFLOP/s in its matmuls\n",
+              absl::GetFlag(FLAGS_train_config).c_str(), f.tokens_per_s,
+              f.tokens_per_s * f.matmul_flops_per_token / 1e9);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   MatmulTable();
   ModelTable();
+  TrainingRow();
   return 0;
 }

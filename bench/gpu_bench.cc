@@ -17,12 +17,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "bench/timing.h"
+#include "bench/training.h"
 #include "kernels/backend.h"
 #include "kernels/random.h"
 #include "model/model.h"
 
 ABSL_FLAG(double, seconds, 1.0, "minimum time per measurement");
 ABSL_FLAG(int, device, 0, "CUDA device");
+ABSL_FLAG(std::string, train_config, "models/default.json", "model config of the training measurement");
 ABSL_FLAG(bool, batch_invariant, true, "decode with the batch-invariant matmul (as the "
           "server does); false: cuBLAS");
 
@@ -167,6 +169,27 @@ void Sequence(fwp::Backend& gpu) {
   }
 }
 
+// fwp-train's step (cuBLAS matmuls, as training uses) on the default config,
+// against the cuBLAS SGEMM ceiling (counting matmul FLOPs only).
+void Training(fwp::Backend& gpu, const Ceilings& ceil) {
+  auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_train_config));
+  if (!config.ok()) {
+    std::fprintf(stderr, "training: %s\n", config.status().ToString().c_str());
+    return;
+  }
+  const bool invariant = gpu.batch_invariant();
+  gpu.SetBatchInvariant(false);
+  std::printf("\ntraining: %s\n", absl::GetFlag(FLAGS_train_config).c_str());
+  std::printf("%6s %6s | %12s %12s %9s\n", "batch", "seq", "tokens/s", "matmul TF/s", "of SGEMM");
+  for (const auto& [batch, seq] : {std::pair{16, 128}, std::pair{64, 128}, std::pair{64, 512}}) {
+    const auto f = fwp::bench::MeasureTraining(gpu, *config, batch, seq, absl::GetFlag(FLAGS_seconds));
+    const double tflops = f.tokens_per_s * f.matmul_flops_per_token / 1e12;
+    std::printf("%6d %6d | %12.0f %12.2f %8.0f%%\n", batch, seq, f.tokens_per_s, tflops,
+                100.0 * tflops / ceil.gemm_tflops);
+  }
+  gpu.SetBatchInvariant(invariant);
+}
+
 // The sampler: next tokens for `rows` rows of a vocabulary of 8192 (the
 // default model's), greedy and top-p 0.9 at temperature 1, on the GPU (only
 // tokens come back) and on this machine's CPU backend (from host logits), per
@@ -212,6 +235,7 @@ int main(int argc, char** argv) {
   const Ceilings ceilings = MeasureCeilings(**gpu);
   Decode(**gpu, ceilings);
   Sequence(**gpu);
+  Training(**gpu, ceilings);
   Sampler(**gpu);
   return 0;
 }
