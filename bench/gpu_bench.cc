@@ -213,7 +213,9 @@ void Sampler(fwp::Backend& gpu) {
     }
     std::vector<int32_t> tokens(rows);
     auto time = [&](fwp::Backend& b, const float* l, const std::vector<fwp::RowSampling>& s) {
-      return fwp::bench::TimePerCall(0.5, [&] { b.SampleRows(l, rows, vocab, s.data(), tokens.data()); });
+      return fwp::bench::TimePerCall(0.5, [&] {
+        if (!b.SampleRows(l, rows, vocab, s.data(), tokens.data()).ok()) std::abort();
+      });
     };
     std::printf("%6lld | %10.1fus %10.1fus | %10.1fus %10.1fus\n", (long long)rows,
                 time(gpu, logits.f32(), greedy) * 1e6, time(*cpu, host.data(), greedy) * 1e6,

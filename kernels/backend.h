@@ -103,8 +103,9 @@ class Backend {
   // Next tokens from rows × vocab logits (backend memory), one per row, by
   // cpu::SampleWithDraw's definition; sampling and tokens are host arrays
   // (synchronises). The logits stay where they are: only tokens come back.
-  virtual void SampleRows(const float* logits, int64_t rows, int64_t vocab,
-                          const RowSampling* sampling, int32_t* tokens) = 0;
+  // Fails (RESOURCE_EXHAUSTED) only when its scratch cannot be allocated.
+  virtual absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
+                                  const RowSampling* sampling, int32_t* tokens) = 0;
 };
 
 // The CPU reference backend.

@@ -125,9 +125,10 @@ class CpuBackend final : public Backend {
     cpu::AdamW(param, grad, m, v, n, params);
   }
   double SumSquares(const float* x, int64_t n) override { return cpu::SumSquares(x, n); }
-  void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampling* sampling,
-                  int32_t* tokens) override {
+  absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
+                          const RowSampling* sampling, int32_t* tokens) override {
     cpu::SampleRows(logits, rows, vocab, sampling, tokens);
+    return absl::OkStatus();
   }
 };
 

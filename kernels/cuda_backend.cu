@@ -2,6 +2,8 @@
 // CUDA ops (kernels/*.cu). Allocation failures come back as
 // RESOURCE_EXHAUSTED so that a server can refuse work instead of crashing;
 // a failed launch aborts (cuda_common.cuh).
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_ops.h"
 #include "kernels/device.h"
+#include "kernels/status_macros.h"
 
 namespace fwp {
 namespace {
@@ -165,27 +168,44 @@ class CudaBackend final : public Backend {
     return total;
   }
 
-  void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampling* sampling,
-                  int32_t* tokens) override {
-    const int64_t bytes = cuda::SampleScratchBytes(rows, vocab);
-    cuda::SampleRows(stream_, logits, rows, vocab, sampling, tokens,
-                     Scratch((bytes + sizeof(float) - 1) / sizeof(float)));
+  absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
+                          const RowSampling* sampling, int32_t* tokens) override {
+    std::vector<int32_t> work(rows, -1);
+    int32_t sampled = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+      if (!sampling[i].params.greedy()) work[i] = sampled++;
+    }
+    FWP_ASSIGN_OR_RETURN(void* scratch,
+                         TryScratch(cuda::SampleScratchBytes(rows, sampled, vocab)));
+    cuda::SampleRows(stream_, logits, rows, vocab, sampling, work.data(), sampled, tokens,
+                     scratch);
+    return absl::OkStatus();
   }
 
  private:
-  // Device scratch of at least `floats`, kept between ops (one stream, so an
-  // op's scratch is free again once the next op is enqueued). Scratch is
-  // needed by training ops only; running out of memory there is fatal.
-  float* Scratch(int64_t floats) {
-    const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+  // Device scratch of at least `bytes`, kept between ops (one stream, so an
+  // op's scratch is free again once the next op is enqueued). Running out of
+  // memory is an error the caller sees (the sampler, on the serving path).
+  absl::StatusOr<void*> TryScratch(size_t bytes) {
     if (bytes > scratch_bytes_) {
       Synchronize();  // the old scratch may still be in use
       if (scratch_) FWP_CUDA_CHECK("scratch free", cudaFree(scratch_));
       scratch_ = nullptr;
-      FWP_CUDA_CHECK("scratch", cudaMalloc(&scratch_, bytes));
+      scratch_bytes_ = 0;
+      FWP_ASSIGN_OR_RETURN(scratch_, AllocateRaw(bytes));
       scratch_bytes_ = bytes;
     }
-    return static_cast<float*>(scratch_);
+    return scratch_;
+  }
+  // Scratch of at least `floats` for the training ops, where running out of
+  // memory is fatal.
+  float* Scratch(int64_t floats) {
+    auto scratch = TryScratch(static_cast<size_t>(floats) * sizeof(float));
+    if (!scratch.ok()) {
+      std::fprintf(stderr, "fwp: %s\n", std::string(scratch.status().message()).c_str());
+      std::abort();
+    }
+    return static_cast<float*>(*scratch);
   }
 
   int device_;

@@ -80,11 +80,14 @@ void SoftmaxCrossEntropy(cudaStream_t stream, const float* logits, const int32_t
 void AdamW(cudaStream_t stream, float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWParams& params);
 // sampling.cu: one token per row of logits [rows, vocab] (device) into tokens
-// (host), by cpu::SampleWithDraw's definition; sampling is a host array.
-// scratch: SampleScratchBytes(rows, vocab) of device memory. Synchronises.
-int64_t SampleScratchBytes(int64_t rows, int64_t vocab);
+// (host), by cpu::SampleWithDraw's definition. sampling and work are host
+// arrays; work[row] numbers the sampled (non-greedy) rows 0..sampled_rows−1.
+// scratch: SampleScratchBytes(rows, sampled_rows, vocab) of device memory.
+// Synchronises.
+int64_t SampleScratchBytes(int64_t rows, int64_t sampled_rows, int64_t vocab);
 void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
-                const RowSampling* sampling, int32_t* tokens, void* scratch);
+                const RowSampling* sampling, const int32_t* work, int64_t sampled_rows,
+                int32_t* tokens, void* scratch);
 
 // Σ x² as SumSquaresBlocks(n) partial doubles (device) for the host to add.
 int SumSquaresBlocks(int64_t n);

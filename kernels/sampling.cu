@@ -22,9 +22,10 @@ namespace {
 
 constexpr int kThreads = 1024;
 
+// work[row]: the row's place in keys and probs (sampled rows only).
 __global__ void SampleKernel(const float* logits, int64_t vocab, int64_t padded,
-                             const RowSampling* sampling, uint64_t* keys, double* probs,
-                             int32_t* tokens) {
+                             const RowSampling* sampling, const int32_t* work, uint64_t* keys,
+                             double* probs, int32_t* tokens) {
   const int64_t row = blockIdx.x;
   const float* l = logits + row * vocab;
   const RowSampling rs = sampling[row];
@@ -59,8 +60,8 @@ __global__ void SampleKernel(const float* logits, int64_t vocab, int64_t padded,
     if (threadIdx.x == 0) tokens[row] = static_cast<int32_t>(ids[0]);
     return;
   }
-  uint64_t* k = keys + row * padded;
-  double* p = probs + row * padded;
+  uint64_t* k = keys + work[row] * padded;
+  double* p = probs + work[row] * padded;
   for (int64_t j = threadIdx.x; j < padded; j += blockDim.x) {
     k[j] = j < vocab ? math::SampleOrderKey(l[j], static_cast<int32_t>(j)) : ~uint64_t{0};
   }
@@ -98,29 +99,33 @@ __global__ void SampleKernel(const float* logits, int64_t vocab, int64_t padded,
 
 }  // namespace
 
-int64_t SampleScratchBytes(int64_t rows, int64_t vocab) {
+int64_t SampleScratchBytes(int64_t rows, int64_t sampled_rows, int64_t vocab) {
   int64_t padded = 1;
   while (padded < vocab) padded <<= 1;
-  return rows * (padded * (sizeof(uint64_t) + sizeof(double)) + sizeof(RowSampling) +
-                 sizeof(int32_t)) + 64;
+  return sampled_rows * padded * (sizeof(uint64_t) + sizeof(double)) +
+         rows * (sizeof(RowSampling) + 2 * sizeof(int32_t)) + 64;
 }
 
 void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
-                const RowSampling* sampling, int32_t* tokens, void* scratch) {
+                const RowSampling* sampling, const int32_t* work, int64_t sampled_rows,
+                int32_t* tokens, void* scratch) {
   if (rows == 0) return;
   int64_t padded = 1;
   while (padded < vocab) padded <<= 1;
-  // Scratch: keys [rows, padded], probabilities [rows, padded], the rows'
-  // parameters and their tokens.
+  // Scratch: keys and probabilities [sampled_rows, padded], then the rows'
+  // parameters, their places and their tokens.
   auto* keys = static_cast<uint64_t*>(scratch);
-  auto* probs = reinterpret_cast<double*>(keys + rows * padded);
-  auto* params = reinterpret_cast<RowSampling*>(probs + rows * padded);
-  auto* out = reinterpret_cast<int32_t*>(params + rows);
+  auto* probs = reinterpret_cast<double*>(keys + sampled_rows * padded);
+  auto* params = reinterpret_cast<RowSampling*>(probs + sampled_rows * padded);
+  auto* places = reinterpret_cast<int32_t*>(params + rows);
+  auto* out = places + rows;
   FWP_CUDA_CHECK("sampler parameters",
                  cudaMemcpyAsync(params, sampling, rows * sizeof(RowSampling),
                                  cudaMemcpyHostToDevice, stream));
-  SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, padded,
-                                                                    params, keys, probs, out);
+  FWP_CUDA_CHECK("sampler rows", cudaMemcpyAsync(places, work, rows * sizeof(int32_t),
+                                                 cudaMemcpyHostToDevice, stream));
+  SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+      logits, vocab, padded, params, places, keys, probs, out);
   FWP_CUDA_LAUNCHED("sample rows");
   FWP_CUDA_CHECK("sampled tokens", cudaMemcpyAsync(tokens, out, rows * sizeof(int32_t),
                                                    cudaMemcpyDeviceToHost, stream));

@@ -159,8 +159,8 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
   if (slots.empty()) return absl::OkStatus();
   FWP_RETURN_IF_ERROR(Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, nullptr));
   const int64_t V = config_.vocab_size;
-  backend_.SampleRows(logits_.f32(), static_cast<int64_t>(slots.size()), V, sampling.data(),
-                      next);
+  FWP_RETURN_IF_ERROR(backend_.SampleRows(logits_.f32(), static_cast<int64_t>(slots.size()), V,
+                                          sampling.data(), next));
   for (size_t j = 0; j < logits_rows.size(); ++j) {
     backend_.CopyToHost(logits + j * V, logits_.f32() + logits_rows[j] * V, V * sizeof(float));
   }

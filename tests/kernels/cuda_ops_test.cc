@@ -336,10 +336,10 @@ TEST_F(CudaOps, SampleRowsMatchesTheCpu) {
   for (const int64_t vocab : {int64_t{5}, int64_t{3000}, int64_t{8192}}) {
     const auto batch = testing::RandomSamplingBatch(96, vocab, rng);
     std::vector<int32_t> cpu_tokens(batch.rows, -1), gpu_tokens(batch.rows, -1);
-    cpu_->SampleRows(batch.logits.data(), batch.rows, vocab, batch.sampling.data(),
-                     cpu_tokens.data());
-    gpu_->SampleRows(Up(batch.logits), batch.rows, vocab, batch.sampling.data(),
-                     gpu_tokens.data());
+    ASSERT_TRUE(cpu_->SampleRows(batch.logits.data(), batch.rows, vocab,
+                                 batch.sampling.data(), cpu_tokens.data()).ok());
+    ASSERT_TRUE(gpu_->SampleRows(Up(batch.logits), batch.rows, vocab, batch.sampling.data(),
+                                 gpu_tokens.data()).ok());
     EXPECT_EQ(gpu_tokens, cpu_tokens) << "vocab " << vocab;
   }
 }
