@@ -1,5 +1,8 @@
 #include "kernels/backend.h"
 
+#include <algorithm>
+#include <new>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -15,6 +18,16 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name) {
   return absl::InvalidArgumentError(
       absl::StrCat("unknown backend '", name, "': use cpu, cuda or cuda:N"));
 }
+
+absl::StatusOr<void*> Backend::AllocateHost(size_t bytes) {
+  void* p = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t{64}, std::nothrow);
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  return p;
+}
+
+void Backend::FreeHost(void* ptr) { ::operator delete(ptr, std::align_val_t{64}); }
 
 absl::StatusOr<Buffer> Buffer::Allocate(Backend& backend, size_t bytes) {
   auto ptr = backend.AllocateRaw(bytes);

@@ -35,6 +35,11 @@ class Backend {
   // Memory. Allocation can fail (RESOURCE_EXHAUSTED) and callers recover.
   virtual absl::StatusOr<void*> AllocateRaw(size_t bytes) = 0;
   virtual void FreeRaw(void* ptr) = 0;
+  // Host memory the device copies to and from fastest (page-locked on CUDA),
+  // for data that moves between device and host often (the server's host
+  // tier). 64-byte aligned. The default is ordinary memory.
+  virtual absl::StatusOr<void*> AllocateHost(size_t bytes);
+  virtual void FreeHost(void* ptr);
   virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;

@@ -51,6 +51,17 @@ class CudaBackend final : public Backend {
     return p;
   }
   void FreeRaw(void* ptr) override { FWP_CUDA_CHECK("free", cudaFree(ptr)); }
+  absl::StatusOr<void*> AllocateHost(size_t bytes) override {
+    void* p = nullptr;
+    cudaError_t err = cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocDefault);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot allocate ", bytes, " bytes of page-locked host memory: ", cudaGetErrorString(err)));
+    }
+    return p;
+  }
+  void FreeHost(void* ptr) override { FWP_CUDA_CHECK("free host", cudaFreeHost(ptr)); }
   void CopyToDevice(void* dst, const void* src, size_t bytes) override {
     if (bytes) {
       FWP_CUDA_CHECK("copy to device",

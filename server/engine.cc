@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <future>
 #include <random>
@@ -103,7 +104,7 @@ struct Engine::Session {
   std::string owner;
   Tier tier = Tier::kHost;
   int32_t slot = -1;          // kDevice
-  std::vector<char> host;     // kHost; empty: the empty state
+  HostStatePool::Block host;  // kHost; null: the empty state
   int64_t position = 0;       // tokens fed into the state
   // Seen, not yet fed: the last token (so the logits that continue the
   // session are computed when needed), or what a cancelled request's prompt
@@ -220,6 +221,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
                                      " slots: ", pool.status().message()));
   }
   engine->pool_ = std::move(*pool);
+  engine->host_pool_ = std::make_unique<HostStatePool>(model.backend(), engine->state_bytes_);
   engine->slot_owner_.assign(options.slots, nullptr);
   for (int32_t s = options.slots - 1; s >= 0; --s) engine->free_slots_.push_back(s);
   engine->logits_.resize(
@@ -533,7 +535,7 @@ absl::StatusOr<Engine::Session*> Engine::NewSession(const std::string& owner, bo
   while (session->id.empty() || sessions_.count(session->id) > 0) session->id = NewSessionId();
   session->owner = owner;
   session->ephemeral = ephemeral;
-  session->tier = Tier::kHost;  // the empty state, host.empty()
+  session->tier = Tier::kHost;  // the empty state, no host block
   session->last_used = ++tick_;
   ++host_sessions_;
   Session* raw = session.get();
@@ -546,7 +548,10 @@ absl::StatusOr<Engine::Session*> Engine::CopySession(Session& parent, const std:
   std::vector<char> state;
   FWP_RETURN_IF_ERROR(LoadState(parent, &state));
   FWP_ASSIGN_OR_RETURN(Session * copy, NewSession(owner, ephemeral));
-  copy->host = std::move(state);  // parked in host memory until used
+  if (!state.empty()) {  // parked in host memory until used
+    copy->host = host_pool_->Take();
+    std::memcpy(copy->host.get(), state.data(), state_bytes_);
+  }
   copy->position = parent.position;
   copy->pending = parent.pending;
   return copy;
@@ -569,7 +574,11 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
       pool_->CopyToHost(session.slot, state->data());
       return absl::OkStatus();
     case Tier::kHost:
-      *state = session.host;  // empty: the empty state
+      if (session.host) {
+        state->assign(session.host.get(), session.host.get() + state_bytes_);
+      } else {
+        state->clear();  // the empty state
+      }
       return absl::OkStatus();
     case Tier::kDisk: {
       std::shared_ptr<const std::string> unwritten;
@@ -605,8 +614,8 @@ bool Engine::EvictOne() {
     RemoveSession(victim);
     return true;
   }
-  victim->host.resize(state_bytes_);
-  pool_->CopyToHost(victim->slot, victim->host.data());
+  victim->host = host_pool_->Take();
+  pool_->CopyToHost(victim->slot, victim->host.get());
   slot_owner_[victim->slot] = nullptr;
   free_slots_.push_back(victim->slot);
   victim->slot = -1;
@@ -622,13 +631,13 @@ absl::Status Engine::MakeResident(Session& session) {
   if (free_slots_.empty() && !EvictOne()) {
     return absl::ResourceExhaustedError("no free state slot");
   }
-  std::vector<char> state;
+  std::vector<char> state;          // from disk
+  HostStatePool::Block block;       // from the host tier
   if (session.tier == Tier::kDisk) FWP_RETURN_IF_ERROR(LoadState(session, &state));
   const int32_t slot = free_slots_.back();
   free_slots_.pop_back();
   if (session.tier == Tier::kHost) {
-    state = std::move(session.host);
-    session.host = {};
+    block = std::move(session.host);
     --host_sessions_;
   } else if (!options_.snapshot_every_turn) {
     // The session lives in memory now; a stale file must not come back.
@@ -636,10 +645,14 @@ absl::Status Engine::MakeResident(Session& session) {
     std::error_code ignored;
     std::filesystem::remove(SnapshotPath(session.id), ignored);
   }
-  if (state.empty()) {
+  const char* bytes = block ? block.get() : state.empty() ? nullptr : state.data();
+  if (bytes == nullptr) {
     pool_->Reset(slot);
   } else {
-    pool_->CopyFromHost(slot, state.data(), session.position);
+    pool_->CopyFromHost(slot, bytes, session.position);
+    // A copy from page-locked memory runs asynchronously: the block goes
+    // back to the pool (and may be written again) only once it is done.
+    if (block) model_.backend().Synchronize();
     ++metrics_->restores;
   }
   session.tier = Tier::kDevice;
@@ -733,7 +746,7 @@ void Engine::SpillHost() {
     auto bytes = EncodeSession(*victim);  // host tier: cannot fail
     if (!bytes.ok()) return;
     QueueWrite(victim->id, std::move(*bytes), nullptr);
-    victim->host = {};
+    victim->host.reset();
     victim->tier = Tier::kDisk;
     --host_sessions_;
     ++metrics_->spills;

@@ -42,6 +42,7 @@
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "server/generation.h"
+#include "server/host_pool.h"
 #include "server/metrics.h"
 
 namespace fwp::server {
@@ -237,6 +238,8 @@ class Engine {
   int64_t vocab_;
   int64_t state_bytes_;
   std::unique_ptr<StatePool> pool_;
+  // Declared before sessions_ so that it outlives the blocks they hold.
+  std::unique_ptr<HostStatePool> host_pool_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
