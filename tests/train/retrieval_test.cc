@@ -15,19 +15,23 @@
 namespace fwp {
 namespace {
 
+RetrievalConfig Task(int setting, int64_t pairs, UpdateRule update, FeatureMapKind phi,
+                     int64_t eval_sequences) {
+  RetrievalConfig config;
+  config.setting = setting;
+  config.pairs = pairs;
+  config.update = update;
+  config.phi.kind = phi;
+  config.eval_sequences = eval_sequences;
+  return config;
+}
+
 // The paper's setting 1 at S = 20: a delta-rule DPFP-1 memory learns the
 // pairs (> 90% of queries right) within a small step budget on the CPU.
 TEST(Retrieval, DeltaRuleLearnsTwentyPairsOnTheCpu) {
   auto backend = MakeCpuBackend();
-  RetrievalConfig config;
-  config.setting = 1;
-  config.pairs = 20;
-  config.update = UpdateRule::kDelta;
-  config.phi.kind = FeatureMapKind::kDpfp;
-  config.phi.nu = 1;
+  RetrievalConfig config = Task(1, 20, UpdateRule::kDelta, FeatureMapKind::kDpfp, 5);
   config.max_steps = 3000;
-  config.eval_every = 100;
-  config.eval_sequences = 5;
   config.target_loss = 0.02;  // stop once it clearly works
   auto task = RetrievalTask::Create(*backend, config);
   ASSERT_TRUE(task.ok()) << task.status();
@@ -50,12 +54,7 @@ TEST(Retrieval, ReadingTheFinalMemoryEqualsRerunningEachQuery) {
        {std::tuple{1, UpdateRule::kDelta, FeatureMapKind::kDpfp},
         std::tuple{2, UpdateRule::kSum, FeatureMapKind::kElu1},
         std::tuple{2, UpdateRule::kDelta, FeatureMapKind::kElu1}}) {
-    RetrievalConfig config;
-    config.setting = setting;
-    config.pairs = 12;
-    config.update = update;
-    config.phi.kind = kind;
-    config.eval_sequences = 4;
+    RetrievalConfig config = Task(setting, 12, update, kind, 4);
     config.seed = 7;
     // Two tasks from one seed stay identical; train both a little so the
     // outputs are far from their initial near-uniform values.
@@ -87,12 +86,7 @@ std::string ReadAll(const std::string& path) {
 // that does not describe itself consistently is refused by name.
 TEST(Retrieval, SavedMemoryLoadsBackAndBadFilesAreRefused) {
   auto backend = MakeCpuBackend();
-  RetrievalConfig config;
-  config.setting = 2;
-  config.pairs = 12;
-  config.update = UpdateRule::kDelta;
-  config.phi.kind = FeatureMapKind::kDpfp;
-  config.eval_sequences = 10;
+  const RetrievalConfig config = Task(2, 12, UpdateRule::kDelta, FeatureMapKind::kDpfp, 10);
   auto trained = RetrievalTask::Create(*backend, config);
   ASSERT_TRUE(trained.ok());
   for (int i = 0; i < 400; ++i) ASSERT_TRUE((*trained)->TrainStep().ok());
