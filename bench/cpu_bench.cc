@@ -8,6 +8,7 @@
 //   build/bin/fwp-bench-cpu [--seconds 2]
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -15,6 +16,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/sampler.h"
 #include "bench/timing.h"
 #include "bench/training.h"
 #include "kernels/matmul.h"
@@ -22,6 +24,7 @@
 #include "model/model.h"
 
 ABSL_FLAG(double, seconds, 2.0, "minimum time per measurement");
+ABSL_FLAG(std::string, tables, "matmul,model,training,sampler", "which tables to print");
 ABSL_FLAG(std::string, train_config, "models/default.json", "model config of the training measurement");
 
 namespace {
@@ -130,12 +133,40 @@ void TrainingRow() {
               f.tokens_per_s * f.matmul_flops_per_token / 1e9);
 }
 
+// The sampler on the CPU backend: one decode step's draws over the default
+// model's vocabulary (8192).
+void SamplerTable() {
+  const int64_t vocab = 8192;
+  auto cpu = fwp::MakeCpuBackend();
+  fwp::Rng rng(5);
+  std::printf("\nsampler, vocabulary %lld: us per step\n%6s %10s %10s %12s\n", (long long)vocab,
+              "rows", "greedy", "top-p 0.9", "temperature");
+  for (int64_t rows : {1, 16, 64}) {
+    const auto b = fwp::bench::MakeSamplerBatch(rows, vocab, rng);
+    const double s = absl::GetFlag(FLAGS_seconds) / 4;
+    std::printf("%6lld %10.1f %10.1f %12.1f\n", (long long)rows,
+                fwp::bench::TimeSampleRows(*cpu, b.logits.data(), vocab, b.greedy, s) * 1e6,
+                fwp::bench::TimeSampleRows(*cpu, b.logits.data(), vocab, b.top_p, s) * 1e6,
+                fwp::bench::TimeSampleRows(*cpu, b.logits.data(), vocab, b.temperature, s) * 1e6);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  MatmulTable();
-  ModelTable();
-  TrainingRow();
+  const std::string tables = absl::GetFlag(FLAGS_tables);
+  auto wanted = [&](const std::string& name) {
+    for (size_t at = 0; at <= tables.size();) {
+      const size_t end = std::min(tables.find(',', at), tables.size());
+      if (tables.compare(at, end - at, name) == 0) return true;
+      at = end + 1;
+    }
+    return false;
+  };
+  if (wanted("matmul")) MatmulTable();
+  if (wanted("model")) ModelTable();
+  if (wanted("training")) TrainingRow();
+  if (wanted("sampler")) SamplerTable();
   return 0;
 }

@@ -17,6 +17,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "bench/timing.h"
+#include "bench/sampler.h"
 #include "bench/training.h"
 #include "kernels/backend.h"
 #include "kernels/random.h"
@@ -202,24 +203,15 @@ void Sampler(fwp::Backend& gpu) {
               "top-p CPU");
   fwp::Rng rng(5);
   for (int64_t rows : {1, 64, 256}) {
-    auto logits = RandomBuffer(gpu, rows * vocab, rng, 3.0);
-    std::vector<float> host(rows * vocab);
-    gpu.CopyToHost(host.data(), logits.data(), host.size() * sizeof(float));
-    std::vector<fwp::RowSampling> greedy(rows), top_p(rows);
-    for (auto& r : top_p) {
-      r.params.temperature = 1.0f;
-      r.params.top_p = 0.9f;
-      r.uniform = rng.Uniform();
-    }
-    std::vector<int32_t> tokens(rows);
+    const auto batch = fwp::bench::MakeSamplerBatch(rows, vocab, rng);
+    auto logits = fwp::Buffer::Allocate(gpu, batch.logits.size() * sizeof(float));
+    gpu.CopyToDevice(logits->data(), batch.logits.data(), batch.logits.size() * sizeof(float));
     auto time = [&](fwp::Backend& b, const float* l, const std::vector<fwp::RowSampling>& s) {
-      return fwp::bench::TimePerCall(0.5, [&] {
-        if (!b.SampleRows(l, rows, vocab, s.data(), tokens.data()).ok()) std::abort();
-      });
+      return fwp::bench::TimeSampleRows(b, l, vocab, s, 0.5) * 1e6;
     };
     std::printf("%6lld | %10.1fus %10.1fus | %10.1fus %10.1fus\n", (long long)rows,
-                time(gpu, logits.f32(), greedy) * 1e6, time(*cpu, host.data(), greedy) * 1e6,
-                time(gpu, logits.f32(), top_p) * 1e6, time(*cpu, host.data(), top_p) * 1e6);
+                time(gpu, logits->f32(), batch.greedy), time(*cpu, batch.logits.data(), batch.greedy),
+                time(gpu, logits->f32(), batch.top_p), time(*cpu, batch.logits.data(), batch.top_p));
   }
 }
 

@@ -9,6 +9,28 @@
 #include "kernels/thread_pool.h"
 
 namespace fwp::cpu {
+namespace {
+
+// LSD radix sort of 64-bit keys, a byte per pass; a pass where every key has
+// the same byte is skipped (the ids' high bytes). The order is std::sort's.
+void RadixSort(std::vector<uint64_t>& keys) {
+  thread_local std::vector<uint64_t> other;
+  other.resize(keys.size());
+  uint64_t* from = keys.data();
+  uint64_t* to = other.data();
+  const size_t n = keys.size();
+  for (int shift = 0; shift < 64; shift += 8) {
+    size_t count[257] = {};
+    for (size_t i = 0; i < n; ++i) ++count[((from[i] >> shift) & 0xff) + 1];
+    if (count[((from[0] >> shift) & 0xff) + 1] == n) continue;
+    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+    for (size_t i = 0; i < n; ++i) to[count[(from[i] >> shift) & 0xff]++] = from[i];
+    std::swap(from, to);
+  }
+  if (from != keys.data()) std::copy(from, from + n, keys.data());
+}
+
+}  // namespace
 
 int32_t Argmax(const float* logits, int64_t vocab) {
   int64_t best = 0;
@@ -44,7 +66,11 @@ int32_t SampleWithDraw(const float* logits, int64_t vocab, const SamplingParams&
   }
   int64_t keep = vocab;
   if (params.top_k > 0 && params.top_k < vocab) keep = params.top_k;
-  std::partial_sort(keys.begin(), keys.begin() + keep, keys.end());
+  if (keep * 8 < vocab) {
+    std::partial_sort(keys.begin(), keys.begin() + keep, keys.end());
+  } else {
+    RadixSort(keys);
+  }
   const auto id = [&](int64_t i) { return static_cast<int32_t>(keys[i] & 0xffffffffu); };
   const double inv_t = 1.0 / params.temperature;
   const double top = logits[id(0)];
