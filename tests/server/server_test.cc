@@ -65,28 +65,43 @@ TEST_F(ServerTest, StreamsTokensAndTextAndFinishesWithLength) {
 }
 
 TEST_F(ServerTest, StopStringSplitAcrossTokensEndsTheTextBeforeIt) {
-  auto full = Generate(stub(), GreedyText("It was a cold day in", 24));
+  // Token boundaries in the text come from Detokenize of the prompt and each
+  // prefix of the output (stream messages may merge tokens when the reader
+  // falls behind, so their boundaries are not token boundaries).
+  grpc::ClientContext tokenize_context;
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text("It was a cold day in");
+  v1::TokenizeResponse prompt;
+  ASSERT_TRUE(stub().Tokenize(&tokenize_context, tokenize, &prompt).ok());
+  const std::vector<int32_t> prompt_ids(prompt.ids().begin(), prompt.ids().end());
+  v1::GenerateRequest request = Greedy(prompt_ids, 24);
+  request.set_logprobs(false);
+  auto full = Generate(stub(), request);
   ASSERT_TRUE(full.status.ok());
+  auto detokenize = [&](size_t generated) {
+    grpc::ClientContext context;
+    v1::DetokenizeRequest r;
+    for (int32_t id : prompt_ids) r.add_ids(id);
+    for (size_t i = 0; i < generated; ++i) r.add_ids(full.tokens[i]);
+    v1::DetokenizeResponse text;
+    EXPECT_TRUE(stub().Detokenize(&context, r, &text).ok());
+    return text.text();
+  };
+  const size_t prompt_bytes = detokenize(0).size();
   // A stop string made of the end of one token's text and the start of the
-  // next one's.
+  // next one's, whose first occurrence is there.
   std::string stop;
-  size_t boundary = 0;  // bytes of text before the stop string
-  std::string so_far;
-  for (size_t i = 0; i + 1 < full.messages.size(); ++i) {
-    const std::string& a = full.messages[i].text();
-    const std::string& b = full.messages[i + 1].text();
-    so_far += a;
-    if (i >= 2 && a.size() >= 2 && b.size() >= 2) {
-      const std::string candidate = a.substr(a.size() - 2) + b.substr(0, 2);
-      if (full.text.find(candidate) == so_far.size() - 2) {
-        stop = candidate;
-        boundary = so_far.size() - 2;
-        break;
-      }
+  size_t boundary = 0;  // bytes of generated text before the stop string
+  for (size_t k = 2; k + 1 < full.tokens.size() && stop.empty(); ++k) {
+    const size_t at = detokenize(k).size() - prompt_bytes;  // the end of token k−1's text
+    if (at < 2 || at + 2 > full.text.size()) continue;
+    const std::string candidate = full.text.substr(at - 2, 4);
+    if (full.text.find(candidate) == at - 2) {
+      stop = candidate;
+      boundary = at - 2;
     }
   }
   ASSERT_FALSE(stop.empty()) << "no two-token stop string in: " << full.text;
-  auto request = GreedyText("It was a cold day in", 24);
   request.mutable_stopping()->add_stop(stop);
   auto c = Generate(stub(), request);
   ASSERT_TRUE(c.status.ok());
