@@ -35,6 +35,8 @@ ABSL_FLAG(std::string, backend, "auto", "auto, cpu, cuda, cuda:N");
 ABSL_FLAG(std::string, levels, "1,16,64,256", "concurrent streams, comma-separated");
 ABSL_FLAG(int, tokens, 64, "tokens generated per stream");
 ABSL_FLAG(int, prompt, 16, "prompt tokens per stream");
+ABSL_FLAG(double, temperature, 0.0, "sampling temperature of the served streams (0: greedy)");
+ABSL_FLAG(double, top_p, 1.0, "nucleus mass of the served streams (1: off)");
 
 namespace {
 
@@ -121,6 +123,11 @@ int main(int argc, char** argv) {
         for (int32_t id : prompts[s]) request.mutable_prompt()->mutable_ids()->add_ids(id);
         request.mutable_stopping()->set_max_tokens(tokens);
         request.mutable_stopping()->set_ignore_eos(true);
+        request.mutable_sampling()->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+        if (absl::GetFlag(FLAGS_top_p) < 1.0) {
+          request.mutable_sampling()->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+        }
+        request.mutable_sampling()->set_seed(static_cast<uint64_t>(s) + 1);
         grpc::ClientContext context;
         times[s].start = Clock::now();
         auto reader = stub->Generate(&context, request);
