@@ -44,7 +44,9 @@ void FeatureMapBackward(cudaStream_t stream, const FeatureMapSpec& spec, const f
                         const float* dphi, float* dx, int64_t dx_stride) {
   if (rows == 0) return;
   const size_t shared = PhiBackwardShared(spec, d) * sizeof(float);
-  if (shared > 48 * 1024) {  // beyond the default: opt in (wide DPFP ν or many favor features)
+  // Beyond the default 48 KB (with the kernel's static scratch): opt in
+  // (wide DPFP ν or many favor features).
+  if (shared + 32 * sizeof(float) > 48 * 1024) {
     FWP_CUDA_CHECK("feature map backward smem",
                    cudaFuncSetAttribute(FeatureMapBackwardKernel,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,

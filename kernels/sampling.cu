@@ -23,7 +23,7 @@ namespace {
 constexpr int kThreads = 1024;
 
 // work[row]: the row's place in keys and probs (sampled rows only).
-__global__ void SampleKernel(const float* logits, int64_t vocab, int64_t padded,
+__global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, int64_t vocab, int64_t padded,
                              const RowSampling* sampling, const int32_t* work, uint64_t* keys,
                              double* probs, int32_t* tokens) {
   const int64_t row = blockIdx.x;
@@ -31,12 +31,15 @@ __global__ void SampleKernel(const float* logits, int64_t vocab, int64_t padded,
   const RowSampling rs = sampling[row];
   const SamplingParams& sp = rs.params;
   if (math::GreedySampling(sp.temperature, sp.top_k)) {
-    // Argmax; ties to the lowest id. Per thread, then across the block.
+    // Argmax; ties to the lowest id; NaNs are passed over (as cpu::Argmax
+    // does, which returns 0 only when logit 0 is NaN). Per thread, then
+    // across the block.
     float best = -INFINITY;
     int64_t best_id = vocab;
     for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-      if (l[j] > best || best_id == vocab) {
-        best = l[j];
+      const float x = l[j];
+      if (!isnan(x) && (best_id == vocab || x > best)) {
+        best = x;
         best_id = j;
       }
     }
@@ -57,7 +60,9 @@ __global__ void SampleKernel(const float* logits, int64_t vocab, int64_t padded,
       }
       __syncthreads();
     }
-    if (threadIdx.x == 0) tokens[row] = static_cast<int32_t>(ids[0]);
+    if (threadIdx.x == 0) {
+      tokens[row] = isnan(l[0]) || ids[0] == vocab ? 0 : static_cast<int32_t>(ids[0]);
+    }
     return;
   }
   uint64_t* k = keys + work[row] * padded;

@@ -62,7 +62,8 @@ FWP_HD uint64_t SampleOrderKey(float logit, int32_t id) {
 // top-p keeps the shortest prefix whose normalised mass reaches top_p, min-p
 // those with p_i ≥ min_p · p_0; returns the index of the first candidate whose
 // running sum of kept p exceeds uniform · Σ kept p. All in double, in order,
-// with no fused multiply-add, so the CPU and the GPU choose alike.
+// with no fused multiply-add, so given the same p the CPU and the GPU choose
+// alike (their double exp may differ by an ulp, so p itself may not agree).
 FWP_HD int64_t ChooseCandidate(const double* p, int64_t keep, float top_p, float min_p,
                                double uniform) {
   double total = 0.0;

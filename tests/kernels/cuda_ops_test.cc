@@ -328,13 +328,17 @@ TEST_F(CudaOps, ThousandDecodeStepsOverSixtyFourSlotsMatchTheCpu) {
 }
 
 // The GPU sampler picks the CPU's token for every kind of row (greedy, top-k,
-// top-p, min-p, with ties and ±0 in the logits), at a vocabulary that is not
-// a power of two. (A sampled row could differ only if CUDA's double exp and
+// top-p, min-p, with ties and ±0 in the logits, NaNs in greedy rows), at a
+// vocabulary that is not a power of two. (A sampled row could differ only if CUDA's double exp and
 // the C library's differed by an ulp right at a draw's boundary.)
 TEST_F(CudaOps, SampleRowsMatchesTheCpu) {
   Rng rng(21);
   for (const int64_t vocab : {int64_t{5}, int64_t{3000}, int64_t{8192}}) {
-    const auto batch = testing::RandomSamplingBatch(96, vocab, rng);
+    auto batch = testing::RandomSamplingBatch(96, vocab, rng);
+    // NaNs in greedy rows are passed over, or win at index 0 (cpu::Argmax).
+    batch.logits[0 * vocab + vocab - 1] = kNaN;                 // row 0: greedy
+    if (vocab > 3) batch.logits[6 * vocab + 3] = kNaN;          // row 6: greedy
+    batch.logits[12 * vocab + 0] = kNaN;                        // row 12: greedy
     std::vector<int32_t> cpu_tokens(batch.rows, -1), gpu_tokens(batch.rows, -1);
     ASSERT_TRUE(cpu_->SampleRows(batch.logits.data(), batch.rows, vocab,
                                  batch.sampling.data(), cpu_tokens.data()).ok());

@@ -73,6 +73,12 @@ TEST(Sampling, GreedyTakesTheLargestLogitAndTheLowestIdOnTies) {
   Rng rng(1);
   const std::vector<float> logits = {0.5f, 2.0f, -1.0f, 2.0f};
   EXPECT_EQ(cpu::SampleToken(logits.data(), 4, SamplingParams{}, rng), 1);
+  // NaNs are passed over, except at index 0 (the GPU sampler follows this).
+  const float nan = std::nanf("");
+  const std::vector<float> with_nan = {0.5f, nan, 3.0f, nan};
+  EXPECT_EQ(cpu::Argmax(with_nan.data(), 4), 2);
+  const std::vector<float> nan_first = {nan, 1.0f, 3.0f};
+  EXPECT_EQ(cpu::Argmax(nan_first.data(), 3), 0);
 }
 
 TEST(Sampling, TemperatureDrawsFollowTheSoftmax) {
