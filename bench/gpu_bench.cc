@@ -178,8 +178,6 @@ void Training(fwp::Backend& gpu, const Ceilings& ceil) {
     std::fprintf(stderr, "training: %s\n", config.status().ToString().c_str());
     return;
   }
-  const bool invariant = gpu.batch_invariant();
-  gpu.SetBatchInvariant(false);
   std::printf("\ntraining: %s\n", absl::GetFlag(FLAGS_train_config).c_str());
   std::printf("%6s %6s | %12s %12s %9s\n", "batch", "seq", "tokens/s", "matmul TF/s", "of SGEMM");
   for (const auto& [batch, seq] : {std::pair{16, 128}, std::pair{64, 128}, std::pair{64, 512}}) {
@@ -188,7 +186,6 @@ void Training(fwp::Backend& gpu, const Ceilings& ceil) {
     std::printf("%6d %6d | %12.0f %12.2f %8.0f%%\n", batch, seq, f.tokens_per_s, tflops,
                 100.0 * tflops / ceil.gemm_tflops);
   }
-  gpu.SetBatchInvariant(invariant);
 }
 
 // The sampler: next tokens for `rows` rows of a vocabulary of 8192 (the

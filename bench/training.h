@@ -1,6 +1,7 @@
 // The trainer's step for the bench programs: ZeroGrads, ForwardBackward over
 // [batch, seq] tokens and Optimizer::Step (clipping + AdamW), as fwp-train
-// runs it, on random weights and tokens.
+// runs it (batch invariance off: BLAS / cuBLAS matmuls), on random weights
+// and tokens.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,8 @@ inline TrainingFigures MeasureTraining(Backend& backend, const Config& config, i
     std::fprintf(stderr, "%s\n", optimizer.status().ToString().c_str());
     std::exit(1);
   }
+  const bool invariant = backend.batch_invariant();
+  backend.SetBatchInvariant(false);
   Rng rng(7);
   std::vector<int32_t> tokens(batch * seq), targets(batch * seq);
   for (auto& t : tokens) t = static_cast<int32_t>(rng.Next() % config.vocab_size);
@@ -62,6 +65,7 @@ inline TrainingFigures MeasureTraining(Backend& backend, const Config& config, i
         (*optimizer)->Step();
       },
       &backend);
+  backend.SetBatchInvariant(invariant);
   return {batch * seq / t, 6.0 * MatmulWeights(config)};
 }
 

@@ -53,9 +53,17 @@ class CpuBackend final : public Backend {
     return static_cast<int64_t>(sysconf(_SC_AVPHYS_PAGES)) * sysconf(_SC_PAGESIZE);
   }
 
+  // Batch-invariant by default (serving); off (training), the forward
+  // matmul goes through OpenBLAS as the backward's already does.
+  void SetBatchInvariant(bool on) override { batch_invariant_ = on; }
+  bool batch_invariant() const override { return batch_invariant_; }
   void Matmul(const float* a, const float* b, const float* bias, float* c,
               int64_t m, int64_t n, int64_t k, bool accumulate) override {
-    cpu::Matmul(a, b, bias, c, m, n, k, accumulate);
+    if (batch_invariant_) {
+      cpu::Matmul(a, b, bias, c, m, n, k, accumulate);
+    } else {
+      cpu::MatmulBlas(a, b, bias, c, m, n, k, accumulate);
+    }
   }
   void Embedding(const int32_t* tokens, const int64_t* positions, int64_t n,
                  const float* table, int64_t d, float* out) override {
@@ -130,6 +138,9 @@ class CpuBackend final : public Backend {
     cpu::SampleRows(logits, rows, vocab, sampling, tokens);
     return absl::OkStatus();
   }
+
+ private:
+  bool batch_invariant_ = true;
 };
 
 }  // namespace

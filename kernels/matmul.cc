@@ -1,5 +1,9 @@
 #include "kernels/matmul.h"
 
+// The tile code passes 8-float vectors between inlined helpers only: no ABI
+// boundary is crossed.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include <cblas.h>
 
 #include <cstring>
@@ -78,6 +82,28 @@ void Matmul(const float* a, const float* b, const float* bias, float* c,
   }
   CpuThreadPool().ParallelFor(tasks, [&](int64_t t) {
     columns(a, b, bias, c, m, n, k, t * cols, std::min(n, (t + 1) * cols), accumulate);
+  });
+}
+
+void MatmulBlas(const float* a, const float* b, const float* bias, float* c, int64_t m,
+                int64_t n, int64_t k, bool accumulate) {
+  constexpr int64_t kRows = 64;
+  CpuThreadPool().ParallelFor((m + kRows - 1) / kRows, [&](int64_t task) {
+    const int64_t i0 = task * kRows, rows = std::min(kRows, m - i0);
+    float* ci = c + i0 * n;
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (bias != nullptr && !accumulate) {
+      for (int64_t i = 0; i < rows; ++i) std::copy(bias, bias + n, ci + i * n);
+      beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
+                static_cast<int>(n), static_cast<int>(k), 1.0f, a + i0 * k, static_cast<int>(k),
+                b, static_cast<int>(k), beta, ci, static_cast<int>(n));
+    if (bias != nullptr && accumulate) {
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < n; ++j) ci[i * n + j] += bias[j];
+      }
+    }
   });
 }
 

@@ -16,6 +16,12 @@ namespace fwp::cpu {
 void Matmul(const float* a, const float* b, const float* bias, float* c,
             int64_t m, int64_t n, int64_t k, bool accumulate);
 
+// The same product through BLAS, in blocks of rows spread over the CPU
+// pool: faster on training shapes, and independent of the thread count, but
+// a row's bits depend on its block (not batch-invariant).
+void MatmulBlas(const float* a, const float* b, const float* bias, float* c,
+                int64_t m, int64_t n, int64_t k, bool accumulate);
+
 // Backward of Matmul given dc = ∂L/∂C [m, n]:
 //   da = dc · b      [m, k]   written (=), skipped when null
 //   db += dcᵀ · a    [n, k]   parameter gradients accumulate (+=)

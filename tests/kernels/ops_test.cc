@@ -19,16 +19,19 @@ using testing::RelativeError;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+// Both CPU matmuls: the batch-invariant one (serving) and the BLAS one in
+// row blocks (training), m = 130 spanning several blocks.
 TEST(Matmul, MatchesFloat64WithAndWithoutBiasAndAccumulation) {
   Rng rng(1);
-  for (auto [m, n, k] : {std::tuple{1, 7, 5}, {33, 65, 129}, {128, 96, 256}}) {
+  for (auto matmul : {&cpu::Matmul, &cpu::MatmulBlas})
+  for (auto [m, n, k] : {std::tuple{1, 7, 5}, {33, 65, 129}, {130, 96, 256}}) {
     const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng);
     const auto bias = RandomVector(n, rng), c0 = RandomVector(m * n, rng);
     for (bool use_bias : {false, true}) {
       for (bool accumulate : {false, true}) {
         std::vector<float> c = accumulate ? c0 : std::vector<float>(m * n, kNaN);
-        cpu::Matmul(a.data(), b.data(), use_bias ? bias.data() : nullptr, c.data(), m, n, k,
-                    accumulate);
+        matmul(a.data(), b.data(), use_bias ? bias.data() : nullptr, c.data(), m, n, k,
+               accumulate);
         std::vector<double> ref(m * n);
         for (int i = 0; i < m; ++i) {
           for (int j = 0; j < n; ++j) {
@@ -38,7 +41,8 @@ TEST(Matmul, MatchesFloat64WithAndWithoutBiasAndAccumulation) {
             ref[i * n + j] = acc;
           }
         }
-        EXPECT_LT(RelativeError(c, ref), 1e-5) << m << "x" << n << "x" << k;
+        EXPECT_LT(RelativeError(c, ref), 1e-5)
+            << (matmul == &cpu::MatmulBlas ? "blas " : "") << m << "x" << n << "x" << k;
       }
     }
   }
