@@ -161,8 +161,15 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
   const int64_t V = config_.vocab_size;
   FWP_RETURN_IF_ERROR(backend_.SampleRows(logits_.f32(), static_cast<int64_t>(slots.size()), V,
                                           sampling.data(), next));
-  for (size_t j = 0; j < logits_rows.size(); ++j) {
-    backend_.CopyToHost(logits + j * V, logits_.f32() + logits_rows[j] * V, V * sizeof(float));
+  // Consecutive rows in one copy each (every copy from a GPU synchronises).
+  for (size_t j = 0; j < logits_rows.size();) {
+    size_t run = 1;
+    while (j + run < logits_rows.size() && logits_rows[j + run] == logits_rows[j] + int32_t(run)) {
+      ++run;
+    }
+    backend_.CopyToHost(logits + j * V, logits_.f32() + logits_rows[j] * V,
+                        run * V * sizeof(float));
+    j += run;
   }
   return absl::OkStatus();
 }

@@ -174,7 +174,7 @@ TEST(Model, StepAndSampleDrawsFromTheLogitsStepGives) {
   Rng rng(3);
   const auto batch = testing::RandomSamplingBatch(sessions, V, rng);  // its parameters and draws
   std::vector<int32_t> tokens = RandomTokens(sessions, V, 8);
-  const std::vector<int32_t> logits_rows = {1, 4, 11};
+  const std::vector<int32_t> logits_rows = {1, 2, 3, 7, 11, 4};  // runs and singles
   std::vector<float> all(sessions * V), some(logits_rows.size() * V);
   for (int step = 0; step < 5; ++step) {
     ASSERT_TRUE((*model)->Step(**a, slots, tokens, all.data()).ok());
