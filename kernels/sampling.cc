@@ -11,20 +11,24 @@
 namespace fwp::cpu {
 namespace {
 
-// LSD radix sort of 64-bit keys, a byte per pass; a pass where every key has
-// the same byte is skipped (the ids' high bytes). The order is std::sort's.
+// Sorts sampling-order keys built in id order: a stable LSD radix sort on
+// their upper 32 bits (the logit's order), 11 bits per pass, so equal logits
+// keep their id order and the result is std::sort's on the whole keys. A pass
+// where every key has the same digit is skipped.
 void RadixSort(std::vector<uint64_t>& keys) {
   thread_local std::vector<uint64_t> other;
   other.resize(keys.size());
   uint64_t* from = keys.data();
   uint64_t* to = other.data();
   const size_t n = keys.size();
-  for (int shift = 0; shift < 64; shift += 8) {
-    size_t count[257] = {};
-    for (size_t i = 0; i < n; ++i) ++count[((from[i] >> shift) & 0xff) + 1];
-    if (count[((from[0] >> shift) & 0xff) + 1] == n) continue;
-    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
-    for (size_t i = 0; i < n; ++i) to[count[(from[i] >> shift) & 0xff]++] = from[i];
+  constexpr int kBits = 11;
+  constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
+  for (int shift = 32; shift < 64; shift += kBits) {
+    uint32_t count[(1 << kBits) + 1] = {};
+    for (size_t i = 0; i < n; ++i) ++count[((from[i] >> shift) & kMask) + 1];
+    if (count[((from[0] >> shift) & kMask) + 1] == n) continue;
+    for (int b = 0; b < (1 << kBits); ++b) count[b + 1] += count[b];
+    for (size_t i = 0; i < n; ++i) to[count[(from[i] >> shift) & kMask]++] = from[i];
     std::swap(from, to);
   }
   if (from != keys.data()) std::copy(from, from + n, keys.data());

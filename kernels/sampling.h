@@ -37,7 +37,7 @@ namespace fwp::cpu {
 int32_t Argmax(const float* logits, int64_t vocab);
 // The sampled token for the draw `uniform` (the definition every backend
 // follows): candidates sorted by logit, highest first, lower id first among
-// equals; the first top_k; probabilities p_i = exp((l_i − l_max)/T) in double;
+// equals; the first top_k; probabilities p_i = exp((l_i − l_max) · (1/T)) in double;
 // top-p keeps the shortest prefix whose mass Σ p_i/Σp reaches top_p (summed
 // in order), min-p those with p_i ≥ min_p · p_max; the token is the first
 // whose running sum of kept p exceeds uniform · Σ kept p.

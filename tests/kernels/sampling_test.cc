@@ -39,6 +39,64 @@ TEST(Sampling, OrderKeysSortLikeTheDefinition) {
   }
 }
 
+// The definition written out plainly (comparator sort, loops in order), for
+// the sampler's fast paths (radix sort, partial sort) to be held to.
+int32_t ReferenceDraw(const float* logits, int64_t vocab, const SamplingParams& p, double u) {
+  std::vector<int32_t> ids(vocab);
+  std::iota(ids.begin(), ids.end(), 0);
+  if (p.greedy()) {
+    return *std::min_element(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+  }
+  std::stable_sort(ids.begin(), ids.end(),
+                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  int64_t keep = p.top_k > 0 && p.top_k < vocab ? p.top_k : vocab;
+  std::vector<double> q(keep);
+  for (int64_t i = 0; i < keep; ++i) {
+    q[i] = std::exp((logits[ids[i]] - static_cast<double>(logits[ids[0]])) * (1.0 / p.temperature));
+  }
+  double total = 0;
+  for (int64_t i = 0; i < keep; ++i) total += q[i];
+  if (p.top_p < 1.0f) {
+    double mass = 0;
+    int64_t n = 0;
+    while (n < keep) {
+      mass += q[n] / total;
+      ++n;
+      if (mass >= p.top_p) break;
+    }
+    keep = n;
+  }
+  if (p.min_p > 0.0f) {
+    int64_t n = 1;
+    while (n < keep && q[n] >= static_cast<double>(p.min_p) * q[0]) ++n;
+    keep = n;
+  }
+  double kept = 0;
+  for (int64_t i = 0; i < keep; ++i) kept += q[i];
+  double r = u * kept;
+  for (int64_t i = 0; i < keep; ++i) {
+    r -= q[i];
+    if (r < 0) return ids[i];
+  }
+  return ids[keep - 1];
+}
+
+TEST(Sampling, FastPathsDrawWhatTheDefinitionDraws) {
+  Rng rng(17);
+  for (const int64_t vocab : {int64_t{3}, int64_t{100}, int64_t{5000}}) {
+    auto batch = testing::RandomSamplingBatch(120, vocab, rng);
+    for (int64_t r = 0; r < batch.rows; ++r) {
+      const RowSampling& row = batch.sampling[r];
+      const float* l = &batch.logits[r * vocab];
+      ASSERT_EQ(cpu::SampleWithDraw(l, vocab, row.params, row.uniform),
+                ReferenceDraw(l, vocab, row.params, row.uniform))
+          << "vocab " << vocab << ", row " << r;
+    }
+  }
+}
+
 // A batched draw (each row's parameters and uniform) picks what the
 // per-request sampler picks from the same Rng, for every kind of row.
 TEST(Sampling, BatchedRowsDrawLikeTheRequestSampler) {
