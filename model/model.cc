@@ -159,8 +159,14 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
   if (slots.empty()) return absl::OkStatus();
   FWP_RETURN_IF_ERROR(Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, nullptr));
   const int64_t V = config_.vocab_size;
-  FWP_RETURN_IF_ERROR(backend_.SampleRows(logits_.f32(), static_cast<int64_t>(slots.size()), V,
-                                          sampling.data(), next));
+  const int64_t n = static_cast<int64_t>(slots.size());
+  if (!backend_.SampleRows(logits_.f32(), n, V, sampling.data(), next).ok()) {
+    // No device memory for the sampler's scratch. The states have advanced,
+    // so the step must still complete: the same draws on the host.
+    std::vector<float> host(n * V);
+    backend_.CopyToHost(host.data(), logits_.f32(), host.size() * sizeof(float));
+    cpu::SampleRows(host.data(), n, V, sampling.data(), next);
+  }
   // Consecutive rows in one copy each (every copy from a GPU synchronises).
   for (size_t j = 0; j < logits_rows.size();) {
     size_t run = 1;

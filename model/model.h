@@ -63,7 +63,8 @@ class Model {
   // SampleRows): sampling [slots] (host) in, next [slots] (host) out, so
   // only tokens cross to the host. The rows listed in logits_rows (indices
   // into slots) also copy their logits to logits (host) [logits_rows, vocab],
-  // for samplers that need the whole row.
+  // for samplers that need the whole row. Once the states have advanced it
+  // cannot fail: without device memory for the sampler it draws on the host.
   absl::Status StepAndSample(StatePool& pool, absl::Span<const int32_t> slots,
                              absl::Span<const int32_t> tokens,
                              absl::Span<const RowSampling> sampling, int32_t* next,
