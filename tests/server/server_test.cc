@@ -143,6 +143,47 @@ TEST_F(ServerTest, GreedyTokensAreTheSameAloneOrAmongSixtyFourStreams) {
   EXPECT_EQ(results[17].logprobs, alone.logprobs);  // bit for bit
 }
 
+// Rows without penalties or log-probabilities are drawn on the backend
+// (Model::StepAndSample), the others on the host from their logits; a seeded
+// sampled stream and a greedy one give the same tokens alone or in steps that
+// mix both kinds of rows.
+TEST_F(ServerTest, DeviceDrawnStreamsAreTheSameAloneOrAmongMixedOthers) {
+  const std::vector<int32_t> prompt = PromptIds(stub(), "The Fulton County Grand Jury said");
+  auto sampled = [&] {
+    v1::GenerateRequest r = Greedy(prompt, 20);
+    r.set_logprobs(false);
+    r.mutable_sampling()->set_temperature(0.9f);
+    r.mutable_sampling()->set_top_p(0.95f);
+    r.mutable_sampling()->set_seed(7);
+    return r;
+  }();
+  v1::GenerateRequest greedy = Greedy(prompt, 20);
+  greedy.set_logprobs(false);
+  const auto sampled_alone = Generate(stub(), sampled);
+  const auto greedy_alone = Generate(stub(), greedy);
+  ASSERT_TRUE(sampled_alone.status.ok() && greedy_alone.status.ok());
+  std::vector<Completion> results(32);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&, i] {
+      if (i == 5) return void(results[i] = Generate(stub(), sampled));
+      if (i == 11) return void(results[i] = Generate(stub(), greedy));
+      std::vector<int32_t> p = prompt;
+      p.insert(p.begin(), static_cast<int32_t>(100 + i));
+      v1::GenerateRequest r = Greedy(p, 16 + i % 7);
+      r.set_logprobs(i % 2 == 0);  // host-drawn rows beside device-drawn ones
+      if (i % 3 == 0) r.mutable_sampling()->set_temperature(1.0f);
+      if (i % 4 == 1) r.mutable_sampling()->set_repetition_penalty(1.2f);
+      results[i] = Generate(stub(), r);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& c : results) ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+  EXPECT_EQ(results[5].tokens, sampled_alone.tokens);
+  EXPECT_EQ(results[11].tokens, greedy_alone.tokens);
+  EXPECT_NE(sampled_alone.tokens, greedy_alone.tokens);  // the draw is not greedy
+}
+
 TEST_F(ServerTest, SessionContinuedTurnByTurnMatchesTheWholeText) {
   const auto a = PromptIds(stub(), "The jury further said in term end presentments that");
   const auto b = PromptIds(stub(), " the City Executive Committee");
