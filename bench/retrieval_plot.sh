@@ -22,14 +22,14 @@ plots() {
   done
 }
 gnuplot <<GP
-set terminal png size 1100,450
+set terminal png size 1400,450
 set output '$png'
 set multiplot layout 1,2
 set logscale y
 set grid
 set xlabel 'S (key-value pairs stored)'
 set ylabel 'final eval loss'
-set key top left
+set key outside right top
 set title 'setting 1: distinct keys (capacity)'
 plot $(plots 1)
 set title 'setting 2: keys re-assigned (updates)'
