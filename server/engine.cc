@@ -545,13 +545,22 @@ absl::StatusOr<Engine::Session*> Engine::NewSession(const std::string& owner, bo
 
 absl::StatusOr<Engine::Session*> Engine::CopySession(Session& parent, const std::string& owner,
                                                      bool ephemeral) {
-  std::vector<char> state;
-  FWP_RETURN_IF_ERROR(LoadState(parent, &state));
-  FWP_ASSIGN_OR_RETURN(Session * copy, NewSession(owner, ephemeral));
-  if (!state.empty()) {  // parked in host memory until used
-    copy->host = host_pool_->Take();
-    std::memcpy(copy->host.get(), state.data(), state_bytes_);
+  // The copy is parked in host memory until used: straight from the parent's
+  // slot when it has one, else through the parent's host or disk bytes.
+  HostStatePool::Block block;
+  if (parent.tier == Tier::kDevice) {
+    block = host_pool_->Take();
+    pool_->CopyToHost(parent.slot, block.get());
+  } else {
+    std::vector<char> state;
+    FWP_RETURN_IF_ERROR(LoadState(parent, &state));
+    if (!state.empty()) {
+      block = host_pool_->Take();
+      std::memcpy(block.get(), state.data(), state_bytes_);
+    }
   }
+  FWP_ASSIGN_OR_RETURN(Session * copy, NewSession(owner, ephemeral));
+  copy->host = std::move(block);
   copy->position = parent.position;
   copy->pending = parent.pending;
   return copy;
