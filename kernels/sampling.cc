@@ -53,10 +53,7 @@ int32_t SampleToken(const float* logits, int64_t vocab,
 void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampling* sampling,
                 int32_t* tokens) {
   CpuThreadPool().ParallelFor(rows, [&](int64_t i) {
-    const RowSampling& row = sampling[i];
-    tokens[i] = row.params.greedy()
-                    ? Argmax(logits + i * vocab, vocab)
-                    : SampleWithDraw(logits + i * vocab, vocab, row.params, row.uniform);
+    tokens[i] = SampleWithDraw(logits + i * vocab, vocab, sampling[i].params, sampling[i].uniform);
   });
 }
 

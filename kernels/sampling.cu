@@ -102,11 +102,17 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, in
   }
 }
 
+// The bitonic sort's length: the vocabulary rounded up to a power of two.
+int64_t Padded(int64_t vocab) {
+  int64_t padded = 1;
+  while (padded < vocab) padded <<= 1;
+  return padded;
+}
+
 }  // namespace
 
 int64_t SampleScratchBytes(int64_t rows, int64_t sampled_rows, int64_t vocab) {
-  int64_t padded = 1;
-  while (padded < vocab) padded <<= 1;
+  const int64_t padded = Padded(vocab);
   return sampled_rows * padded * (sizeof(uint64_t) + sizeof(double)) +
          rows * (sizeof(RowSampling) + 2 * sizeof(int32_t)) + 64;
 }
@@ -115,8 +121,7 @@ void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t 
                 const RowSampling* sampling, const int32_t* work, int64_t sampled_rows,
                 int32_t* tokens, void* scratch) {
   if (rows == 0) return;
-  int64_t padded = 1;
-  while (padded < vocab) padded <<= 1;
+  const int64_t padded = Padded(vocab);
   // Scratch: keys and probabilities [sampled_rows, padded], then the rows'
   // parameters, their places and their tokens.
   auto* keys = static_cast<uint64_t*>(scratch);
