@@ -1,9 +1,12 @@
 // A small SentencePiece model trained at test time (once per test process),
-// with byte fallback so rare characters split into byte tokens.
+// with byte fallback so rare characters split into byte tokens. Each process
+// trains into its own directory: ctest runs the tests in parallel processes, and a
+// shared path let one process read a model another was still writing.
 #pragma once
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -12,8 +15,24 @@
 namespace fwp::testing {
 
 inline const std::string& TestTokenizerPath() {
+  // Removes the process's directory when the process ends.
+  struct Dir {
+    std::string path;
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static Dir dir_owner;
   static const std::string path = [] {
-    const std::string dir = ::testing::TempDir();
+    std::string pattern = ::testing::TempDir() + "fwp_tokenizer_XXXXXX";
+    if (mkdtemp(pattern.data()) == nullptr) {
+      std::fprintf(stderr, "cannot make a directory for the test tokenizer: %s\n",
+                   pattern.c_str());
+      std::abort();
+    }
+    dir_owner.path = pattern;
+    const std::string dir = pattern + "/";
     const std::string corpus = dir + "fwp_tokenizer_corpus.txt";
     {
       std::ofstream out(corpus);
