@@ -52,9 +52,9 @@ void FeatureMapBackward(cudaStream_t stream, const FeatureMapSpec& spec, const f
                         int64_t rows, int64_t d, int64_t x_stride, const float* favor_proj,
                         const float* dphi, float* dx, int64_t dx_stride);
 
-// fast_weight.cu. Supported shapes: d_value ≤ 256 and d_φ·d_value ≤ 24576,
-// with the backward's shared memory within the device's opt-in limit
-// (FastWeightSupported says why not otherwise). The
+// fast_weight.cu. Any d_value: a state too large for one block's shared
+// memory is split into column tiles over several blocks; unsupported only when
+// d_φ rows of one column do not fit (FastWeightSupported says so). The
 // backward needs FastWeightBackwardScratch(...) floats of device scratch.
 bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not);
 void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const float* qkvb,
