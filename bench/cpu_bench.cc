@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "bench/sampler.h"
 #include "bench/timing.h"
 #include "bench/training.h"
+#include "cli/flags.h"
 #include "kernels/matmul.h"
 #include "kernels/random.h"
 #include "model/model.h"
@@ -154,7 +154,10 @@ void SamplerTable() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv,
+      "CPU figures (matmul, decode, prefill, training, sampler)\n"
+      "\n"
+      "  fwp-bench-cpu [--seconds 2] [--tables ...]");
   const std::string tables = absl::GetFlag(FLAGS_tables);
   auto wanted = [&](const std::string& name) {
     for (size_t at = 0; at <= tables.size();) {

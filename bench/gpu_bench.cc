@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "bench/timing.h"
 #include "bench/sampler.h"
 #include "bench/training.h"
+#include "cli/flags.h"
 #include "kernels/backend.h"
 #include "kernels/random.h"
 #include "model/model.h"
@@ -215,7 +215,10 @@ void Sampler(fwp::Backend& gpu) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv,
+      "GPU figures against the measured ceilings\n"
+      "\n"
+      "  fwp-bench-gpu [--seconds 1]");
   auto gpu = fwp::MakeCudaBackend(absl::GetFlag(FLAGS_device));
   if (gpu.ok()) (*gpu)->SetBatchInvariant(absl::GetFlag(FLAGS_batch_invariant));
   if (!gpu.ok()) {

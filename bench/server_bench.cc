@@ -20,9 +20,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "cli/flags.h"
 #include "fwp/v1/fwp.grpc.pb.h"
 #include "kernels/device.h"
 #include "kernels/random.h"
@@ -58,7 +58,10 @@ struct StreamTimes {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv,
+      "fwp-server under concurrent streams against the engine's own rate\n"
+      "\n"
+      "  fwp-bench-server --model models/default --backend auto --levels 1,16,64,256");
   std::vector<int> levels;
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_levels), ',')) {
     int v;

@@ -27,10 +27,9 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "cli/flags.h"
 #include "clients/client_common.h"
 #include "fwp/v1/fwp.grpc.pb.h"
 
@@ -333,8 +332,7 @@ class Chat {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("fwp-chat: chat with fwp-server in the terminal");
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv, "chat with fwp-server in the terminal");
   fwp::client::ChannelOptions options = fwp::client::ChannelOptionsFromFlags();
   auto channel = fwp::client::MakeChannel(options);
   if (!channel.ok()) {

@@ -13,10 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "cli/flags.h"
 #include "clients/client_common.h"
 #include "fwp/v1/fwp.grpc.pb.h"
 
@@ -70,8 +69,7 @@ const char* ReasonName(fwp::v1::FinishReason reason) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("fwp-generate: stream one completion from fwp-server");
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv, "stream one completion from fwp-server");
   fwp::client::ChannelOptions channel_options = fwp::client::ChannelOptionsFromFlags();
 
   fwp::v1::GenerateRequest request;

@@ -6,8 +6,7 @@
 #include <cstdio>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "cli/flags.h"
 #include "clients/client_common.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -15,8 +14,7 @@ ABSL_FLAG(std::string, service, "", "service name to check (empty: the whole ser
 ABSL_FLAG(double, timeout_s, 3.0, "deadline");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("fwp-health: check a server's grpc.health.v1 status");
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv, "check a server's grpc.health.v1 status");
   fwp::client::ChannelOptions options = fwp::client::ChannelOptionsFromFlags();
   auto channel = fwp::client::MakeChannel(options);
   if (!channel.ok()) {

@@ -1,7 +1,7 @@
 // fwp-loadtest: a load generator and report for fwp-server.
 //
-//   fwp-loadtest --address localhost:50051 --mode closed --levels 1,4,16,64,256 \
-//       --requests 200 --duration_s 60 --prompt_tokens 16:64 --max_tokens 32:128 \
+//   fwp-loadtest --address localhost:50051 --mode closed --levels 1,4,16,64,256
+//       --requests 200 --duration_s 60 --prompt_tokens 16:64 --max_tokens 32:128
 //       --json_out load.json --plot_out load.png
 //
 // Modes:
@@ -32,12 +32,11 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "cli/flags.h"
 #include "clients/client_common.h"
 #include "fwp/v1/fwp.grpc.pb.h"
 
@@ -375,8 +374,7 @@ bool Plot(const nlohmann::json& levels, const std::string& png) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("fwp-loadtest: load fwp-server and report throughput and latency");
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv, "load fwp-server and report throughput and latency");
   std::signal(SIGPIPE, SIG_IGN);  // a gnuplot that is missing or dies must not kill the run
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode != "closed" && mode != "open" && mode != "chat") {

@@ -12,10 +12,9 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "cli/flags.h"
 #include "kernels/random.h"
 #include "kernels/sampling.h"
 #include "model/model_dir.h"
@@ -41,21 +40,6 @@ namespace {
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "fwp-run: %s\n", std::string(status.message()).c_str());
   return 1;
-}
-
-// absl flags are snake_case; accept --random-init as well as --random_init.
-std::vector<char*> Underscored(int argc, char** argv, std::vector<std::string>& store) {
-  store.assign(argv, argv + argc);
-  for (size_t i = 1; i < store.size(); ++i) {
-    std::string& a = store[i];
-    if (a.rfind("--", 0) != 0) continue;
-    for (size_t j = 2; j < a.size() && a[j] != '='; ++j) {
-      if (a[j] == '-') a[j] = '_';
-    }
-  }
-  std::vector<char*> out;
-  for (auto& s : store) out.push_back(s.data());
-  return out;
 }
 
 int Run() {
@@ -174,11 +158,9 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "fwp-run --model DIR --prompt TEXT | --random-init CONFIG [--tokenizer T] "
-      "[--prompt_ids 1,2,3] [--save DIR]");
-  std::vector<std::string> store;
-  std::vector<char*> args = Underscored(argc, argv, store);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  fwp::ParseFlags(argc, argv,
+                  "generate a continuation of a prompt on the CPU, token by token\n\n"
+                  "  fwp-run --model DIR --prompt TEXT | --random-init CONFIG [--tokenizer T] "
+                  "[--prompt_ids 1,2,3] [--save DIR]");
   return Run();
 }

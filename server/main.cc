@@ -11,8 +11,7 @@
 #include <semaphore>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "cli/flags.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, model, "models/default", "model directory (config.json, "
@@ -52,8 +51,7 @@ void OnSignal(int) { stop_signal.release(); }
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("fwp-server: serve a fast weight programmer model over gRPC");
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv, "serve a fast weight programmer model over gRPC");
   fwp::server::ServerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.backend = absl::GetFlag(FLAGS_backend);

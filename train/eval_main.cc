@@ -18,8 +18,8 @@
 #include <sstream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "cli/flags.h"
 #include "model/model_dir.h"
 #include "nlohmann/json.hpp"
 #include "train/retrieval.h"
@@ -65,7 +65,11 @@ int EvaluateRetrieval(fwp::Backend& backend, const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv,
+      "perplexity and bits per byte of a model on a split, or a retrieval memory's accuracy\n"
+      "\n"
+      "  fwp-eval --model models/default --data data/brown --split test\n"
+      "  fwp-eval --retrieval FILE.safetensors");
   auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
   if (!made.ok()) return Fail(made.status());
   std::unique_ptr<fwp::Backend> backend = std::move(*made);

@@ -13,8 +13,8 @@
 #include <sstream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "cli/flags.h"
 #include "model/atomic_file.h"
 #include "model/sentencepiece_adapter.h"
 #include "model/tokenizer.h"
@@ -36,7 +36,10 @@ int Fail(const absl::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv,
+      "the Brown Corpus to a 90/5/5 split, a SentencePiece tokenizer and token files\n"
+      "\n"
+      "  fwp-prepare --corpus data/raw/package --out data/brown [--vocab 8192]");
   const std::string corpus = absl::GetFlag(FLAGS_corpus), out = absl::GetFlag(FLAGS_out);
   auto names = fwp::ListBrownDocuments(corpus);
   if (!names.ok()) return Fail(names.status());

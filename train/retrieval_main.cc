@@ -12,7 +12,7 @@
 #include <fstream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
+#include "cli/flags.h"
 #include "train/retrieval.h"
 
 ABSL_FLAG(int, setting, 1, "1: capacity (distinct keys), 2: updates (keys with replacement)");
@@ -36,7 +36,10 @@ ABSL_FLAG(int64_t, d_key, 64, "key (and query) dimension");
 ABSL_FLAG(bool, progress, false, "print every evaluation");
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv,
+      "the paper's synthetic associative retrieval experiments\n"
+      "\n"
+      "  fwp-retrieval --setting 1 --update sum --phi dpfp --nu 2 --from 20 --to 600 --by 20");
   auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
   if (!made.ok()) {
     std::fprintf(stderr, "fwp-retrieval: %s\n", std::string(made.status().message()).c_str());

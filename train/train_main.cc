@@ -16,8 +16,8 @@
 #include <fstream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "cli/flags.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "train/trainer.h"
@@ -67,7 +67,11 @@ void Plot(const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  fwp::ParseFlags(argc, argv,
+      "train an FWP language model on prepared token files\n"
+      "\n"
+      "  fwp-train --config models/default.json --data data/brown --out runs/default\n"
+      "  fwp-train --out runs/default --resume [--steps N]");
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
   auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));

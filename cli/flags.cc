@@ -1,0 +1,43 @@
+#include "cli/flags.h"
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+
+namespace fwp {
+
+std::vector<std::string> UnderscoreFlagNames(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string& a = args[i];
+    if (a == "--") break;
+    if (a.rfind("--", 0) != 0) continue;
+    for (size_t j = 2; j < a.size() && a[j] != '='; ++j) {
+      if (a[j] == '-') a[j] = '_';
+    }
+  }
+  return args;
+}
+
+bool IsOurFlagFile(std::string_view file) {
+  // Flags are named by their source path as compiled; libraries' live under
+  // their own include roots.
+  return file.find("absl/") == std::string_view::npos &&
+         file.find("/usr/") == std::string_view::npos;
+}
+
+std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usage) {
+  absl::FlagsUsageConfig config;
+  config.contains_helpshort_flags = [](absl::string_view f) { return IsOurFlagFile(std::string_view(f.data(), f.size())); };
+  config.contains_help_flags = [](absl::string_view f) { return IsOurFlagFile(std::string_view(f.data(), f.size())); };
+  absl::SetFlagsUsageConfig(config);
+  absl::SetProgramUsageMessage(absl::string_view(usage.data(), usage.size()));
+  std::vector<std::string> args = UnderscoreFlagNames(argc, argv);
+  std::vector<char*> pointers;
+  for (std::string& a : args) pointers.push_back(a.data());
+  const std::vector<char*> rest =
+      absl::ParseCommandLine(static_cast<int>(pointers.size()), pointers.data());
+  return std::vector<std::string>(rest.begin(), rest.end());
+}
+
+}  // namespace fwp

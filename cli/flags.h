@@ -1,0 +1,26 @@
+// The command line of every fwp program.
+//
+//   int main(int argc, char** argv) {
+//     fwp::ParseFlags(argc, argv, "fwp-train: train a model ...");
+//
+// --help lists the program's own flags (absl's default lists only flags
+// defined in a file named after the program, which none of ours is),
+// --helpfull every flag, and --some-flag is accepted for --some_flag.
+// Positional arguments are returned (the program name first).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fwp {
+
+std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usage);
+
+// argv with "--some-flag[=v]" spelled "--some_flag[=v]"; "--" ends the flags.
+std::vector<std::string> UnderscoreFlagNames(int argc, char** argv);
+
+// Whether --help shows the flags defined in `file` (ours, not a library's).
+bool IsOurFlagFile(std::string_view file);
+
+}  // namespace fwp
