@@ -6,7 +6,7 @@
 #   device, one call each:  bash bench/gpu_check.sh tests      (carry .devpack, data)
 #                           bash bench/gpu_check.sh bench
 #                           bash bench/gpu_check.sh train       (and fwp-eval on the GPU)
-#                           bash bench/gpu_check.sh retrieval
+#                           bash bench/gpu_check.sh retrieval 1   (then 2)
 #
 # `pack` builds and copies the programs with their libraries (and the
 # SentencePiece plugin, which is loaded from beside them) into .devpack; the
@@ -57,16 +57,29 @@ case "$stage" in
     done
     ;;
   retrieval)
-    # The paper's synthetic sweeps where the CUDA memory kernels hold the
-    # state on chip (d_phi * S <= 24576): setting 2, sum vs delta, DPFP-1.
+    # The paper's synthetic experiments at the points that decide its figures
+    # (around each memory's capacity), its 100k-step budget capped by time so
+    # that one call fits: `retrieval 1` (capacity), `retrieval 2` (updates).
+    # Points are setting:update:phi:nu:S; the CUDA kernels split d_value = S
+    # over column tiles, so every S of the paper runs.
     csv="$out/retrieval.csv"
-    for rule in delta sum; do
-      timeout 270 "$bin/fwp-retrieval" --backend cuda --setting 2 --update "$rule" --phi dpfp \
-        --nu 1 --from 20 --to 180 --by 40 --csv "$csv" 2>&1 | tee -a "$out/retrieval.txt"
+    case "${2:-1}" in
+      1) points="1:sum:elu1:1:60 1:sum:elu1:1:100 1:sum:dpfp:1:100 1:sum:dpfp:1:160
+                 1:sum:dpfp:2:240 1:sum:dpfp:2:300 1:sum:dpfp:3:340 1:sum:dpfp:3:440
+                 1:sum:dpfp:3:600"; seconds=45 ;;
+      2) points="2:sum:dpfp:1:20 2:sum:dpfp:2:60 2:delta:elu1:1:60 2:delta:dpfp:1:100
+                 2:delta:dpfp:1:140 2:delta:dpfp:2:200"; seconds=75 ;;
+      *) points="$2"; seconds=${RETRIEVAL_SECONDS:-60} ;;
+    esac
+    for point in $points; do
+      IFS=: read -r setting rule phi nu S <<<"$point"
+      timeout $((seconds + 60)) "$bin/fwp-retrieval" --backend cuda --setting "$setting" \
+        --update "$rule" --phi "$phi" --nu "$nu" --from "$S" --to "$S" \
+        --max_seconds "$seconds" --csv "$csv" 2>&1 | tee -a "$out/retrieval.txt"
     done
     ;;
   *)
-    echo "usage: bench/gpu_check.sh pack|tests|bench|train|retrieval" >&2
+    echo "usage: bench/gpu_check.sh pack|tests|bench|train|retrieval [1|2|POINTS]" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,7 @@
 #include "train/retrieval.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -483,6 +484,7 @@ absl::StatusOr<RetrievalResult> RetrievalTask::Train(
   RetrievalResult result;
   result.best.loss = INFINITY;
   int64_t strikes = 0;
+  const auto start = std::chrono::steady_clock::now();
   for (int64_t step = 1; step <= config_.max_steps; ++step) {
     FWP_RETURN_IF_ERROR(TrainStep().status());
     result.steps = step;
@@ -497,6 +499,12 @@ absl::StatusOr<RetrievalResult> RetrievalTask::Train(
       ++strikes;
     }
     if (eval.loss <= config_.target_loss || strikes > config_.patience) break;
+    if (config_.max_seconds > 0 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >=
+            config_.max_seconds) {
+      result.out_of_time = step < config_.max_steps;
+      break;
+    }
   }
   return result;
 }

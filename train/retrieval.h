@@ -42,6 +42,7 @@ struct RetrievalConfig {
   int64_t batch = 32;
   float lr = 1e-3f;
   int64_t max_steps = 100000;
+  double max_seconds = 0;  // > 0: also stop at the first evaluation after this long
   int64_t eval_every = 100;
   int64_t eval_sequences = 20;
   int64_t patience = 10;
@@ -59,6 +60,7 @@ struct RetrievalResult {
   int64_t steps = 0;
   RetrievalEval best;   // the best evaluation
   RetrievalEval last;
+  bool out_of_time = false;  // stopped by max_seconds, not by the paper's rule
 };
 
 class RetrievalTask {

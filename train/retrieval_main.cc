@@ -34,6 +34,8 @@ ABSL_FLAG(int64_t, batch, 32, "sequences per step");
 ABSL_FLAG(double, lr, 1e-3, "Adam learning rate");
 ABSL_FLAG(int64_t, d_key, 64, "key (and query) dimension");
 ABSL_FLAG(bool, progress, false, "print every evaluation");
+ABSL_FLAG(double, max_seconds, 0,
+          "also stop each S at its first evaluation after this many seconds (0: no limit)");
 
 int main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
   config.phi.kind = *kind;
   config.phi.nu = absl::GetFlag(FLAGS_nu);
   config.max_steps = absl::GetFlag(FLAGS_max_steps);
+  config.max_seconds = absl::GetFlag(FLAGS_max_seconds);
   config.seed = absl::GetFlag(FLAGS_seed);
   config.eval_every = absl::GetFlag(FLAGS_eval_every);
   config.eval_sequences = absl::GetFlag(FLAGS_eval_sequences);
@@ -108,6 +111,7 @@ int main(int argc, char** argv) {
     std::printf("%-12s %7d %5lld %8lld %11.4f %9.3f %11.4f %9.3f\n", name.c_str(), config.setting,
                 (long long)S, (long long)result->steps, result->last.loss, result->last.accuracy,
                 result->best.loss, result->best.accuracy);
+    if (result->out_of_time) std::printf("  (S=%lld stopped by --max_seconds)\n", (long long)S);
     std::fflush(stdout);
     if (!save_dir.empty()) {
       const std::string path = save_dir + "/" + name + "-setting" +

@@ -45,6 +45,23 @@ TEST(Retrieval, DeltaRuleLearnsTwentyPairsOnTheCpu) {
   EXPECT_LT(result->best.loss, 0.1);
 }
 
+// --max_seconds ends training at the first evaluation past the limit, saying so.
+TEST(Retrieval, ATimeLimitStopsAtTheNextEvaluation) {
+  auto backend = MakeCpuBackend();
+  RetrievalConfig config = Task(1, 8, UpdateRule::kDelta, FeatureMapKind::kDpfp, 2);
+  config.batch = 4;
+  config.eval_every = 7;
+  config.max_seconds = 1e-9;
+  auto task = RetrievalTask::Create(*backend, config);
+  ASSERT_TRUE(task.ok()) << task.status();
+  int evaluations = 0;
+  auto result = (*task)->Train([&](int64_t, const RetrievalEval&) { ++evaluations; });
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->steps, 7);
+  EXPECT_EQ(evaluations, 1);
+  EXPECT_TRUE(result->out_of_time);
+}
+
 // The evaluation reads every query from its sequence's final memory; the
 // paper's code reruns the sequence per query. Both must score the same
 // sequences alike, for the delta rule and for the sum rule's normaliser.
