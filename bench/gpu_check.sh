@@ -4,6 +4,7 @@
 #
 #   here (build machine):   bench/gpu_check.sh pack
 #   device, one call each:  bash bench/gpu_check.sh tests      (carry .devpack, data)
+#                           bash bench/gpu_check.sh sanitize   (memcheck, racecheck)
 #                           bash bench/gpu_check.sh bench
 #                           bash bench/gpu_check.sh train       (and fwp-eval on the GPU)
 #                           bash bench/gpu_check.sh retrieval 1   (then 2)
@@ -34,7 +35,19 @@ case "$stage" in
     nvidia-smi > "$out/gpu.txt" 2>&1
     # The CUDA half of the suite: every op against the CPU, the decode step,
     # the whole model, the sampler, training on the GPU.
-    timeout 540 "$bin/fwp-tests" --gtest_filter='CudaOps*:Device*:*Gpu*' 2>&1 | tee "$out/tests.txt" | tail -40
+    timeout 420 "$bin/fwp-tests" --gtest_filter='CudaOps*:Device*:*Gpu*' 2>&1 | tee "$out/tests.txt" | tail -40
+    ;;
+  sanitize)
+    # compute-sanitizer (where the runtime allows it: Firecracker, not gVisor)
+    # over the hand-written kernels on small cases: out-of-bounds accesses,
+    # then shared-memory races in the fast-weight and sampler kernels.
+    filter='CudaOps.FastWeight*:CudaOps.SampleRows*:CudaOps.Embedding*:CudaOps.LayerNorm*:CudaOps.Feature*'
+    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/fwp-tests" \
+      --gtest_filter="$filter" > "$out/memcheck.txt" 2>&1; echo "memcheck rc=$?" | tee -a "$out/memcheck.txt"
+    timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/fwp-tests" \
+      --gtest_filter='CudaOps.FastWeightStates*:CudaOps.SampleRows*' > "$out/racecheck.txt" 2>&1
+    echo "racecheck rc=$?" | tee -a "$out/racecheck.txt"
+    tail -n 15 "$out/memcheck.txt" "$out/racecheck.txt"
     ;;
   bench)
     timeout 240 "$bin/fwp-bench-gpu" --seconds 1 > "$out/bench-gpu.txt" 2>&1
@@ -79,7 +92,7 @@ case "$stage" in
     done
     ;;
   *)
-    echo "usage: bench/gpu_check.sh pack|tests|bench|train|retrieval [1|2|POINTS]" >&2
+    echo "usage: bench/gpu_check.sh pack|tests|sanitize|bench|train|retrieval [1|2|POINTS]" >&2
     exit 2
     ;;
 esac
