@@ -273,8 +273,20 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(Args a, float* y) {
   StoreState(s, c, gS, gz, s.tiles == 1);
 }
 
-// z ← z + Σ_t φk_t for each (sequence, head), in token order (the same sums
-// a single-tile block makes). grid: batch·heads.
+// z ← z + Σ_t φk_t over one sequence's rows of a head, in token order (the
+// same sums a single-tile block makes). Thread r owns z[r].
+__device__ void AddKeys(const Args& a, const float* rows, float* row, float* phk, float* z,
+                        float* scratch) {
+  const Shape& s = a.s;
+  for (int64_t t = 0; t < a.time; ++t) {
+    LoadRow(s, rows + t * s.row_width, row);
+    PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
+    for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] += phk[r];
+  }
+}
+
+// z ← z + Σ_t φk_t for each (sequence, head) after the tiles' forward.
+// grid: batch·heads.
 __global__ void __launch_bounds__(kThreads) NormalizerKernel(Args a) {
   extern __shared__ float smem[];
   const Shape& s = a.s;
@@ -286,11 +298,7 @@ __global__ void __launch_bounds__(kThreads) NormalizerKernel(Args a) {
   float* scratch = z + s.dp;
   float* gz = HeadZ(a.state, a.slots[b], s, h);
   for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] = gz[r];
-  for (int64_t t = 0; t < a.time; ++t) {
-    LoadRow(s, a.qkvb + (b * a.time + t) * s.row_width + h * s.head_width, row);
-    PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
-    for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] += phk[r];
-  }
+  AddKeys(a, a.qkvb + b * a.time * s.row_width + h * s.head_width, row, phk, z, scratch);
   for (int r = threadIdx.x; r < s.dp; r += blockDim.x) gz[r] = z[r];
 }
 
@@ -531,11 +539,7 @@ __global__ void __launch_bounds__(kThreads)
       z[r] = gz0[r];
       dz[r] = gdz ? gdz[r] : 0.0f;
     }
-    for (int64_t t = 0; t < a.time; ++t) {  // z_T
-      LoadRow(s, rows + t * s.row_width, row);
-      PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
-      for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] += phk[r];
-    }
+    AddKeys(a, rows, row, phk, z, scratch);  // z_T
   }
   for (int64_t t = a.time - 1; t >= 0; --t) {
     __syncthreads();
