@@ -32,6 +32,8 @@
 //
 // A correct first kernel; a chunkwise-parallel (tensor-core) version can
 // replace it behind the same launchers.
+#include <atomic>
+
 #include "kernels/cuda_ops.h"
 #include "kernels/feature_map.cuh"
 
@@ -273,12 +275,12 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(Args a, float* y) {
   StoreState(s, c, gS, gz, s.tiles == 1);
 }
 
-// z ← z + Σ_t φk_t over one sequence's rows of a head, in token order (the
-// same sums a single-tile block makes). Thread r owns z[r].
-__device__ void AddKeys(const Args& a, const float* rows, float* row, float* phk, float* z,
-                        float* scratch) {
+// z ← z + Σ_t φk_t over `tokens` rows of a head, in token order (the same
+// sums a single-tile block makes). Thread r owns z[r].
+__device__ void AddKeys(const Args& a, const float* rows, int64_t tokens, float* row, float* phk,
+                        float* z, float* scratch) {
   const Shape& s = a.s;
-  for (int64_t t = 0; t < a.time; ++t) {
+  for (int64_t t = 0; t < tokens; ++t) {
     LoadRow(s, rows + t * s.row_width, row);
     PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
     for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] += phk[r];
@@ -298,7 +300,8 @@ __global__ void __launch_bounds__(kThreads) NormalizerKernel(Args a) {
   float* scratch = z + s.dp;
   float* gz = HeadZ(a.state, a.slots[b], s, h);
   for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] = gz[r];
-  AddKeys(a, a.qkvb + b * a.time * s.row_width + h * s.head_width, row, phk, z, scratch);
+  AddKeys(a, a.qkvb + b * a.time * s.row_width + h * s.head_width, a.time, row, phk, z,
+          scratch);
   for (int r = threadIdx.x; r < s.dp; r += blockDim.x) gz[r] = z[r];
 }
 
@@ -506,11 +509,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // With several tiles: per (sequence, head), adds the tiles' sums in tile
-// order, adds the normaliser's terms (walking z back from z_T) and runs the
+// order, adds the normaliser's terms (z rebuilt per chunk from tile 0's
+// checkpoints and stepped back inside it, as the tiles do) and runs the
 // feature-map backward into the q and k parts of dqkvb, and β's. grid:
 // batch·heads.
 __global__ void __launch_bounds__(kThreads)
-    ReduceKernel(Args a, float* dqkvb, StateView dstate, const float* partials_all) {
+    ReduceKernel(Args a, float* dqkvb, StateView dstate, const float* scratch_all, int64_t chunk) {
   extern __shared__ float smem[];
   const Shape& s = a.s;
   const int h = blockIdx.x % s.heads;
@@ -529,61 +533,73 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t slot = a.slots[b];
   const float* rows = a.qkvb + b * a.time * s.row_width + h * s.head_width;
   const int64_t pf = PartialFloats(s.dp);
-  const float* partials = partials_all + static_cast<int64_t>(blockIdx.x) * s.tiles * a.time * pf;
+  const int64_t block_floats = BlockScratchFloats(s, a.time, chunk);
+  const float* partials = scratch_all + static_cast<int64_t>(gridDim.x) * s.tiles * block_floats +
+                          static_cast<int64_t>(blockIdx.x) * s.tiles * a.time * pf;
   const int64_t tile_floats = a.time * pf;
+  // Tile 0's checkpoints of z at chunk starts (BackwardKernel's pass 1).
+  const int64_t ckpt_floats = static_cast<int64_t>(s.dp) * s.tw + s.dp;
+  const float* ckpt_z = scratch_all + static_cast<int64_t>(blockIdx.x) * s.tiles * block_floats +
+                        static_cast<int64_t>(s.dp) * s.tw;
 
   float* gdz = dstate.base && s.norm ? HeadZ(dstate, slot, s, h) : nullptr;
   if (s.norm) {
-    const float* gz0 = HeadZ(a.state, slot, s, h);
-    for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
-      z[r] = gz0[r];
-      dz[r] = gdz ? gdz[r] : 0.0f;
-    }
-    AddKeys(a, rows, row, phk, z, scratch);  // z_T
+    for (int r = threadIdx.x; r < s.dp; r += blockDim.x) dz[r] = gdz ? gdz[r] : 0.0f;
   }
-  for (int64_t t = a.time - 1; t >= 0; --t) {
-    __syncthreads();
-    LoadRow(s, rows + t * s.row_width, row);
-    PhiBlock(s.spec.phi, row, s.dk, a.omega, phq, scratch, s.spec.phi.sum_norm);
-    PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
-    const float* pt = partials + t * pf;
-    for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
-      float aq = 0.0f, ak = 0.0f;
-      for (int k = 0; k < s.tiles; ++k) {
-        aq += pt[k * tile_floats + r];
-        ak += pt[k * tile_floats + s.dp + r];
-      }
-      dphq[r] = aq;
-      dphk[r] = ak;
-    }
-    float dbeta = 0.0f, ydot = 0.0f;
-    for (int k = 0; k < s.tiles; ++k) {
-      dbeta += pt[k * tile_floats + 2 * s.dp];
-      ydot += pt[k * tile_floats + 2 * s.dp + 1];
-    }
+  const int64_t chunks = (a.time + chunk - 1) / chunk;
+  for (int64_t ch = chunks - 1; ch >= 0; --ch) {
+    const int64_t t0 = ch * chunk, t1 = min(a.time, (ch + 1) * chunk);
     if (s.norm) {
-      float den_part = 0.0f;
-      for (int r = threadIdx.x; r < s.dp; r += blockDim.x) den_part += z[r] * phq[r];
-      const float den = BlockSum(den_part, scratch);
-      const float dden = den > 0.0f ? -ydot / den : 0.0f;
+      // z at the chunk's end from its start, as the tiles recompute it: z is
+      // stepped back only inside one chunk, never over the whole sequence.
+      __syncthreads();
+      for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] = ckpt_z[ch * ckpt_floats + r];
+      AddKeys(a, rows + t0 * s.row_width, t1 - t0, row, phk, z, scratch);
+    }
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      __syncthreads();
+      LoadRow(s, rows + t * s.row_width, row);
+      PhiBlock(s.spec.phi, row, s.dk, a.omega, phq, scratch, s.spec.phi.sum_norm);
+      PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
+      const float* pt = partials + t * pf;
       for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
-        if (den > 0.0f) {
-          dphq[r] += z[r] * dden;
-          dz[r] += phq[r] * dden;
+        float aq = 0.0f, ak = 0.0f;
+        for (int k = 0; k < s.tiles; ++k) {
+          aq += pt[k * tile_floats + r];
+          ak += pt[k * tile_floats + s.dp + r];
         }
-        dphk[r] += dz[r];
-        z[r] -= phk[r];
+        dphq[r] = aq;
+        dphk[r] = ak;
       }
+      float dbeta = 0.0f, ydot = 0.0f;
+      for (int k = 0; k < s.tiles; ++k) {
+        dbeta += pt[k * tile_floats + 2 * s.dp];
+        ydot += pt[k * tile_floats + 2 * s.dp + 1];
+      }
+      if (s.norm) {
+        float den_part = 0.0f;
+        for (int r = threadIdx.x; r < s.dp; r += blockDim.x) den_part += z[r] * phq[r];
+        const float den = BlockSum(den_part, scratch);
+        const float dden = den > 0.0f ? -ydot / den : 0.0f;
+        for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
+          if (den > 0.0f) {
+            dphq[r] += z[r] * dden;
+            dz[r] += phq[r] * dden;
+          }
+          dphk[r] += dz[r];
+          z[r] -= phk[r];
+        }
+      }
+      float* drow = dqkvb + (b * a.time + t) * s.row_width + h * s.head_width;
+      if (s.delta && threadIdx.x == 0) {
+        const float beta = math::Sigmoid(row[2 * s.dk + s.dh]);
+        drow[2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
+      }
+      __syncthreads();
+      PhiBackwardBlock(s.spec.phi, row, s.dk, a.omega, dphq, drow, pg, pdg, pr, scratch);
+      PhiBackwardBlock(s.spec.phi, row + s.dk, s.dk, a.omega, dphk, drow + s.dk, pg, pdg, pr,
+                       scratch);
     }
-    float* drow = dqkvb + (b * a.time + t) * s.row_width + h * s.head_width;
-    if (s.delta && threadIdx.x == 0) {
-      const float beta = math::Sigmoid(row[2 * s.dk + s.dh]);
-      drow[2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
-    }
-    __syncthreads();
-    PhiBackwardBlock(s.spec.phi, row, s.dk, a.omega, dphq, drow, pg, pdg, pr, scratch);
-    PhiBackwardBlock(s.spec.phi, row + s.dk, s.dk, a.omega, dphk, drow + s.dk, pg, pdg, pr,
-                     scratch);
   }
   __syncthreads();
   if (gdz) {
@@ -602,13 +618,20 @@ int64_t ReduceFloats(const Shape& s) {
 
 size_t SharedBytes(int64_t floats) { return static_cast<size_t>(floats) * sizeof(float); }
 
-// Shared memory a block may opt into on the current device, in floats.
+// Shared memory a block may opt into on the current device, in floats
+// (asked once per device: the decode step picks its shape every call).
 int64_t SharedLimitFloats() {
-  int device = 0, limit = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess) {
-    limit = 48 * 1024;
+  constexpr int kDevices = 64;
+  static std::atomic<int> cached[kDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 48 * 1024 / sizeof(float);
+  int limit = device < kDevices ? cached[device].load(std::memory_order_relaxed) : 0;
+  if (limit == 0) {
+    if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+        cudaSuccess) {
+      limit = 48 * 1024;
+    }
+    if (device < kDevices) cached[device].store(limit, std::memory_order_relaxed);
   }
   return limit / static_cast<int64_t>(sizeof(float));
 }
@@ -653,9 +676,9 @@ void AllowShared(Kernel kernel, size_t bytes, const char* what) {
 
 bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not) {
   if (PickShape(spec, false).tiles == 0 || PickShape(spec, true).tiles == 0) {
-    *why_not = "the CUDA fast-weight kernels keep d_phi rows of S and dS in shared memory, and "
-               "even one value column of them needs more than this GPU offers per block: "
-               "reduce d_phi";
+    *why_not = "the CUDA fast-weight kernels keep d_phi rows of S and dS and one projection "
+               "row (2 d_head + d_value + 1 floats) in shared memory, and even one value column "
+               "needs more than this GPU offers per block: reduce d_phi or d_value";
     return false;
   }
   return true;
@@ -666,12 +689,15 @@ void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const f
                         int64_t time, const StateView& state, float* y) {
   if (batch == 0 || time == 0) return;
   Args a{PickShape(spec, false), qkvb, favor_proj, slots, time, state};
+  if (a.s.tiles == 0)
+    Die("fast weights", "shape not supported (CheckAttention refuses it)", __FILE__, __LINE__);
   const size_t shared = SharedBytes(CommonFloats(a.s));
   AllowShared(ForwardKernel, shared, "fast-weight smem");
   ForwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, y);
   FWP_CUDA_LAUNCHED("fast-weight sequence");
   if (a.s.tiles > 1 && a.s.norm) {
     const size_t zshared = SharedBytes(NormalizerFloats(a.s));
+    AllowShared(NormalizerKernel, zshared, "fast-weight normaliser smem");
     NormalizerKernel<<<static_cast<unsigned>(batch * a.s.heads), kThreads, zshared, stream>>>(a);
     FWP_CUDA_LAUNCHED("fast-weight normaliser");
   }
@@ -700,6 +726,8 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
   if (batch == 0 || time == 0) return;
   chunk = std::max<int64_t>(1, std::min(chunk, time));
   Args a{PickShape(spec, true), qkvb, favor_proj, slots, time, state};
+  if (a.s.tiles == 0)
+    Die("fast weights", "shape not supported (CheckAttention refuses it)", __FILE__, __LINE__);
   const size_t shared = SharedBytes(CommonFloats(a.s) + BackwardExtraFloats(a.s));
   AllowShared(BackwardKernel, shared, "fast-weight backward smem");
   BackwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, dy, dqkvb, dstate, chunk,
@@ -708,10 +736,8 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
   if (a.s.tiles > 1) {
     const size_t rshared = SharedBytes(ReduceFloats(a.s));
     AllowShared(ReduceKernel, rshared, "fast-weight backward reduction smem");
-    const float* partials = scratch + batch * a.s.heads * a.s.tiles *
-                                          BlockScratchFloats(a.s, time, chunk);
     ReduceKernel<<<static_cast<unsigned>(batch * a.s.heads), kThreads, rshared, stream>>>(
-        a, dqkvb, dstate, partials);
+        a, dqkvb, dstate, scratch, chunk);
     FWP_CUDA_LAUNCHED("fast-weight backward reduction");
   }
 }
