@@ -1,0 +1,178 @@
+// CPU emulation of CUDA blocks for tools/cuda_emulation (see run.sh):
+// EMULATION SHIM: CUDA block semantics on CPU fibers (ucontext).
+#pragma once
+#include <ucontext.h>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#include <algorithm>
+#include <random>
+#include <limits>
+#include <functional>
+#include <map>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+
+struct dim3 { unsigned x = 1, y = 1, z = 1; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
+typedef int cudaError_t;
+typedef void* cudaStream_t;
+constexpr int cudaSuccess = 0;
+constexpr int cudaDevAttrMaxSharedMemoryPerBlockOptin = 97;
+constexpr int cudaFuncAttributeMaxDynamicSharedMemorySize = 8;
+inline const char* cudaGetErrorString(int) { return "emu error"; }
+
+namespace emu {
+struct Fiber { ucontext_t ctx; std::vector<char> stack; unsigned tid; long syncs = 0; bool done = false; };
+inline ucontext_t sched_ctx;
+inline std::vector<Fiber> fibers;
+inline Fiber* cur = nullptr;
+inline dim3 g_block, g_grid, g_blockdim;
+inline float* g_smem = nullptr;
+inline size_t g_smem_bytes = 0;
+inline int64_t g_shared_limit_bytes = 232448;
+inline std::map<const void*, size_t> g_attr;
+inline std::mt19937 rng(1);
+inline int order_mode = 0;  // 0 forward, 1 reverse, 2 random
+inline std::vector<float> shfl_buf(1024);
+inline long total_syncs = 0;
+inline int block_order_mode = 0;
+
+inline void Sync() { cur->syncs++; swapcontext(&cur->ctx, &sched_ctx); }
+inline float ShflXor(float v, int off) {
+  unsigned t = cur->tid;
+  shfl_buf[t] = v;
+  Sync();
+  float r = shfl_buf[t ^ off];
+  Sync();
+  return r;
+}
+inline void (*g_entry)(void*) = nullptr;
+inline void* g_entry_arg = nullptr;
+inline void Trampoline() { g_entry(g_entry_arg); cur->done = true; swapcontext(&cur->ctx, &sched_ctx); }
+
+inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
+  g_entry = entry; g_entry_arg = arg;
+  fibers.assign(threads, Fiber{});
+  for (unsigned t = 0; t < threads; ++t) {
+    Fiber& f = fibers[t];
+    f.tid = t;
+    f.stack.resize(1 << 17);
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.data();
+    f.ctx.uc_stack.ss_size = f.stack.size();
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, (void (*)())Trampoline, 0);
+  }
+  std::vector<unsigned> order(threads);
+  for (;;) {
+    for (unsigned t = 0; t < threads; ++t) order[t] = t;
+    if (order_mode == 1) std::reverse(order.begin(), order.end());
+    else if (order_mode == 2) std::shuffle(order.begin(), order.end(), rng);
+    for (unsigned t : order) {
+      Fiber& f = fibers[t];
+      if (f.done) continue;
+      cur = &f;
+      swapcontext(&sched_ctx, &f.ctx);
+      cur = nullptr;
+    }
+    ++total_syncs;
+    long s0 = fibers[0].syncs; bool d0 = fibers[0].done; int ndone = 0;
+    for (auto& f : fibers) {
+      if (f.done) ++ndone;
+      if (f.syncs != s0 || f.done != d0) {
+        std::fprintf(stderr, "EMU: divergent barrier: thread %u syncs %ld done %d vs thread0 %ld %d (block %u,%u)\n",
+                     f.tid, f.syncs, (int)f.done, s0, (int)d0, g_block.x, g_block.y);
+        std::abort();
+      }
+    }
+    if (ndone == (int)threads) break;
+  }
+}
+
+template <typename... A>
+struct LaunchHelper;
+
+// Launch kernel(args...) over the grid; blocks sequentially.
+template <typename K, typename... A>
+void Launch(K kernel, dim3 grid, unsigned threads, size_t shared, A... args) {
+  if (shared > 48 * 1024 && shared > g_attr[(const void*)kernel]) {
+    std::fprintf(stderr, "EMU: launch with %zu bytes dynamic smem > attribute %zu\n", shared, g_attr[(const void*)kernel]);
+    std::abort();
+  }
+  if ((int64_t)shared > g_shared_limit_bytes) { std::fprintf(stderr, "EMU: smem %zu > limit\n", shared); std::abort(); }
+  if (grid.x == 0 || grid.y == 0) { std::fprintf(stderr, "EMU: empty grid\n"); std::abort(); }
+  const size_t floats = shared / 4, guard = 4096;
+  std::vector<float> smem(floats + guard, std::numeric_limits<float>::quiet_NaN());
+  const float sentinel = -12345.678f;
+  for (size_t i = floats; i < floats + guard; ++i) smem[i] = sentinel;
+  g_grid = grid; g_blockdim = dim3(threads);
+  auto bound = [&]() { kernel(args...); };
+  using B = decltype(bound);
+  std::vector<std::pair<unsigned, unsigned>> blocks;
+  for (unsigned y = 0; y < grid.y; ++y) for (unsigned x = 0; x < grid.x; ++x) blocks.push_back({x, y});
+  if (block_order_mode == 1) std::reverse(blocks.begin(), blocks.end());
+  else if (block_order_mode == 2) std::shuffle(blocks.begin(), blocks.end(), rng);
+  for (auto [x, y] : blocks) {
+    g_block = dim3(x, y);
+    std::fill(smem.begin(), smem.begin() + floats, std::numeric_limits<float>::quiet_NaN());
+    g_smem = smem.data(); g_smem_bytes = shared;
+    RunBlock([](void* p) { (*static_cast<B*>(p))(); }, &bound, threads);
+    for (size_t i = floats; i < floats + guard; ++i) {
+      if (!(smem[i] == sentinel)) { std::fprintf(stderr, "EMU: shared overflow write at float %zu (size %zu) block %u,%u\n", i, floats, x, y); std::abort(); }
+    }
+  }
+}
+
+struct Idx { unsigned x, y, z; };
+inline Idx ThreadIdx() { return Idx{cur->tid, 0, 0}; }
+inline Idx BlockIdx() { return Idx{g_block.x, g_block.y, 0}; }
+inline Idx BlockDim() { return Idx{g_blockdim.x, 1, 1}; }
+inline Idx GridDim() { return Idx{g_grid.x, g_grid.y, 1}; }
+}  // namespace emu
+
+#define threadIdx (::emu::ThreadIdx())
+#define blockIdx (::emu::BlockIdx())
+#define blockDim (::emu::BlockDim())
+#define gridDim (::emu::GridDim())
+#define __syncthreads() ::emu::Sync()
+#define __shfl_xor_sync(mask, v, off) ::emu::ShflXor((v), (off))
+using std::min; using std::max;
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
+inline int cudaGetDevice(int* d) { *d = 0; return 0; }
+inline int cudaDeviceGetAttribute(int* v, int, int) { *v = (int)emu::g_shared_limit_bytes; return 0; }
+template <typename K> int cudaFuncSetAttribute(K k, int, int bytes) { emu::g_attr[(const void*)k] = bytes; return 0; }
+inline int cudaGetLastError() { return 0; }
+
+namespace fwp::cuda {
+[[noreturn]] inline void Die(const char* what, const char* detail, const char* file, int line) {
+  std::fprintf(stderr, "fwp: CUDA failure in %s: %s (%s:%d)\n", what, detail, file, line);
+  std::abort();
+}
+#define FWP_CUDA_CHECK(what, expr) do { int e_ = (expr); if (e_) ::fwp::cuda::Die(what, "x", __FILE__, __LINE__); } while (0)
+#define FWP_CUDA_LAUNCHED(what) FWP_CUDA_CHECK(what, cudaGetLastError())
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = blockDim.x / 32;
+  v = WarpSum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.0f;
+  v = WarpSum(v);
+  __syncthreads();
+  return v;
+}
+}  // namespace fwp::cuda
