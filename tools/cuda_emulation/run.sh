@@ -15,8 +15,8 @@
 # 1 reverse, 2 random): results that change with the order reveal a race.
 #
 # Limits: about 20 s for a small case (ucontext switches); the shim
-# (inc/kernels/cuda_common.cuh) stands in for the real cuda_common.cuh and
-# carries its own copy of WarpSum/BlockSum; warps are not lock-step and
+# (inc/kernels/cuda_common.cuh) supplies threadIdx, __syncthreads, shuffles
+# and the runtime calls, then includes the real cuda_common.cuh; warps are not lock-step and
 # memory is sequentially consistent, so it finds indexing, barrier and
 # cross-block ordering bugs, not hardware-specific ones. A real GPU run of
 # the CudaOps tests is still the test.

@@ -151,28 +151,6 @@ inline int cudaDeviceGetAttribute(int* v, int, int) { *v = (int)emu::g_shared_li
 template <typename K> int cudaFuncSetAttribute(K k, int, int bytes) { emu::g_attr[(const void*)k] = bytes; return 0; }
 inline int cudaGetLastError() { return 0; }
 
-namespace fwp::cuda {
-[[noreturn]] inline void Die(const char* what, const char* detail, const char* file, int line) {
-  std::fprintf(stderr, "fwp: CUDA failure in %s: %s (%s:%d)\n", what, detail, file, line);
-  std::abort();
-}
-#define FWP_CUDA_CHECK(what, expr) do { int e_ = (expr); if (e_) ::fwp::cuda::Die(what, "x", __FILE__, __LINE__); } while (0)
-#define FWP_CUDA_LAUNCHED(what) FWP_CUDA_CHECK(what, cudaGetLastError())
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-__device__ __forceinline__ float BlockSum(float v, float* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int warps = blockDim.x / 32;
-  v = WarpSum(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0f;
-  v = WarpSum(v);
-  __syncthreads();
-  return v;
-}
-}  // namespace fwp::cuda
+// The real header (reductions, checks) on top of the primitives above; its
+// <cuda_runtime.h> and <cublas_v2.h> are the empty ones beside this file.
+#include "../../../../kernels/cuda_common.cuh"
