@@ -32,6 +32,16 @@ double RelErr(const std::vector<float>& out, const std::vector<float>& ref) {
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
 }
 size_t Nans(const std::vector<float>& v) { size_t n = 0; for (float x : v) n += std::isnan(x); return n; }
+// Relative error under 1e-5 and no NaN (an element never written), else a failure.
+int failures = 0;
+void Check(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
+  const double rel = RelErr(got, want);
+  const size_t nans = Nans(got);
+  if (!(rel < 1e-5) || nans) {
+    printf("FAIL %s: rel %.3g, %zu NaN\n", what, rel, nans);
+    ++failures;
+  }
+}
 
 int main(int argc, char** argv) {
   // args: rule(d/s) norm(0/1) kind(dpfp/elu/relu/id/favor) nu d_head d_value heads batch time chunk limit_bytes order block_order dumpfile
@@ -76,7 +86,7 @@ int main(int argc, char** argv) {
   cpu::FastWeightSequenceBackward(spec, qkvb.data(), omega.data(), slots.data(), batch, time, V(initial.data()), dy.data(), dq.data(), V(dstate.data()), chunk);
 
   const char* why = "";
-  if (!cuda::FastWeightSupported(spec, &why)) { printf("unsupported: %s\n", why); return 0; }
+  if (!cuda::FastWeightSupported(spec, &why)) { printf("FAIL unsupported: %s\n", why); return 1; }
 #ifdef NEW
   { auto f = cuda::PickShape(spec, false), b = cuda::PickShape(spec, true);
     printf("dp=%ld dv=%ld fwd tw=%d tiles=%d | bwd tw=%d tiles=%d\n", (long)dp, (long)dv, f.tw, f.tiles, b.tw, b.tiles); }
@@ -86,15 +96,19 @@ int main(int argc, char** argv) {
   cuda::FastWeightSequence(nullptr, spec, gq.p(), gom.p(), gslots.data(), batch, time, V(gstate.p()), gy.p());
   auto hy = gy.host(), hs = gstate.host();
   printf("fwd: y rel %.3g nan %zu | state rel %.3g nan %zu\n", RelErr(hy, y), Nans(hy), RelErr(hs, state), Nans(hs));
+  Check("y", hy, y);
+  Check("final state", hs, state);
   for (int64_t u = 0; u < pool; ++u) {
     if (std::find(slots.begin(), slots.end(), u) != slots.end()) continue;
-    if (memcmp(hs.data() + u * slot_floats, initial.data() + u * slot_floats, slot_floats * 4)) printf("UNTOUCHED SLOT %ld CHANGED\n", (long)u);
+    if (memcmp(hs.data() + u * slot_floats, initial.data() + u * slot_floats, slot_floats * 4)) { printf("FAIL untouched slot %ld changed\n", (long)u); ++failures; }
   }
   Buf ginit(initial), gdq(qkvb.size()), gdstate(dfinal), gdy(dy);
   Buf scratch(cuda::FastWeightBackwardScratch(spec, batch, time, chunk));
   cuda::FastWeightSequenceBackward(nullptr, spec, gq.p(), gom.p(), gslots.data(), batch, time, V(ginit.p()), gdy.p(), gdq.p(), V(gdstate.p()), chunk, scratch.p());
   auto hdq = gdq.host(), hds = gdstate.host();
   printf("bwd: dqkvb rel %.3g nan %zu | dstate rel %.3g nan %zu\n", RelErr(hdq, dq), Nans(hdq), RelErr(hds, dstate), Nans(hds));
+  Check("dqkvb", hdq, dq);
+  Check("dstate", hds, dstate);
   // Without dstate (base null).
   Buf gdq2(qkvb.size()), scratch2(cuda::FastWeightBackwardScratch(spec, batch, time, chunk));
   std::vector<float> dq2(qkvb.size());
@@ -102,13 +116,14 @@ int main(int argc, char** argv) {
   cuda::FastWeightSequenceBackward(nullptr, spec, gq.p(), gom.p(), gslots.data(), batch, time, V(ginit.p()), gdy.p(), gdq2.p(), StateView{}, chunk, scratch2.p());
   auto hdq2 = gdq2.host();
   printf("bwd(no dstate): dqkvb rel %.3g nan %zu\n", RelErr(hdq2, dq2), Nans(hdq2));
+  Check("dqkvb without dstate", hdq2, dq2);
   bool ok = gstate.guards_ok() && gy.guards_ok() && gdq.guards_ok() && gdstate.guards_ok() && scratch.guards_ok() && gdq2.guards_ok() && scratch2.guards_ok() && ginit.guards_ok();
-  if (!ok) printf("GUARD VIOLATED\n");
-  if (ginit.host() != initial) printf("INITIAL STATE MODIFIED BY BACKWARD\n");
+  if (!ok) { printf("FAIL a write outside a buffer (guard zone changed)\n"); ++failures; }
+  if (ginit.host() != initial) { printf("FAIL the backward changed the initial state\n"); ++failures; }
   printf("barrier phases %ld\n", emu::total_syncs);
   if (dump) {
     std::ofstream f(dump, std::ios::binary);
     for (auto* v : {&hy, &hs, &hdq, &hds, &hdq2}) f.write((const char*)v->data(), v->size() * 4);
   }
-  return 0;
+  return failures ? 1 : 0;
 }

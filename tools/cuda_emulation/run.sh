@@ -14,7 +14,10 @@
 # Optional 12th/13th arguments: thread order and block order (0 forward,
 # 1 reverse, 2 random): results that change with the order reveal a race.
 #
-# Limits: about 20 s for a small case (ucontext switches); the shim
+# ctest runs six small cases of it (tools/cuda_emulation/CMakeLists.txt,
+# cuda_emulation.*), so CI without a GPU tests the kernels' logic.
+#
+# Limits: one or two seconds for a small case; the shim
 # (inc/kernels/cuda_common.cuh) supplies threadIdx, __syncthreads, shuffles
 # and the runtime calls, then includes the real cuda_common.cuh; warps are not lock-step and
 # memory is sequentially consistent, so it finds indexing, barrier and

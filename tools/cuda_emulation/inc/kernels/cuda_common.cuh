@@ -1,6 +1,7 @@
 // CPU emulation of CUDA blocks for tools/cuda_emulation (see run.sh):
 // EMULATION SHIM: CUDA block semantics on CPU fibers (ucontext).
 #pragma once
+#include <setjmp.h>
 #include <ucontext.h>
 #include <cmath>
 #include <cstdio>
@@ -29,8 +30,12 @@ constexpr int cudaFuncAttributeMaxDynamicSharedMemorySize = 8;
 inline const char* cudaGetErrorString(int) { return "emu error"; }
 
 namespace emu {
-struct Fiber { ucontext_t ctx; std::vector<char> stack; unsigned tid; long syncs = 0; bool done = false; };
+// A fiber is entered the first time through its ucontext and afterwards by
+// _setjmp/_longjmp, which switch without the signal-mask system calls that
+// swapcontext makes (most of the emulation's time otherwise).
+struct Fiber { ucontext_t ctx; jmp_buf jb; std::vector<char> stack; unsigned tid; long syncs = 0; bool done = false; bool started = false; };
 inline ucontext_t sched_ctx;
+inline jmp_buf sched_jb;
 inline std::vector<Fiber> fibers;
 inline Fiber* cur = nullptr;
 inline dim3 g_block, g_grid, g_blockdim;
@@ -44,7 +49,7 @@ inline std::vector<float> shfl_buf(1024);
 inline long total_syncs = 0;
 inline int block_order_mode = 0;
 
-inline void Sync() { cur->syncs++; swapcontext(&cur->ctx, &sched_ctx); }
+inline void Sync() { cur->syncs++; if (!_setjmp(cur->jb)) _longjmp(sched_jb, 1); }
 inline float ShflXor(float v, int off) {
   unsigned t = cur->tid;
   shfl_buf[t] = v;
@@ -55,7 +60,7 @@ inline float ShflXor(float v, int off) {
 }
 inline void (*g_entry)(void*) = nullptr;
 inline void* g_entry_arg = nullptr;
-inline void Trampoline() { g_entry(g_entry_arg); cur->done = true; swapcontext(&cur->ctx, &sched_ctx); }
+inline void Trampoline() { g_entry(g_entry_arg); cur->done = true; _longjmp(sched_jb, 1); }
 
 inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
   g_entry = entry; g_entry_arg = arg;
@@ -79,7 +84,14 @@ inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
       Fiber& f = fibers[t];
       if (f.done) continue;
       cur = &f;
-      swapcontext(&sched_ctx, &f.ctx);
+      if (!_setjmp(sched_jb)) {
+        if (!f.started) {
+          f.started = true;
+          swapcontext(&sched_ctx, &f.ctx);
+        } else {
+          _longjmp(f.jb, 1);
+        }
+      }
       cur = nullptr;
     }
     ++total_syncs;
