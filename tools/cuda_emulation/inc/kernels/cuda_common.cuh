@@ -162,6 +162,17 @@ inline int cudaGetDevice(int* d) { *d = 0; return 0; }
 inline int cudaDeviceGetAttribute(int* v, int, int) { *v = (int)emu::g_shared_limit_bytes; return 0; }
 template <typename K> int cudaFuncSetAttribute(K k, int, int bytes) { emu::g_attr[(const void*)k] = bytes; return 0; }
 inline int cudaGetLastError() { return 0; }
+// Blocks run one at a time, so a kernel's static __shared__ arrays can be
+// function statics: every fiber of the block sees the same one.
+#define __shared__ static
+using std::isnan;
+inline double __dmul_rn(double a, double b) { return a * b; }
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+inline int cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
+  std::memcpy(dst, src, n);
+  return 0;
+}
+inline int cudaStreamSynchronize(cudaStream_t) { return 0; }
 
 // The real header (reductions, checks) on top of the primitives above; its
 // <cuda_runtime.h> and <cublas_v2.h> are the empty ones beside this file.
