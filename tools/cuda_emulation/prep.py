@@ -1,7 +1,9 @@
 # Rewrites a .cu file for tools/cuda_emulation: dynamic shared memory and <<<>>> launches.
 import re, sys
 src = open(sys.argv[1]).read()
-src = src.replace('extern __shared__ float smem[];', 'float* smem = ::emu::g_smem;')
+# Dynamic shared memory: the emulator's per-block buffer.
+src = re.sub(r'extern __shared__ (\w+) (\w+)\[\];',
+             r'\1* \2 = reinterpret_cast<\1*>(::emu::g_smem);', src)
 def split_top(s):
     parts, depth, cur = [], 0, ''
     for ch in s:

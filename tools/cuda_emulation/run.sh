@@ -15,8 +15,10 @@
 # 1 reverse, 2 random): results that change with the order reveal a race.
 #
 # ctest runs six small cases of it (tools/cuda_emulation/CMakeLists.txt,
-# cuda_emulation.*), and sampling.cu against cpu::SampleRows
-# (fwp-cuda-sampler-emulation), so CI without a GPU tests the kernels' logic.
+# cuda_emulation.*), sampling.cu against cpu::SampleRows
+# (fwp-cuda-sampler-emulation), and feature_map.cu, layernorm.cu and
+# cross_entropy.cu against their twins (fwp-cuda-ops-emulation), so CI
+# without a GPU tests the kernels' logic.
 #
 # Limits: one or two seconds for a small case; the shim
 # (inc/kernels/cuda_common.cuh) supplies threadIdx, __syncthreads, shuffles
