@@ -17,8 +17,10 @@
 # ctest runs six small cases of it (tools/cuda_emulation/CMakeLists.txt,
 # cuda_emulation.*), sampling.cu against cpu::SampleRows
 # (fwp-cuda-sampler-emulation), and feature_map.cu, layernorm.cu and
-# cross_entropy.cu against their twins (fwp-cuda-ops-emulation), so CI
-# without a GPU tests the kernels' logic.
+# cross_entropy.cu, activation.cu, embedding.cu and adamw.cu against their
+# twins (fwp-cuda-ops-emulation), and matmul_invariant.cu against cpu::Matmul
+# with its batch invariance (fwp-cuda-matmul-emulation): CI without a GPU tests
+# the logic of every hand-written kernel (matmul.cu is cuBLAS, not emulated).
 #
 # Limits: one or two seconds for a small case; the shim
 # (inc/kernels/cuda_common.cuh) supplies threadIdx, __syncthreads, shuffles
