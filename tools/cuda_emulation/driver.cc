@@ -1,6 +1,6 @@
 // tools/cuda_emulation driver: fast_weight.cu emulated on the CPU against the CPU reference.
 #include "kernels/cuda_common.cuh"
-#include FW_INC
+#include FAST_WEIGHT_INC
 #include <string>
 #include <fstream>
 
@@ -87,10 +87,8 @@ int main(int argc, char** argv) {
 
   const char* why = "";
   if (!cuda::FastWeightSupported(spec, &why)) { printf("FAIL unsupported: %s\n", why); return 1; }
-#ifdef NEW
   { auto f = cuda::PickShape(spec, false), b = cuda::PickShape(spec, true);
     printf("dp=%ld dv=%ld fwd tw=%d tiles=%d | bwd tw=%d tiles=%d\n", (long)dp, (long)dv, f.tw, f.tiles, b.tw, b.tiles); }
-#endif
   Buf gstate(initial), gq(qkvb), gom(omega), gy(ny);
   std::vector<int32_t> gslots = slots;
   cuda::FastWeightSequence(nullptr, spec, gq.p(), gom.p(), gslots.data(), batch, time, V(gstate.p()), gy.p());

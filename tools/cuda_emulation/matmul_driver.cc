@@ -2,7 +2,7 @@
 // cpu::Matmul (relative error under 1e-5, outputs poisoned first), and its
 // promise: a row's bits do not depend on how many rows share the launch.
 #include "kernels/cuda_common.cuh"
-#include MATMUL_INC
+#include MATMUL_INVARIANT_INC
 
 #include <cstdio>
 #include <cstring>

@@ -34,7 +34,7 @@ root=$(cd "$here/../.." && pwd)
 work=${TMPDIR:-/tmp}/fwp_cuda_emulation
 mkdir -p "$work"
 python3 "$here/prep.py" "$root/kernels/fast_weight.cu" "$work/fast_weight_emulated.inc"
-g++ -std=c++20 -O1 -DNEW -DFW_INC='"fast_weight_emulated.inc"' -I"$here/inc" -I"$root" -I"$work" \
+g++ -std=c++20 -O1 -w -DFAST_WEIGHT_INC='"fast_weight_emulated.inc"' -I"$here/inc" -I"$root" -I"$work" \
   "$here/driver.cc" "$root/kernels/fast_weight.cc" "$root/kernels/feature_map.cc" \
   "$root/kernels/thread_pool.cc" -o "$work/emulate" -lopenblas -lpthread
 [ $# -ge 13 ] || set -- "$@" 0 0
