@@ -559,8 +559,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t t = t1 - 1; t >= t0; --t) {
       __syncthreads();
       LoadRow(s, rows + t * s.row_width, row);
-      PhiBlock(s.spec.phi, row, s.dk, a.omega, phq, scratch, s.spec.phi.sum_norm);
-      PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
+      if (s.norm) {  // φq, φk for the normaliser (the feature-map backward recomputes its own)
+        PhiBlock(s.spec.phi, row, s.dk, a.omega, phq, scratch, s.spec.phi.sum_norm);
+        PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
+      }
       const float* pt = partials + t * pf;
       for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
         float aq = 0.0f, ak = 0.0f;
