@@ -1,10 +1,15 @@
 // tools/cuda_emulation driver: fast_weight.cu emulated on the CPU against the CPU reference.
 #include "kernels/cuda_common.cuh"
 #include FAST_WEIGHT_INC
-#include <string>
 #include <fstream>
+#include <string>
+
+#include "tools/cuda_emulation/check.h"
 
 using namespace fwp;
+using emulation::Check;
+using emulation::failures;
+using testing::RandomVector;
 
 struct Buf {  // a "device" buffer with NaN-free guard
   std::vector<float> v; size_t n; static constexpr size_t G = 1024;
@@ -19,29 +24,6 @@ struct Buf {  // a "device" buffer with NaN-free guard
     return true;
   }
 };
-
-std::vector<float> RandomVector(size_t n, std::mt19937& g, float scale = 1.0f) {
-  std::uniform_real_distribution<float> u(-scale, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = u(g);
-  return v;
-}
-double RelErr(const std::vector<float>& out, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) { double d = (double)out[i] - ref[i]; num += d * d; den += (double)ref[i] * ref[i]; }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
-}
-size_t Nans(const std::vector<float>& v) { size_t n = 0; for (float x : v) n += std::isnan(x); return n; }
-// Relative error under 1e-5 and no NaN (an element never written), else a failure.
-int failures = 0;
-void Check(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
-  const double rel = RelErr(got, want);
-  const size_t nans = Nans(got);
-  if (!(rel < 1e-5) || nans) {
-    printf("FAIL %s: rel %.3g, %zu NaN\n", what, rel, nans);
-    ++failures;
-  }
-}
 
 int main(int argc, char** argv) {
   // args: rule(d/s) norm(0/1) kind(dpfp/elu/relu/id/favor) nu d_head d_value heads batch time chunk limit_bytes order block_order dumpfile
@@ -68,12 +50,12 @@ int main(int argc, char** argv) {
   const int64_t slot_floats = s_floats + z_floats, pool = 2 * batch + 1;
   std::vector<int32_t> slots(batch);
   for (int64_t i = 0; i < batch; ++i) slots[i] = 2 * (batch - i);
-  std::mt19937 g(7);
-  auto initial = RandomVector(pool * slot_floats, g, 0.1f);
+  Rng g(7);
+  auto initial = RandomVector(pool * slot_floats, g, 0.1);
   for (int64_t s = 0; s < pool; ++s) for (int64_t i = s_floats; i < slot_floats; ++i) initial[s * slot_floats + i] = std::abs(initial[s * slot_floats + i]);
   if (getenv("EMU_ZERO_STATE")) std::fill(initial.begin(), initial.end(), 0.0f);
-  auto qkvb = RandomVector(batch * time * spec.RowWidth(), g, 0.3f);
-  auto omega = RandomVector(std::max<int64_t>(1, spec.phi.favor_features * spec.d_head), g, 0.5f);
+  auto qkvb = RandomVector(batch * time * spec.RowWidth(), g, 0.3);
+  auto omega = RandomVector(std::max<int64_t>(1, spec.phi.favor_features * spec.d_head), g, 0.5);
   const int64_t ny = batch * time * spec.heads * dv;
   auto dy = RandomVector(ny, g);
   auto dfinal = RandomVector(pool * slot_floats, g);
@@ -93,7 +75,6 @@ int main(int argc, char** argv) {
   std::vector<int32_t> gslots = slots;
   cuda::FastWeightSequence(nullptr, spec, gq.p(), gom.p(), gslots.data(), batch, time, V(gstate.p()), gy.p());
   auto hy = gy.host(), hs = gstate.host();
-  printf("fwd: y rel %.3g nan %zu | state rel %.3g nan %zu\n", RelErr(hy, y), Nans(hy), RelErr(hs, state), Nans(hs));
   Check("y", hy, y);
   Check("final state", hs, state);
   for (int64_t u = 0; u < pool; ++u) {
@@ -104,7 +85,6 @@ int main(int argc, char** argv) {
   Buf scratch(cuda::FastWeightBackwardScratch(spec, batch, time, chunk));
   cuda::FastWeightSequenceBackward(nullptr, spec, gq.p(), gom.p(), gslots.data(), batch, time, V(ginit.p()), gdy.p(), gdq.p(), V(gdstate.p()), chunk, scratch.p());
   auto hdq = gdq.host(), hds = gdstate.host();
-  printf("bwd: dqkvb rel %.3g nan %zu | dstate rel %.3g nan %zu\n", RelErr(hdq, dq), Nans(hdq), RelErr(hds, dstate), Nans(hds));
   Check("dqkvb", hdq, dq);
   Check("dstate", hds, dstate);
   // Without dstate (base null).
@@ -113,7 +93,6 @@ int main(int argc, char** argv) {
   cpu::FastWeightSequenceBackward(spec, qkvb.data(), omega.data(), slots.data(), batch, time, V(initial.data()), dy.data(), dq2.data(), StateView{}, chunk);
   cuda::FastWeightSequenceBackward(nullptr, spec, gq.p(), gom.p(), gslots.data(), batch, time, V(ginit.p()), gdy.p(), gdq2.p(), StateView{}, chunk, scratch2.p());
   auto hdq2 = gdq2.host();
-  printf("bwd(no dstate): dqkvb rel %.3g nan %zu\n", RelErr(hdq2, dq2), Nans(hdq2));
   Check("dqkvb without dstate", hdq2, dq2);
   bool ok = gstate.guards_ok() && gy.guards_ok() && gdq.guards_ok() && gdstate.guards_ok() && scratch.guards_ok() && gdq2.guards_ok() && scratch2.guards_ok() && ginit.guards_ok();
   if (!ok) { printf("FAIL a write outside a buffer (guard zone changed)\n"); ++failures; }

@@ -18,25 +18,14 @@
 #include "kernels/embedding.h"
 #include "kernels/layernorm.h"
 #include "tests/reference.h"
+#include "tools/cuda_emulation/check.h"
 
 namespace {
 
 using fwp::testing::RandomVector;
-using fwp::testing::RelativeError;
-
-int failures = 0;
-
-void Check(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
-  size_t nans = 0;
-  for (float x : got) nans += std::isnan(x);
-  const double rel = RelativeError(got, want);
-  std::printf("%-40s rel %.3g%s\n", what, rel, nans ? " (NaN: unwritten)" : "");
-  if (!(rel < 1e-5) || nans) ++failures;
-}
-
-std::vector<float> Poison(size_t n) {
-  return std::vector<float>(n, std::numeric_limits<float>::quiet_NaN());
-}
+using fwp::emulation::Check;
+using fwp::emulation::failures;
+using fwp::emulation::Poison;
 
 // Rows `stride` apart, `d` wide: the elements an op with strided rows owns.
 std::vector<float> Rows(const std::vector<float>& v, int64_t rows, int64_t d, int64_t stride) {
