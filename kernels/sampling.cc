@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -11,37 +12,108 @@
 namespace fwp::cpu {
 namespace {
 
-// Sorts sampling-order keys built in id order: a stable LSD radix sort on
-// their upper 32 bits (the logit's order), 11 bits per pass, so equal logits
-// keep their id order and the result is std::sort's on the whole keys. A pass
-// where every key has the same digit is skipped.
-void RadixSort(std::vector<uint64_t>& keys) {
-  thread_local std::vector<uint64_t> other;
-  other.resize(keys.size());
-  uint64_t* from = keys.data();
-  uint64_t* to = other.data();
-  const size_t n = keys.size();
-  constexpr int kBits = 11;
-  constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
-  for (int shift = 32; shift < 64; shift += kBits) {
-    uint32_t count[(1 << kBits) + 1] = {};
-    for (size_t i = 0; i < n; ++i) ++count[((from[i] >> shift) & kMask) + 1];
-    if (count[((from[0] >> shift) & kMask) + 1] == n) continue;
-    for (int b = 0; b < (1 << kBits); ++b) count[b + 1] += count[b];
-    for (size_t i = 0; i < n; ++i) to[count[(from[i] >> shift) & kMask]++] = from[i];
-    std::swap(from, to);
+// The row's candidates: their order (math::SampleOrder) and weights.
+struct Candidates {
+  const uint32_t* order;
+  const uint64_t* weight;  // null: each weighs 1 (counting)
+  int64_t vocab;
+  uint64_t limit;  // only keys ≤ limit take part
+
+  bool In(int64_t i) const { return math::SampleKey(order[i], i) <= limit; }
+  uint64_t Weight(int64_t i) const { return weight ? weight[i] : 1; }
+};
+
+// The smallest key K such that the candidates with keys ≤ K (and ≤ limit)
+// weigh at least `target`: radix selection on the order, 11, 11 and 10 bits
+// from the top, each pass over the ids left in the bucket where the running
+// weight crosses the target, then the equal orders in id order. `limit` when
+// the target is out of reach.
+uint64_t SelectKey(const Candidates& c, uint64_t target) {
+  constexpr int kShift[3] = {21, 10, 0};
+  thread_local std::vector<int32_t> ids, next;
+  uint32_t prefix = 0, mask = 0;
+  uint64_t before = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = kShift[pass];
+    const uint32_t digits = pass == 2 ? 0x3ffu : 0x7ffu;
+    uint64_t weight[0x800] = {};
+    const auto add = [&](int64_t i) {
+      if (c.In(i) && (c.order[i] & mask) == prefix) {
+        weight[(c.order[i] >> shift) & digits] += c.Weight(i);
+      }
+    };
+    if (pass == 0) {
+      for (int64_t i = 0; i < c.vocab; ++i) add(i);
+    } else {
+      for (const int32_t i : ids) add(i);
+    }
+    uint32_t digit = 0;
+    while (digit <= digits && before + weight[digit] < target) before += weight[digit++];
+    if (digit > digits) return c.limit;
+    prefix |= digit << shift;
+    mask |= digits << shift;
+    next.clear();
+    const auto keep = [&](int64_t i) {
+      if (c.In(i) && (c.order[i] & mask) == prefix) next.push_back(static_cast<int32_t>(i));
+    };
+    if (pass == 0) {
+      for (int64_t i = 0; i < c.vocab; ++i) keep(i);
+    } else {
+      for (const int32_t i : ids) keep(i);
+    }
+    std::swap(ids, next);
   }
-  if (from != keys.data()) std::copy(from, from + n, keys.data());
+  for (const int32_t i : ids) {  // one order, ids ascending
+    before += c.Weight(i);
+    if (before >= target) return math::SampleKey(prefix, i);
+  }
+  return c.limit;
+}
+
+// The candidates' orders and weights, compiled twice (x86-64-v3 and the
+// baseline; the loader picks): math::CandidateWeight is branch-free, so the
+// loop runs on four doubles at a time (given -fno-trapping-math, which lets
+// GCC turn its comparisons into selects). -ffp-contract=off keeps every step
+// rounded as the GPU rounds it (both flags: CMakeLists.txt).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FWP_SAMPLER_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FWP_SAMPLER_CLONES
+#endif
+FWP_SAMPLER_CLONES void Weigh(const float* logits, int64_t vocab, float top, double inv_t, int bits,
+           uint32_t* order, uint64_t* weight) {
+  for (int64_t i = 0; i < vocab; ++i) order[i] = math::SampleOrder(logits[i]);
+  for (int64_t i = 0; i < vocab; ++i) weight[i] = math::CandidateWeight(logits[i], top, inv_t, bits);
+}
+
+// The largest logit, NaNs passed over; −∞ when there is none. Eight lanes
+// (GCC does not vectorise a NaN-aware max by itself); any lane order gives
+// the same value up to the sign of a zero, which no use of it can see.
+#pragma GCC diagnostic ignored "-Wpsabi"
+using v8 = float __attribute__((vector_size(32)));
+FWP_SAMPLER_CLONES float Largest(const float* logits, int64_t vocab) {
+  v8 lanes = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+              -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  int64_t i = 0;
+  for (; i + 8 <= vocab; i += 8) {
+    v8 x;
+    std::memcpy(&x, logits + i, sizeof x);
+    lanes = x > lanes ? x : lanes;
+  }
+  float top = -INFINITY;
+  for (int j = 0; j < 8; ++j) top = lanes[j] > top ? lanes[j] : top;
+  for (; i < vocab; ++i) top = logits[i] > top ? logits[i] : top;
+  return top;
 }
 
 }  // namespace
 
+// The first id of the largest logit (as `logits[i] > logits[best]` from
+// best = 0 would find it: NaNs are passed over, a NaN at 0 wins).
 int32_t Argmax(const float* logits, int64_t vocab) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < vocab; ++i) {
-    if (logits[i] > logits[best]) best = i;
-  }
-  return static_cast<int32_t>(best);
+  if (std::isnan(logits[0])) return 0;
+  const float top = Largest(logits, vocab);
+  return static_cast<int32_t>(std::find(logits, logits + vocab, top) - logits);
 }
 
 int32_t SampleToken(const float* logits, int64_t vocab,
@@ -60,24 +132,36 @@ void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampl
 int32_t SampleWithDraw(const float* logits, int64_t vocab, const SamplingParams& params,
                        double uniform) {
   if (params.greedy()) return Argmax(logits, vocab);
-  // Candidates in sampling order: highest logit first, lower id among equals.
-  std::vector<uint64_t> keys(vocab);
+  const float top = Largest(logits, vocab);
+  if (top == -INFINITY && std::all_of(logits, logits + vocab, [](float x) { return std::isnan(x); })) {
+    return 0;
+  }
+  thread_local std::vector<uint32_t> order;
+  thread_local std::vector<uint64_t> weight;
+  order.resize(vocab);
+  weight.resize(vocab);
+  const int bits = math::WeightBits(vocab);
+  const double inv_t = 1.0 / static_cast<double>(params.temperature);
+  Weigh(logits, vocab, top, inv_t, bits, order.data(), weight.data());
+  Candidates c{order.data(), nullptr, vocab, ~uint64_t{0}};
+  if (params.top_k > 0 && params.top_k < vocab) c.limit = SelectKey(c, params.top_k);
+  c.weight = weight.data();
+  if (params.top_p < 1.0f) {
+    uint64_t total = 0;
+    for (int64_t i = 0; i < vocab; ++i) total += c.In(i) ? weight[i] : 0;
+    c.limit = SelectKey(c, math::TopPTarget(params.top_p, total));
+  }
+  const uint64_t least = math::MinPWeight(params.min_p, bits);
+  const auto kept = [&](int64_t i) { return weight[i] >= least && c.In(i); };
+  uint64_t total = 0;
+  for (int64_t i = 0; i < vocab; ++i) total += kept(i) ? weight[i] : 0;  // vectorised
+  uint64_t r = math::DrawPoint(uniform, total);
   for (int64_t i = 0; i < vocab; ++i) {
-    keys[i] = math::SampleOrderKey(logits[i], static_cast<int32_t>(i));
+    if (!kept(i)) continue;
+    if (r < weight[i]) return static_cast<int32_t>(i);
+    r -= weight[i];
   }
-  int64_t keep = vocab;
-  if (params.top_k > 0 && params.top_k < vocab) keep = params.top_k;
-  if (keep * 8 < vocab) {
-    std::partial_sort(keys.begin(), keys.begin() + keep, keys.end());
-  } else {
-    RadixSort(keys);
-  }
-  const auto id = [&](int64_t i) { return static_cast<int32_t>(keys[i] & 0xffffffffu); };
-  const double inv_t = 1.0 / params.temperature;
-  const double top = logits[id(0)];
-  std::vector<double> p(keep);
-  for (int64_t i = 0; i < keep; ++i) p[i] = std::exp((logits[id(i)] - top) * inv_t);
-  return id(math::ChooseCandidate(p.data(), keep, params.top_p, params.min_p, uniform));
+  return Argmax(logits, vocab);  // not reached: r < total
 }
 
 }  // namespace fwp::cpu

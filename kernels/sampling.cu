@@ -2,17 +2,14 @@
 // token depends on its logits and its draw only, never on the batch.
 //
 //   greedy rows   a block argmax (the lowest id among equal maxima);
-//   sampled rows  the row's sampling-order keys (math::SampleOrderKey) are
-//                 sorted in global scratch by a block bitonic sort, the
-//                 candidates' p_i = exp((l_i − l_max)/T) are computed in
-//                 parallel (each independently, as on the CPU), and one
-//                 thread runs math::ChooseCandidate: the in-order sums, the
-//                 top-p and min-p cut-offs and the draw, the same code the CPU
-//                 runs. Only the token comes back to the host.
-//
-// The in-order sums on one thread cost O(keep) per sampled row; a tree order
-// shared with the CPU definition would make them O(log keep) (next step if
-// the sampler shows in a profile).
+//   sampled rows  each candidate's order and integer weight (the math::
+//                 functions the CPU runs, so the same bits) go to scratch;
+//                 top-k and top-p are radix selections on the order (block
+//                 histograms of counts or weights, 11 + 11 + 10 bits, then
+//                 the equal orders in id order by a block scan); the draw is
+//                 a block scan of the kept weights in id order. Every sum is
+//                 an integer sum, so the parallel order cannot change the
+//                 token: it is the CPU's, exactly.
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_ops.h"
 #include "kernels/shared_math.h"
@@ -21,11 +18,113 @@ namespace fwp::cuda {
 namespace {
 
 constexpr int kThreads = 1024;
+constexpr int kBuckets = 2048;
 
-// work[row]: the row's place in keys and probs (sampled rows only).
-__global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, int64_t vocab, int64_t padded,
-                             const RowSampling* sampling, const int32_t* work, uint64_t* keys,
-                             double* probs, int32_t* tokens) {
+// Exclusive prefix sum of one value per thread over the block, in thread
+// order; `total` gets the whole sum. `scan` holds blockDim.x values of shared
+// memory. Starts and ends with a barrier.
+__device__ uint64_t BlockScan(uint64_t v, uint64_t* scan, uint64_t* total) {
+  const unsigned t = threadIdx.x;
+  __syncthreads();
+  scan[t] = v;
+  __syncthreads();
+  for (unsigned offset = 1; offset < blockDim.x; offset <<= 1) {
+    const uint64_t add = t >= offset ? scan[t - offset] : 0;
+    __syncthreads();
+    scan[t] += add;
+    __syncthreads();
+  }
+  const uint64_t inclusive = scan[t];
+  *total = scan[blockDim.x - 1];
+  __syncthreads();
+  return inclusive - v;
+}
+
+// A row's candidates in scratch (see cpu::SampleWithDraw's Candidates).
+struct Row {
+  const uint32_t* order;
+  const uint64_t* weight;  // null: each weighs 1
+  int64_t vocab;
+  uint64_t limit;  // only keys ≤ limit take part
+
+  __device__ bool In(int64_t i) const { return math::SampleKey(order[i], i) <= limit; }
+  __device__ uint64_t Weight(int64_t i) const { return weight ? weight[i] : 1; }
+  // This thread's contiguous run of ids, for the passes in id order.
+  __device__ int64_t RunBegin() const {
+    return min(vocab, threadIdx.x * ((vocab + blockDim.x - 1) / blockDim.x));
+  }
+  __device__ int64_t RunEnd() const {
+    return min(vocab, (threadIdx.x + 1) * ((vocab + blockDim.x - 1) / blockDim.x));
+  }
+};
+
+struct SelectShared {
+  uint64_t bucket[kBuckets];
+  uint64_t scan[kThreads];
+  uint64_t before, key;
+  uint32_t digit;
+};
+
+// The smallest key K such that the candidates with keys ≤ K (and ≤ limit)
+// weigh at least `target` (cpu::SampleWithDraw's SelectKey, by the block).
+__device__ uint64_t SelectKey(const Row& row, uint64_t target, SelectShared& sh) {
+  constexpr int kShift[3] = {21, 10, 0};
+  uint32_t prefix = 0, mask = 0;
+  uint64_t before = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = kShift[pass];
+    const uint32_t digits = pass == 2 ? 0x3ffu : 0x7ffu;
+    for (int b = threadIdx.x; b < kBuckets; b += blockDim.x) sh.bucket[b] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < row.vocab; i += blockDim.x) {
+      if (row.In(i) && (row.order[i] & mask) == prefix) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(&sh.bucket[(row.order[i] >> shift) & digits]),
+                  static_cast<unsigned long long>(row.Weight(i)));
+      }
+    }
+    __syncthreads();
+    // Thread t holds buckets [t·per, (t+1)·per) in order.
+    const int per = kBuckets / blockDim.x;
+    uint64_t mine = 0;
+    for (int b = 0; b < per; ++b) mine += sh.bucket[threadIdx.x * per + b];
+    uint64_t total;
+    uint64_t run = before + BlockScan(mine, sh.scan, &total);
+    if (before + total < target) return row.limit;  // out of reach (the same for every thread)
+    if (run < target && target <= run + mine) {
+      int b = threadIdx.x * per;
+      while (run + sh.bucket[b] < target) run += sh.bucket[b++];
+      sh.digit = static_cast<uint32_t>(b);
+      sh.before = run;
+    }
+    __syncthreads();
+    prefix |= sh.digit << shift;
+    mask |= digits << shift;
+    before = sh.before;
+  }
+  // The order is `prefix`; its candidates count in id order.
+  const auto tie = [&](int64_t i) { return row.In(i) && row.order[i] == prefix; };
+  uint64_t mine = 0;
+  for (int64_t i = row.RunBegin(); i < row.RunEnd(); ++i) mine += tie(i) ? row.Weight(i) : 0;
+  uint64_t total;
+  uint64_t run = before + BlockScan(mine, sh.scan, &total);
+  if (run < target && target <= run + mine) {
+    for (int64_t i = row.RunBegin(); i < row.RunEnd(); ++i) {
+      if (!tie(i)) continue;
+      run += row.Weight(i);
+      if (run >= target) {
+        sh.key = math::SampleKey(prefix, i);
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  return before + total < target ? row.limit : sh.key;
+}
+
+// work[row]: the row's place in the scratch of sampled rows.
+__global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, int64_t vocab,
+                             const RowSampling* sampling, const int32_t* work, uint32_t* orders,
+                             uint64_t* weights, int32_t* tokens) {
   const int64_t row = blockIdx.x;
   const float* l = logits + row * vocab;
   const RowSampling rs = sampling[row];
@@ -65,55 +164,68 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, in
     }
     return;
   }
-  uint64_t* k = keys + work[row] * padded;
-  double* p = probs + work[row] * padded;
-  for (int64_t j = threadIdx.x; j < padded; j += blockDim.x) {
-    k[j] = j < vocab ? math::SampleOrderKey(l[j], static_cast<int32_t>(j)) : ~uint64_t{0};
-  }
-  __syncthreads();
-  // Bitonic sort, ascending: the sampling order.
-  for (int64_t size = 2; size <= padded; size <<= 1) {
-    for (int64_t stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int64_t i = threadIdx.x; i < padded; i += blockDim.x) {
-        const int64_t partner = i ^ stride;
-        if (partner > i) {
-          const uint64_t a = k[i], b = k[partner];
-          const bool ascending = (i & size) == 0;
-          if ((a > b) == ascending) {
-            k[i] = b;
-            k[partner] = a;
-          }
-        }
-      }
-      __syncthreads();
+  __shared__ SelectShared sh;
+  __shared__ float scratch[32];
+  __shared__ int any;
+  if (threadIdx.x == 0) any = 0;
+  float top = -INFINITY;
+  bool mine = false;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    if (!isnan(l[j])) {
+      top = mine ? fmaxf(top, l[j]) : l[j];
+      mine = true;
     }
   }
-  const int64_t keep = sp.top_k > 0 && sp.top_k < vocab ? sp.top_k : vocab;
+  __syncthreads();
+  if (mine) any = 1;
+  top = BlockMax(top, scratch);
+  if (!any) {
+    if (threadIdx.x == 0) tokens[row] = 0;
+    return;
+  }
+  uint32_t* order = orders + work[row] * vocab;
+  uint64_t* weight = weights + work[row] * vocab;
+  const int bits = math::WeightBits(vocab);
   const double inv_t = 1.0 / static_cast<double>(sp.temperature);
-  const double top = l[static_cast<uint32_t>(k[0])];
-  for (int64_t i = threadIdx.x; i < keep; i += blockDim.x) {
-    const double diff = static_cast<double>(l[static_cast<uint32_t>(k[i])]) - top;
-    p[i] = exp(__dmul_rn(diff, inv_t));
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    order[j] = math::SampleOrder(l[j]);
+    weight[j] = math::CandidateWeight(l[j], top, inv_t, bits);
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    const int64_t chosen = math::ChooseCandidate(p, keep, sp.top_p, sp.min_p, rs.uniform);
-    tokens[row] = static_cast<int32_t>(static_cast<uint32_t>(k[chosen]));
+  Row c{order, nullptr, vocab, ~uint64_t{0}};
+  if (sp.top_k > 0 && sp.top_k < vocab) c.limit = SelectKey(c, sp.top_k, sh);
+  c.weight = weight;
+  uint64_t total;
+  if (sp.top_p < 1.0f) {
+    uint64_t in = 0;
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) in += c.In(j) ? weight[j] : 0;
+    BlockScan(in, sh.scan, &total);
+    c.limit = SelectKey(c, math::TopPTarget(sp.top_p, total), sh);
   }
-}
-
-// The bitonic sort's length: the vocabulary rounded up to a power of two.
-int64_t Padded(int64_t vocab) {
-  int64_t padded = 1;
-  while (padded < vocab) padded <<= 1;
-  return padded;
+  // The draw: the kept weights in id order, each thread a run of ids.
+  const uint64_t least = math::MinPWeight(sp.min_p, bits);
+  const auto kept = [&](int64_t i) { return weight[i] >= least && c.In(i); };
+  uint64_t run_weight = 0;
+  for (int64_t i = c.RunBegin(); i < c.RunEnd(); ++i) run_weight += kept(i) ? weight[i] : 0;
+  const uint64_t before = BlockScan(run_weight, sh.scan, &total);
+  const uint64_t r = math::DrawPoint(rs.uniform, total);
+  if (before <= r && r < before + run_weight) {
+    uint64_t at = r - before;
+    for (int64_t i = c.RunBegin(); i < c.RunEnd(); ++i) {
+      if (!kept(i)) continue;
+      if (at < weight[i]) {
+        tokens[row] = static_cast<int32_t>(i);
+        break;
+      }
+      at -= weight[i];
+    }
+  }
 }
 
 }  // namespace
 
 int64_t SampleScratchBytes(int64_t rows, int64_t sampled_rows, int64_t vocab) {
-  const int64_t padded = Padded(vocab);
-  return sampled_rows * padded * (sizeof(uint64_t) + sizeof(double)) +
+  return sampled_rows * vocab * (sizeof(uint64_t) + sizeof(uint32_t)) +
          rows * (sizeof(RowSampling) + 2 * sizeof(int32_t)) + 64;
 }
 
@@ -121,12 +233,12 @@ void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t 
                 const RowSampling* sampling, const int32_t* work, int64_t sampled_rows,
                 int32_t* tokens, void* scratch) {
   if (rows == 0) return;
-  const int64_t padded = Padded(vocab);
-  // Scratch: keys and probabilities [sampled_rows, padded], then the rows'
+  // Scratch: weights and orders [sampled_rows, vocab], then the rows'
   // parameters, their places and their tokens.
-  auto* keys = static_cast<uint64_t*>(scratch);
-  auto* probs = reinterpret_cast<double*>(keys + sampled_rows * padded);
-  auto* params = reinterpret_cast<RowSampling*>(probs + sampled_rows * padded);
+  auto* weights = static_cast<uint64_t*>(scratch);
+  auto* orders = reinterpret_cast<uint32_t*>(weights + sampled_rows * vocab);
+  auto* params = reinterpret_cast<RowSampling*>(
+      (reinterpret_cast<uintptr_t>(orders + sampled_rows * vocab) + 15) & ~uintptr_t{15});
   auto* places = reinterpret_cast<int32_t*>(params + rows);
   auto* out = places + rows;
   FWP_CUDA_CHECK("sampler parameters",
@@ -135,7 +247,7 @@ void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t 
   FWP_CUDA_CHECK("sampler rows", cudaMemcpyAsync(places, work, rows * sizeof(int32_t),
                                                  cudaMemcpyHostToDevice, stream));
   SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-      logits, vocab, padded, params, places, keys, probs, out);
+      logits, vocab, params, places, orders, weights, out);
   FWP_CUDA_LAUNCHED("sample rows");
   FWP_CUDA_CHECK("sampled tokens", cudaMemcpyAsync(tokens, out, rows * sizeof(int32_t),
                                                    cudaMemcpyDeviceToHost, stream));

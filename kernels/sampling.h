@@ -36,11 +36,20 @@ namespace fwp::cpu {
 // logits: [vocab].
 int32_t Argmax(const float* logits, int64_t vocab);
 // The sampled token for the draw `uniform` (the definition every backend
-// follows): candidates sorted by logit, highest first, lower id first among
-// equals; the first top_k; probabilities p_i = exp((l_i − l_max) · (1/T)) in double;
-// top-p keeps the shortest prefix whose mass Σ p_i/Σp reaches top_p (summed
-// in order), min-p those with p_i ≥ min_p · p_max; the token is the first
-// whose running sum of kept p exceeds uniform · Σ kept p.
+// follows, to the token):
+//   candidates  the ids whose logit is not NaN, in sampling order: higher
+//               logit first, lower id first among equals;
+//   weights     integers W_i = ⌊exp((l_i − l_max)/T) · 2^b⌋ (math::ExpWeight,
+//               b = math::WeightBits(vocab)), so every sum below is exact
+//               in any order and on any backend;
+//   top-k       keeps the first top_k candidates;
+//   top-p       then the shortest prefix of those weighing at least
+//               ⌈q·ΣW / 2^24⌉, q = ⌊top_p · 2^24⌋ (math::TopPTarget);
+//   min-p       then those with W_i ≥ ⌈min_p · 2^b⌉ (the top weighs 2^b);
+//   the draw    r = ⌊⌊u·2^53⌋ · ΣW_kept / 2^53⌋, and the token is the kept id,
+//               in id order, where the running sum of W first exceeds r.
+// No step needs the candidates sorted: the cut-offs are found by radix
+// selection on the order, and the draw walks ids in their own order.
 int32_t SampleWithDraw(const float* logits, int64_t vocab, const SamplingParams& params,
                        double uniform);
 // Greedy, or SampleWithDraw with rng.Uniform().

@@ -198,7 +198,7 @@ struct SamplingBatch {
 inline SamplingBatch RandomSamplingBatch(int64_t rows, int64_t vocab, Rng& rng) {
   SamplingBatch b{rows, vocab, RandomVector(rows * vocab, rng, 3.0), {}};
   for (int64_t i = 0; i < rows * vocab; i += 7) b.logits[i] = b.logits[i / 2];
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < rows && vocab > 2; ++r) {
     b.logits[r * vocab + 1] = 0.0f;
     b.logits[r * vocab + 2] = -0.0f;
   }
@@ -217,6 +217,19 @@ inline SamplingBatch RandomSamplingBatch(int64_t rows, int64_t vocab, Rng& rng) 
     b.sampling.push_back(row);
   }
   return b;
+}
+
+// Logits that stress the sampler's cut-offs, by kind: 0 leaves them; 1
+// rounds them to a few values (cut-offs inside groups of equal logits); 2
+// squeezes them within 1e-3 of 5 (every radix digit of the order decides);
+// 3 makes a tenth NaN and a fiftieth ±∞.
+inline void ShapeSamplingLogits(std::vector<float>& logits, int kind, Rng& rng) {
+  for (float& x : logits) {
+    if (kind == 1) x = std::round(x);
+    if (kind == 2) x = 5.0f + 1e-4f * x;
+    if (kind == 3 && rng.Next() % 10 == 0) x = std::nanf("");
+    if (kind == 3 && rng.Next() % 50 == 0) x = rng.Next() % 2 ? INFINITY : -INFINITY;
+  }
 }
 
 }  // namespace fwp::testing

@@ -39,62 +39,131 @@ TEST(Sampling, OrderKeysSortLikeTheDefinition) {
   }
 }
 
-// The definition written out plainly (comparator sort, loops in order), for
-// the sampler's fast paths (radix sort, partial sort) to be held to.
+// The definition written out plainly (a comparator sort of the candidates,
+// prefixes walked in that order), for the sampler's radix selection to be
+// held to.
 int32_t ReferenceDraw(const float* logits, int64_t vocab, const SamplingParams& p, double u) {
-  std::vector<int32_t> ids(vocab);
-  std::iota(ids.begin(), ids.end(), 0);
-  if (p.greedy()) {
-    return *std::min_element(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < vocab; ++i) {
+    if (!std::isnan(logits[i])) ids.push_back(i);
   }
-  std::stable_sort(ids.begin(), ids.end(),
-                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  int64_t keep = p.top_k > 0 && p.top_k < vocab ? p.top_k : vocab;
-  std::vector<double> q(keep);
-  for (int64_t i = 0; i < keep; ++i) {
-    q[i] = std::exp((logits[ids[i]] - static_cast<double>(logits[ids[0]])) * (1.0 / p.temperature));
+  if (ids.empty()) return 0;
+  const auto before = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  if (p.greedy()) {  // NaN logits are passed over, except at id 0 (cpu::Argmax)
+    return std::isnan(logits[0]) ? 0 : *std::min_element(ids.begin(), ids.end(), before);
   }
-  double total = 0;
-  for (int64_t i = 0; i < keep; ++i) total += q[i];
+  std::sort(ids.begin(), ids.end(), before);
+  const int bits = math::WeightBits(vocab);
+  std::vector<uint64_t> w(vocab, 0);
+  for (int32_t i : ids) {
+    w[i] = math::CandidateWeight(logits[i], logits[ids[0]], 1.0 / p.temperature, bits);
+  }
+  size_t keep = ids.size();
+  if (p.top_k > 0 && static_cast<size_t>(p.top_k) < keep) keep = p.top_k;
   if (p.top_p < 1.0f) {
-    double mass = 0;
-    int64_t n = 0;
-    while (n < keep) {
-      mass += q[n] / total;
-      ++n;
-      if (mass >= p.top_p) break;
+    uint64_t total = 0;
+    for (size_t n = 0; n < keep; ++n) total += w[ids[n]];
+    const uint64_t target = math::TopPTarget(p.top_p, total);
+    uint64_t mass = 0;
+    size_t n = 0;
+    while (n < keep && mass < target) mass += w[ids[n++]];
+    keep = n;
+  }
+  std::vector<int32_t> kept(ids.begin(), ids.begin() + keep);
+  std::erase_if(kept, [&](int32_t i) { return w[i] < math::MinPWeight(p.min_p, bits); });
+  std::sort(kept.begin(), kept.end());
+  uint64_t total = 0;
+  for (int32_t i : kept) total += w[i];
+  uint64_t r = math::DrawPoint(u, total);
+  for (int32_t i : kept) {
+    if (r < w[i]) return i;
+    r -= w[i];
+  }
+  ADD_FAILURE() << "the draw fell past the kept weight";
+  return -1;
+}
+
+// The integer weights are exp to double precision, the top one exactly 2^b.
+TEST(Sampling, WeightsAreExpInFixedPoint) {
+  const int bits = math::WeightBits(8192);
+  EXPECT_EQ(bits, 49);
+  EXPECT_EQ(math::WeightBits(8193), 48);
+  EXPECT_EQ(math::CandidateWeight(2.5f, 2.5f, 1.0, bits), uint64_t{1} << bits);
+  EXPECT_EQ(math::CandidateWeight(INFINITY, INFINITY, 1.0, bits), uint64_t{1} << bits);
+  EXPECT_EQ(math::CandidateWeight(std::nanf(""), 1.0f, 1.0, bits), 0u);
+  double worst = 0;
+  for (double x = -27.0; x <= 0.0; x += 0.0137) {
+    const double w = static_cast<double>(math::ExpWeight(x, bits)) / std::ldexp(1.0, bits);
+    worst = std::max(worst, std::abs(w - std::exp(x)) / std::exp(x));
+  }
+  // Flooring to 2^-49 dominates at the bottom of the range: e^-27 · 2^49 ≈ 1055.
+  EXPECT_LT(worst, 1e-3);
+  for (double x = -10.0; x <= 0.0; x += 0.0137) {
+    const double w = static_cast<double>(math::ExpWeight(x, bits)) / std::ldexp(1.0, bits);
+    ASSERT_LT(std::abs(w - std::exp(x)), 4e-15) << x;
+  }
+  EXPECT_EQ(math::ExpWeight(-34.0, bits), 0u);  // e^-34 < 2^-49
+  EXPECT_EQ(math::ExpWeight(-2000.0, bits), 0u);
+}
+
+// The exact products behind top-p's target and the draw, against 128-bit
+// arithmetic.
+TEST(Sampling, WideProductsAreExact) {
+  Rng rng(3);
+  for (int i = 0; i < 10000; ++i) {
+    const uint64_t a = rng.Next() >> (rng.Next() % 64), b = rng.Next() >> 2;
+    for (int shift : {24, 53, 63}) {
+      const unsigned __int128 product = static_cast<unsigned __int128>(a) * b;
+      const unsigned __int128 floor = product >> shift;
+      if (floor >> 63) continue;
+      const bool exact = (product & ((static_cast<unsigned __int128>(1) << shift) - 1)) == 0;
+      ASSERT_EQ(math::MulShift(a, b, shift, false), static_cast<uint64_t>(floor));
+      ASSERT_EQ(math::MulShift(a, b, shift, true), static_cast<uint64_t>(floor) + !exact);
     }
-    keep = n;
   }
-  if (p.min_p > 0.0f) {
-    int64_t n = 1;
-    while (n < keep && q[n] >= static_cast<double>(p.min_p) * q[0]) ++n;
-    keep = n;
-  }
-  double kept = 0;
-  for (int64_t i = 0; i < keep; ++i) kept += q[i];
-  double r = u * kept;
-  for (int64_t i = 0; i < keep; ++i) {
-    r -= q[i];
-    if (r < 0) return ids[i];
-  }
-  return ids[keep - 1];
+  EXPECT_EQ(math::TopPTarget(0.5f, 1000), 500u);
+  EXPECT_EQ(math::TopPTarget(0.5f, 1001), 501u);
+  EXPECT_EQ(math::TopPTarget(0.0f, 1000), 1u);  // the first candidate always stays
+  EXPECT_EQ(math::DrawPoint(0.0, 77), 0u);
+  EXPECT_EQ(math::DrawPoint(std::nextafter(1.0, 0.0), 77), 76u);
+  EXPECT_EQ(math::DrawPoint(0.5, uint64_t{1} << 61), uint64_t{1} << 60);
 }
 
 TEST(Sampling, FastPathsDrawWhatTheDefinitionDraws) {
   Rng rng(17);
-  for (const int64_t vocab : {int64_t{3}, int64_t{100}, int64_t{5000}}) {
-    auto batch = testing::RandomSamplingBatch(120, vocab, rng);
-    for (int64_t r = 0; r < batch.rows; ++r) {
-      const RowSampling& row = batch.sampling[r];
-      const float* l = &batch.logits[r * vocab];
-      ASSERT_EQ(cpu::SampleWithDraw(l, vocab, row.params, row.uniform),
-                ReferenceDraw(l, vocab, row.params, row.uniform))
-          << "vocab " << vocab << ", row " << r;
+  for (const int64_t vocab : {int64_t{1}, int64_t{3}, int64_t{100}, int64_t{5000}}) {
+    for (int kind = 0; kind < 4; ++kind) {
+      auto batch = testing::RandomSamplingBatch(120, vocab, rng);
+      testing::ShapeSamplingLogits(batch.logits, kind, rng);
+      for (int64_t r = 0; r < batch.rows; ++r) {
+        const RowSampling& row = batch.sampling[r];
+        const float* l = &batch.logits[r * vocab];
+        ASSERT_EQ(cpu::SampleWithDraw(l, vocab, row.params, row.uniform),
+                  ReferenceDraw(l, vocab, row.params, row.uniform))
+            << "vocab " << vocab << ", kind " << kind << ", row " << r;
+      }
     }
   }
+}
+
+// Cut-offs inside a group of equal logits keep its lowest ids: top-p 0.45
+// (mass 4 + e^-2 + e^-3, so a target of 1.88) keeps two of four ties, each
+// half the time; top-k 3 keeps three.
+TEST(Sampling, CutOffsInsideEqualLogitsKeepTheLowerIds) {
+  const std::vector<float> logits = {1.0f, 3.0f, 3.0f, 3.0f, 3.0f, 0.0f};
+  SamplingParams p{1.0f, 0, 0.45f, 0.0f};
+  std::vector<int> seen(6, 0);
+  Rng rng(9);
+  for (int i = 0; i < 4000; ++i) ++seen[cpu::SampleToken(logits.data(), 6, p, rng)];
+  EXPECT_EQ(seen[0] + seen[3] + seen[4] + seen[5], 0);
+  EXPECT_NEAR(seen[1] / 4000.0, 0.5, 0.03);
+  p = SamplingParams{1.0f, 3, 1.0f, 0.0f};  // top-3: ids 1, 2, 3
+  seen.assign(6, 0);
+  for (int i = 0; i < 6000; ++i) ++seen[cpu::SampleToken(logits.data(), 6, p, rng)];
+  EXPECT_EQ(seen[0] + seen[4] + seen[5], 0);
+  for (int id : {1, 2, 3}) EXPECT_NEAR(seen[id] / 6000.0, 1.0 / 3, 0.03) << id;
 }
 
 // A batched draw (each row's parameters and uniform) picks what the

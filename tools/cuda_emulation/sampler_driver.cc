@@ -1,9 +1,11 @@
 // tools/cuda_emulation driver: sampling.cu emulated on the CPU against
 // cpu::SampleRows (the definition every backend follows). Every token must
 // be the CPU's, on rows of every kind (greedy, temperature, top-k, top-p,
-// min-p, all together) with ties and ±0 in the logits.
+// min-p, all together) with ties and ±0 in the logits, shaped by KIND
+// (testing::ShapeSamplingLogits: 0 as drawn, 1 few values, 2 all close,
+// 3 NaN and ±∞).
 //
-//   fwp-cuda-sampler-emulation ROWS VOCAB SEED
+//   fwp-cuda-sampler-emulation ROWS VOCAB SEED [KIND]
 #include "kernels/cuda_common.cuh"
 #include SAMPLING_INC
 
@@ -14,13 +16,14 @@
 #include "tests/reference.h"
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: %s ROWS VOCAB SEED\n", argv[0]);
+  if (argc != 4 && argc != 5) {
+    std::fprintf(stderr, "usage: %s ROWS VOCAB SEED [KIND]\n", argv[0]);
     return 2;
   }
   const int64_t rows = std::atoll(argv[1]), vocab = std::atoll(argv[2]);
   fwp::Rng rng(std::strtoull(argv[3], nullptr, 10));
-  const auto batch = fwp::testing::RandomSamplingBatch(rows, vocab, rng);
+  auto batch = fwp::testing::RandomSamplingBatch(rows, vocab, rng);
+  fwp::testing::ShapeSamplingLogits(batch.logits, argc == 5 ? std::atoi(argv[4]) : 0, rng);
   std::vector<int32_t> want(rows), got(rows, -1), work(rows, -1);
   fwp::cpu::SampleRows(batch.logits.data(), rows, vocab, batch.sampling.data(), want.data());
   int64_t sampled = 0;

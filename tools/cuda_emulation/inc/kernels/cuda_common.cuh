@@ -175,6 +175,7 @@ inline int cudaGetLastError() { return 0; }
 #define __shared__ static
 using std::isnan;
 inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 inline int cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
   std::memcpy(dst, src, n);
@@ -182,8 +183,9 @@ inline int cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind,
 }
 inline int cudaStreamSynchronize(cudaStream_t) { return 0; }
 // Fibers run one at a time: an atomic add is a plain one.
-inline float atomicAdd(float* p, float v) {
-  const float old = *p;
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  const T old = *p;
   *p = old + v;
   return old;
 }
