@@ -12,6 +12,27 @@
 namespace fwp::cpu {
 namespace {
 
+// The per-element loops are compiled twice (x86-64-v3 and the baseline; the
+// loader picks).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FWP_SAMPLER_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FWP_SAMPLER_CLONES
+#endif
+
+// Σ weight[i] over ids [begin, end) with weight ≥ least and key ≤ limit
+// (branch-free, so it runs four ids at a time).
+FWP_SAMPLER_CLONES uint64_t KeptWeight(const uint32_t* order, const uint64_t* weight,
+                                       int64_t begin, int64_t end, uint64_t least,
+                                       uint64_t limit) {
+  uint64_t total = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const bool kept = weight[i] >= least && math::SampleKey(order[i], i) <= limit;
+    total += kept ? weight[i] : 0;
+  }
+  return total;
+}
+
 // The row's candidates: their order (math::SampleOrder) and weights.
 struct Candidates {
   const uint32_t* order;
@@ -42,7 +63,9 @@ uint64_t SelectKey(const Candidates& c, uint64_t target) {
         weight[(c.order[i] >> shift) & digits] += c.Weight(i);
       }
     };
-    if (pass == 0) {
+    if (pass == 0 && c.limit == ~uint64_t{0}) {  // every id takes part
+      for (int64_t i = 0; i < c.vocab; ++i) weight[c.order[i] >> shift] += c.Weight(i);
+    } else if (pass == 0) {
       for (int64_t i = 0; i < c.vocab; ++i) add(i);
     } else {
       for (const int32_t i : ids) add(i);
@@ -56,7 +79,11 @@ uint64_t SelectKey(const Candidates& c, uint64_t target) {
     const auto keep = [&](int64_t i) {
       if (c.In(i) && (c.order[i] & mask) == prefix) next.push_back(static_cast<int32_t>(i));
     };
-    if (pass == 0) {
+    if (pass == 0 && c.limit == ~uint64_t{0}) {
+      for (int64_t i = 0; i < c.vocab; ++i) {
+        if ((c.order[i] & mask) == prefix) next.push_back(static_cast<int32_t>(i));
+      }
+    } else if (pass == 0) {
       for (int64_t i = 0; i < c.vocab; ++i) keep(i);
     } else {
       for (const int32_t i : ids) keep(i);
@@ -70,16 +97,10 @@ uint64_t SelectKey(const Candidates& c, uint64_t target) {
   return c.limit;
 }
 
-// The candidates' orders and weights, compiled twice (x86-64-v3 and the
-// baseline; the loader picks): math::CandidateWeight is branch-free, so the
-// loop runs on four doubles at a time (given -fno-trapping-math, which lets
-// GCC turn its comparisons into selects). -ffp-contract=off keeps every step
-// rounded as the GPU rounds it (both flags: CMakeLists.txt).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FWP_SAMPLER_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FWP_SAMPLER_CLONES
-#endif
+// The candidates' orders and weights: math::CandidateWeight is branch-free,
+// so the loop runs on four doubles at a time (given -fno-trapping-math, which
+// lets GCC turn its comparisons into selects). -ffp-contract=off keeps every
+// step rounded as the GPU rounds it (both flags: CMakeLists.txt).
 FWP_SAMPLER_CLONES void Weigh(const float* logits, int64_t vocab, float top, double inv_t, int bits,
            uint32_t* order, uint64_t* weight) {
   for (int64_t i = 0; i < vocab; ++i) order[i] = math::SampleOrder(logits[i]);
@@ -147,19 +168,28 @@ int32_t SampleWithDraw(const float* logits, int64_t vocab, const SamplingParams&
   if (params.top_k > 0 && params.top_k < vocab) c.limit = SelectKey(c, params.top_k);
   c.weight = weight.data();
   if (params.top_p < 1.0f) {
-    uint64_t total = 0;
-    for (int64_t i = 0; i < vocab; ++i) total += c.In(i) ? weight[i] : 0;
+    const uint64_t total = KeptWeight(order.data(), weight.data(), 0, vocab, 0, c.limit);
     c.limit = SelectKey(c, math::TopPTarget(params.top_p, total));
   }
+  // The draw: sums over blocks of ids find the block, then its ids one by one.
   const uint64_t least = math::MinPWeight(params.min_p, bits);
-  const auto kept = [&](int64_t i) { return weight[i] >= least && c.In(i); };
-  uint64_t total = 0;
-  for (int64_t i = 0; i < vocab; ++i) total += kept(i) ? weight[i] : 0;  // vectorised
-  uint64_t r = math::DrawPoint(uniform, total);
-  for (int64_t i = 0; i < vocab; ++i) {
-    if (!kept(i)) continue;
-    if (r < weight[i]) return static_cast<int32_t>(i);
-    r -= weight[i];
+  const auto kept = [&](int64_t begin, int64_t end) {
+    return KeptWeight(order.data(), weight.data(), begin, end, least, c.limit);
+  };
+  uint64_t r = math::DrawPoint(uniform, kept(0, vocab));
+  constexpr int64_t kBlock = 512;
+  for (int64_t begin = 0; begin < vocab; begin += kBlock) {
+    const int64_t end = std::min(vocab, begin + kBlock);
+    const uint64_t block = kept(begin, end);
+    if (r >= block) {
+      r -= block;
+      continue;
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      const uint64_t w = kept(i, i + 1);
+      if (r < w) return static_cast<int32_t>(i);
+      r -= w;
+    }
   }
   return Argmax(logits, vocab);  // not reached: r < total
 }

@@ -13,7 +13,7 @@
 namespace fwp {
 namespace {
 
-// The integer sort key the GPU sampler sorts by orders candidates exactly as
+// The integer key the sampler's radix selection works on orders candidates exactly as
 // the definition does: higher logit first, lower id first among equals.
 TEST(Sampling, OrderKeysSortLikeTheDefinition) {
   Rng rng(5);
