@@ -14,6 +14,7 @@
 #include <limits>
 #include <functional>
 #include <map>
+#include <memory>
 
 #define __global__
 #define __device__
@@ -27,13 +28,17 @@ typedef void* cudaStream_t;
 constexpr int cudaSuccess = 0;
 constexpr int cudaDevAttrMaxSharedMemoryPerBlockOptin = 97;
 constexpr int cudaFuncAttributeMaxDynamicSharedMemorySize = 8;
-inline const char* cudaGetErrorString(int) { return "emu error"; }
+inline const char* cudaGetErrorString(int e) { return e == 2 ? "out of memory (emulated device)" : "emu error"; }
 
 namespace emu {
 // A fiber is entered the first time through its ucontext and afterwards by
 // _setjmp/_longjmp, which switch without the signal-mask system calls that
 // swapcontext makes (most of the emulation's time otherwise).
-struct Fiber { ucontext_t ctx; jmp_buf jb; std::vector<char> stack; unsigned tid; long syncs = 0; bool done = false; bool started = false; };
+struct Fiber { ucontext_t ctx; jmp_buf jb; char* stack = nullptr; unsigned tid; long syncs = 0; bool done = false; bool started = false; };
+// Fiber stacks, allocated once and reused by every block (allocating and
+// zeroing them per block was most of a launch's time).
+constexpr size_t kStackBytes = size_t{1} << 17;
+inline std::vector<std::unique_ptr<char[]>> stacks;
 inline ucontext_t sched_ctx;
 inline jmp_buf sched_jb;
 inline std::vector<Fiber> fibers;
@@ -68,10 +73,11 @@ inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = fibers[t];
     f.tid = t;
-    f.stack.resize(1 << 17);
+    while (stacks.size() <= t) stacks.emplace_back(new char[kStackBytes]);
+    f.stack = stacks[t].get();
     getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack.data();
-    f.ctx.uc_stack.ss_size = f.stack.size();
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStackBytes;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, (void (*)())Trampoline, 0);
   }
@@ -188,6 +194,80 @@ inline T atomicAdd(T* p, T v) {
   const T old = *p;
   *p = old + v;
   return old;
+}
+
+// The runtime's memory, streams and devices on the host, for the backend
+// emulation (fwp-cuda-backend-emulation): one device of g_device_bytes;
+// device memory starts as 0xff bytes (NaN floats), so reading what no kernel
+// or copy wrote shows up; streams are synchronous.
+namespace emu {
+inline size_t g_device_bytes = size_t{8} << 30;
+inline size_t g_device_used = 0;
+inline std::map<void*, size_t> g_device_blocks;
+}  // namespace emu
+constexpr int cudaStreamNonBlocking = 1;
+constexpr int cudaHostAllocDefault = 0;
+constexpr int cudaErrorMemoryAllocation = 2;
+inline int cudaGetDeviceCount(int* n) { *n = 1; return 0; }
+inline int cudaSetDevice(int d) { return d == 0 ? 0 : 101; }
+inline int cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = new int(0); return 0; }
+inline int cudaStreamDestroy(cudaStream_t s) { delete static_cast<int*>(s); return 0; }
+inline int cudaMalloc(void** p, size_t n) {
+  if (n > emu::g_device_bytes - emu::g_device_used) return cudaErrorMemoryAllocation;
+  const size_t rounded = (n + 255) / 256 * 256;
+  *p = std::aligned_alloc(256, rounded);
+  std::memset(*p, 0xff, rounded);
+  emu::g_device_blocks[*p] = rounded;
+  emu::g_device_used += rounded;
+  return 0;
+}
+inline int cudaFree(void* p) {
+  if (!p) return 0;
+  auto it = emu::g_device_blocks.find(p);
+  if (it == emu::g_device_blocks.end()) { std::fprintf(stderr, "EMU: cudaFree of %p, not allocated\n", p); std::abort(); }
+  emu::g_device_used -= it->second;
+  emu::g_device_blocks.erase(it);
+  std::free(p);
+  return 0;
+}
+inline int cudaHostAlloc(void** p, size_t n, unsigned) { *p = std::malloc(n); return *p ? 0 : cudaErrorMemoryAllocation; }
+inline int cudaFreeHost(void* p) { std::free(p); return 0; }
+inline int cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset(p, v, n); return 0; }
+inline int cudaMemGetInfo(size_t* free, size_t* total) {
+  *free = emu::g_device_bytes - emu::g_device_used;
+  *total = emu::g_device_bytes;
+  return 0;
+}
+
+// cuBLAS's single-precision GEMM (column-major, as cuBLAS), summed in double.
+typedef int cublasStatus_t;
+constexpr int CUBLAS_STATUS_SUCCESS = 0;
+enum cublasOperation_t { CUBLAS_OP_N, CUBLAS_OP_T };
+enum cublasMath_t { CUBLAS_DEFAULT_MATH, CUBLAS_PEDANTIC_MATH };
+struct EmuCublas { cudaStream_t stream = nullptr; };
+typedef EmuCublas* cublasHandle_t;
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = new EmuCublas; return 0; }
+inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return 0; }
+inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) { h->stream = s; return 0; }
+inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return 0; }
+inline const char* cublasGetStatusString(cublasStatus_t) { return "emu cublas error"; }
+inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                  int n, int k, const float* alpha, const float* a, int lda,
+                                  const float* b, int ldb, const float* beta, float* c, int ldc) {
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < m; ++i) {
+      double sum = 0.0;
+      for (int p = 0; p < k; ++p) {
+        const float x = ta == CUBLAS_OP_N ? a[i + int64_t(p) * lda] : a[p + int64_t(i) * lda];
+        const float y = tb == CUBLAS_OP_N ? b[p + int64_t(j) * ldb] : b[j + int64_t(p) * ldb];
+        sum += double(x) * y;
+      }
+      float& out = c[i + int64_t(j) * ldc];
+      // beta 0: C is not read (cuBLAS's rule), so NaN there does not leak.
+      out = float(*alpha * sum + (*beta == 0.0f ? 0.0 : double(*beta) * out));
+    }
+  }
+  return 0;
 }
 
 // The real header (reductions, checks) on top of the primitives above; its
