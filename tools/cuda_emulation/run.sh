@@ -14,20 +14,27 @@
 # Optional 12th/13th arguments: thread order and block order (0 forward,
 # 1 reverse, 2 random): results that change with the order reveal a race.
 #
-# ctest runs six small cases of it (tools/cuda_emulation/CMakeLists.txt,
+# ctest runs eight cases of it (tools/cuda_emulation/CMakeLists.txt,
 # cuda_emulation.*), sampling.cu against cpu::SampleRows
-# (fwp-cuda-sampler-emulation), and feature_map.cu, layernorm.cu and
+# (fwp-cuda-sampler-emulation), feature_map.cu, layernorm.cu,
 # cross_entropy.cu, activation.cu, embedding.cu and adamw.cu against their
 # twins (fwp-cuda-ops-emulation), and matmul_invariant.cu against cpu::Matmul
-# with its batch invariance (fwp-cuda-matmul-emulation): CI without a GPU tests
-# the logic of every hand-written kernel (matmul.cu is cuBLAS, not emulated).
+# with its batch invariance (fwp-cuda-matmul-emulation).
+#
+# The whole backend: fwp-cuda-backend-emulation is the GPU test suite itself
+# (tests/kernels/cuda_ops_test.cc and the trainer's GPU test) built on the
+# emulated kernels, kernels/cuda_backend.cu, and the shim's runtime (device
+# memory on the host, poisoned as NaN; synchronous streams) and cuBLAS Sgemm
+# (summed in double). ctest runs 11 of its 14 tests; all 14, about 35 minutes:
+#
+#   build/bin/fwp-cuda-backend-emulation
 #
 # Limits: one or two seconds for a small case; the shim
 # (inc/kernels/cuda_common.cuh) supplies threadIdx, __syncthreads, shuffles
 # and the runtime calls, then includes the real cuda_common.cuh; warps are not lock-step and
 # memory is sequentially consistent, so it finds indexing, barrier and
 # cross-block ordering bugs, not hardware-specific ones. A real GPU run of
-# the CudaOps tests is still the test.
+# the CudaOps tests is still the test, and the only one of speed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
