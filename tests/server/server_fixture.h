@@ -3,6 +3,7 @@
 // calls over a real channel.
 #pragma once
 
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -21,7 +22,10 @@ inline std::string DefaultModelDir() { return std::string(FWP_SOURCE_DIR) + "/mo
 inline ServerOptions TestOptions(const std::string& model_dir = DefaultModelDir()) {
   ServerOptions options;
   options.model_dir = model_dir;
-  options.backend = "cpu";
+  // FWP_TEST_BACKEND=cuda runs the server tests on the GPU (or on the
+  // emulated one, tools/cuda_emulation).
+  const char* backend = std::getenv("FWP_TEST_BACKEND");
+  options.backend = backend && *backend ? backend : "cpu";
   options.address = "127.0.0.1:0";
   options.metrics_port = -1;
   options.engine.slots = 16;
