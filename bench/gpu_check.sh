@@ -35,7 +35,11 @@ case "$stage" in
     nvidia-smi > "$out/gpu.txt" 2>&1
     # The CUDA half of the suite: every op against the CPU, the decode step,
     # the whole model, the sampler, training on the GPU.
-    timeout 420 "$bin/fwp-tests" --gtest_filter='CudaOps*:Device*:*Gpu*' 2>&1 | tee "$out/tests.txt" | tail -40
+    timeout 400 "$bin/fwp-tests" --gtest_filter='CudaOps*:Device*:*Gpu*' 2>&1 | tee "$out/tests.txt" | tail -40
+    # fwp-server's own suite with the CUDA backend: batching exactness, the
+    # host and disk tiers, the GPU sampler among host-drawn rows.
+    FWP_TEST_BACKEND=cuda timeout 170 "$bin/fwp-tests" --gtest_filter='Server*' 2>&1 \
+      | tee "$out/server_tests.txt" | tail -20
     ;;
   sanitize)
     # compute-sanitizer (where the runtime allows it: Firecracker, not gVisor)

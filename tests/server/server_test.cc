@@ -564,7 +564,7 @@ TEST_F(ServerTest, ModelInfoTokenizeAndDetokenize) {
   ASSERT_TRUE(stub().ModelInfo(&context, v1::ModelInfoRequest(), &info).ok());
   EXPECT_EQ(info.vocab_size(), 8192);
   EXPECT_EQ(info.state_bytes(), 524288);
-  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_EQ(info.backend(), TestOptions().backend);
   EXPECT_GT(info.parameters(), 5000000);
   EXPECT_THAT(info.config_json(), HasSubstr("\"update\""));
   EXPECT_EQ(info.fingerprint().size(), 16u);
