@@ -166,8 +166,6 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, in
   }
   __shared__ SelectShared sh;
   __shared__ float scratch[32];
-  __shared__ int any;
-  if (threadIdx.x == 0) any = 0;
   float top = -INFINITY;
   bool mine = false;
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
@@ -176,8 +174,7 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, in
       mine = true;
     }
   }
-  __syncthreads();
-  if (mine) any = 1;
+  const bool any = __syncthreads_or(mine);
   top = BlockMax(top, scratch);
   if (!any) {
     if (threadIdx.x == 0) tokens[row] = 0;

@@ -63,6 +63,16 @@ inline float ShflXor(float v, int off) {
   Sync();
   return r;
 }
+// __syncthreads_or: a barrier that also ORs a value over the live threads.
+inline int SyncOr(int v) {
+  unsigned t = cur->tid;
+  shfl_buf[t] = v ? 1.0f : 0.0f;
+  Sync();
+  int any = 0;
+  for (size_t i = 0; i < fibers.size(); ++i) any |= !fibers[i].done && shfl_buf[i] != 0.0f;
+  Sync();
+  return any;
+}
 inline void (*g_entry)(void*) = nullptr;
 inline void* g_entry_arg = nullptr;
 inline void Trampoline() { g_entry(g_entry_arg); cur->done = true; _longjmp(sched_jb, 1); }
@@ -169,6 +179,7 @@ inline Idx GridDim() { return Idx{g_grid.x, g_grid.y, 1}; }
 #define gridDim (::emu::GridDim())
 #define __syncthreads() ::emu::Sync()
 #define __shfl_xor_sync(mask, v, off) ::emu::ShflXor((v), (off))
+#define __syncthreads_or(v) ::emu::SyncOr(v)
 using std::min; using std::max;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
