@@ -46,7 +46,12 @@ inline Fiber* cur = nullptr;
 inline dim3 g_block, g_grid, g_blockdim;
 inline float* g_smem = nullptr;
 inline size_t g_smem_bytes = 0;
-inline int64_t g_shared_limit_bytes = 232448;
+// The shared memory a block may opt in to: an H100's, or
+// FWP_EMULATION_SHARED_BYTES (a small value forces column tiles).
+inline int64_t g_shared_limit_bytes = [] {
+  const char* bytes = std::getenv("FWP_EMULATION_SHARED_BYTES");
+  return bytes && *bytes ? std::atoll(bytes) : int64_t{232448};
+}();
 inline std::map<const void*, size_t> g_attr;
 inline std::mt19937 rng(1);
 inline int order_mode = 0;  // 0 forward, 1 reverse, 2 random
