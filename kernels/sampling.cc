@@ -33,16 +33,7 @@ FWP_SAMPLER_CLONES uint64_t KeptWeight(const uint32_t* order, const uint64_t* we
   return total;
 }
 
-// The row's candidates: their order (math::SampleOrder) and weights.
-struct Candidates {
-  const uint32_t* order;
-  const uint64_t* weight;  // null: each weighs 1 (counting)
-  int64_t vocab;
-  uint64_t limit;  // only keys ≤ limit take part
-
-  bool In(int64_t i) const { return math::SampleKey(order[i], i) <= limit; }
-  uint64_t Weight(int64_t i) const { return weight ? weight[i] : 1; }
-};
+using Candidates = math::SampleCandidates;
 
 // The smallest key K such that the candidates with keys ≤ K (and ≤ limit)
 // weigh at least `target`: radix selection on the order, 11, 11 and 10 bits

@@ -40,16 +40,9 @@ __device__ uint64_t BlockScan(uint64_t v, uint64_t* scan, uint64_t* total) {
   return inclusive - v;
 }
 
-// A row's candidates in scratch (see cpu::SampleWithDraw's Candidates).
-struct Row {
-  const uint32_t* order;
-  const uint64_t* weight;  // null: each weighs 1
-  int64_t vocab;
-  uint64_t limit;  // only keys ≤ limit take part
-
-  __device__ bool In(int64_t i) const { return math::SampleKey(order[i], i) <= limit; }
-  __device__ uint64_t Weight(int64_t i) const { return weight ? weight[i] : 1; }
-  // This thread's contiguous run of ids, for the passes in id order.
+// A row's candidates in scratch, and this thread's contiguous run of ids
+// for the passes in id order.
+struct Row : math::SampleCandidates {
   __device__ int64_t RunBegin() const {
     return min(vocab, threadIdx.x * ((vocab + blockDim.x - 1) / blockDim.x));
   }
@@ -189,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, in
     weight[j] = math::CandidateWeight(l[j], top, inv_t, bits);
   }
   __syncthreads();
-  Row c{order, nullptr, vocab, ~uint64_t{0}};
+  Row c{{order, nullptr, vocab, ~uint64_t{0}}};
   if (sp.top_k > 0 && sp.top_k < vocab) c.limit = SelectKey(c, sp.top_k, sh);
   c.weight = weight;
   uint64_t total;

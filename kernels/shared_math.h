@@ -81,6 +81,18 @@ FWP_HD uint64_t SampleKey(uint32_t order, int64_t id) {
 }
 FWP_HD uint64_t SampleOrderKey(float logit, int32_t id) { return SampleKey(SampleOrder(logit), id); }
 
+// A sampled row's candidates: their orders and weights (null: each weighs 1,
+// for counting), and the key limit of the cut-offs made so far.
+struct SampleCandidates {
+  const uint32_t* order;
+  const uint64_t* weight;
+  int64_t vocab;
+  uint64_t limit;  // only keys ≤ limit take part
+
+  FWP_HD bool In(int64_t i) const { return SampleKey(order[i], i) <= limit; }
+  FWP_HD uint64_t Weight(int64_t i) const { return weight ? weight[i] : 1; }
+};
+
 // Candidate weights are integers of WeightBits(vocab) fractional bits, so a
 // whole vocabulary sums below 2^62 and every sum is exact in any order.
 FWP_HD int WeightBits(int64_t vocab) {
