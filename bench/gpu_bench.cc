@@ -134,16 +134,22 @@ void Decode(fwp::Backend& gpu, const Ceilings& ceil) {
   }
 }
 
-void Sequence(fwp::Backend& gpu) {
+// The fast-weight memory over whole sequences. The roofline counts the
+// recurrence's work, 6·d_φ·d_value FLOPs per token and head forward (v̄, the
+// update and the read-out) and three times that backward (a recompute and
+// twice the forward), against the SGEMM rate; and the projection rows read and
+// the outputs written once, against the copy bandwidth. The forward runs in
+// both of its forms: chunkwise (chunks of 64) and token by token (chunk 1).
+void Sequence(fwp::Backend& gpu, const Ceilings& ceil) {
   fwp::FastWeightSpec spec;
   spec.heads = 16;
   spec.d_head = 64;
   spec.phi.kind = fwp::FeatureMapKind::kDpfp;
   spec.phi.nu = 1;
   const int64_t batch = 8, dp = spec.DPhi(), dh = spec.d_head;
-  std::printf("\nsequence: batch 8, 16 heads x 64, dpfp(1), delta rule\n");
-  std::printf("%7s | %14s %12s | %14s %12s\n", "length", "fwd tokens/s", "fwd ms", "bwd tokens/s",
-              "bwd ms");
+  std::printf("\nsequence: batch 8, 16 heads x 64, dpfp(1), delta rule; %% of roofline\n");
+  std::printf("%7s | %12s %9s %6s | %12s %9s %6s | %12s %9s %6s\n", "length",
+              "chunkwise/s", "ms", "roof", "recurrent/s", "ms", "roof", "bwd tok/s", "ms", "roof");
   fwp::Rng rng(3);
   for (int64_t time : {512, 2048, 8192}) {
     auto qkvb = RandomBuffer(gpu, batch * time * spec.RowWidth(), rng, 0.3);
@@ -158,15 +164,26 @@ void Sequence(fwp::Backend& gpu) {
     gpu.CopyToDevice(ids->data(), slots.data(), batch * sizeof(int32_t));
     const fwp::StateView view{state.f32(), slot_floats, 0, slot_floats};
     const auto* id = static_cast<const int32_t*>(ids->data());
-    const double t_fwd = TimePerCall(gpu, [&] {
-      gpu.FastWeightSequence(spec, qkvb.f32(), nullptr, id, batch, time, view, y.f32(), 64);
-    });
+    auto forward = [&](int64_t chunk) {
+      return TimePerCall(gpu, [&] {
+        gpu.FastWeightSequence(spec, qkvb.f32(), nullptr, id, batch, time, view, y.f32(), chunk);
+      });
+    };
+    const double t_chunk = forward(64), t_rec = forward(1);
     const double t_bwd = TimePerCall(gpu, [&] {
       gpu.FastWeightSequenceBackward(spec, qkvb.f32(), nullptr, id, batch, time, view, dy.f32(),
                                      dq.f32(), fwp::StateView{}, 256);
     });
-    std::printf("%7lld | %14.0f %12.2f | %14.0f %12.2f\n", (long long)time, batch * time / t_fwd,
-                t_fwd * 1e3, batch * time / t_bwd, t_bwd * 1e3);
+    const double tokens = static_cast<double>(batch) * time;
+    const double flops = tokens * spec.heads * 6.0 * dp * dh;
+    const double bytes = tokens * (spec.RowWidth() + spec.heads * dh) * sizeof(float);
+    auto roof = [&](double work) {
+      return std::max(bytes / (ceil.copy_gbs * 1e9), work / (ceil.gemm_tflops * 1e12));
+    };
+    std::printf("%7lld | %12.0f %9.2f %5.0f%% | %12.0f %9.2f %5.0f%% | %12.0f %9.2f %5.0f%%\n",
+                (long long)time, tokens / t_chunk, t_chunk * 1e3, 100 * roof(flops) / t_chunk,
+                tokens / t_rec, t_rec * 1e3, 100 * roof(flops) / t_rec, tokens / t_bwd,
+                t_bwd * 1e3, 100 * roof(3 * flops) / t_bwd);
   }
 }
 
@@ -228,7 +245,7 @@ int main(int argc, char** argv) {
   std::printf("backend %s\n", (*gpu)->Name());
   const Ceilings ceilings = MeasureCeilings(**gpu);
   Decode(**gpu, ceilings);
-  Sequence(**gpu);
+  Sequence(**gpu, ceilings);
   Training(**gpu, ceilings);
   Sampler(**gpu);
   return 0;

@@ -117,8 +117,9 @@ class CudaBackend final : public Backend {
   void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
                           const float* favor_proj, const int32_t* slots, int64_t batch,
                           int64_t time, const StateView& state, float* y,
-                          int64_t /*chunk: the recurrent kernel has none*/) override {
-    cuda::FastWeightSequence(stream_, spec, qkvb, favor_proj, slots, batch, time, state, y);
+                          int64_t chunk) override {
+    cuda::FastWeightSequence(stream_, spec, qkvb, favor_proj, slots, batch, time, state, y,
+                             chunk);
   }
   void FastWeightStep(const FastWeightSpec& spec, const float* qkvb, const float* favor_proj,
                       const int32_t* slots, int64_t n, const StateView& state,

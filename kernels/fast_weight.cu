@@ -1,6 +1,13 @@
-// The fast-weight memory on the GPU (see fast_weight.h for the math).
+// The fast-weight memory on the GPU (see fast_weight.h for the math), in two
+// forms behind the same launchers:
+//   - the chunkwise form ("The chunkwise form" below) for sequences, forward
+//     and backward: chunks of 16–64 tokens as matrix products in shared
+//     memory, a few barriers per chunk;
+//   - the recurrence, token by token: the decode step, chunk < 16, and the
+//     backward of shapes the chunkwise one does not take (column tiles, the
+//     sum rule's normaliser).
 //
-// One block per (sequence or slot, head, column tile) runs the recurrence
+// The recurrence. One block per (sequence or slot, head, column tile) runs it
 // token by token with its part of the head's state S [d_φ, d_value] (and z)
 // in shared memory: loaded once, advanced through every token, written back
 // once. Thread t owns tile column j = t mod P and rows r ≡ t / P (mod G),
@@ -30,8 +37,6 @@
 // stepping S back with S_{t−1} = S_t − φk uᵀ: the reversal never runs past one
 // chunk, so rounding cannot accumulate over the sequence.
 //
-// A correct first kernel; a chunkwise-parallel (tensor-core) version can
-// replace it behind the same launchers.
 #include <atomic>
 
 #include "kernels/cuda_ops.h"
@@ -306,6 +311,425 @@ __global__ void __launch_bounds__(kThreads) NormalizerKernel(Args a) {
 }
 
 inline int64_t NormalizerFloats(const Shape& s) { return s.head_width + 2 * s.dp + 32; }
+
+// ---- The chunkwise form ----------------------------------------------------
+//
+// C tokens at a time (fast_weight.h's chunkwise form), so that a chunk costs a
+// handful of barriers instead of several per token and its work is matrix
+// products over shared memory. Per chunk of n ≤ C tokens, with S₀ the tile of
+// S at the chunk start (and z₀):
+//   A  load the n projection rows;
+//   B  Φq, Φk [n, d_φ] (one warp per token), U ← V's tile columns, β;
+//   C  O = Φq S₀;  delta: U ← diag(β)(V − Φk S₀);  G = tril(Φq Φkᵀ);
+//      delta: K = strictly-tril(Φk Φkᵀ), L = diag(β) K;
+//   D  delta: solve (I + L) U = U in blocks of 16 rows; normaliser: each token's
+//      denominator z₀·φq_i + Σ_{k≤i} G_ik;
+//   E  y = scale · (O + G U) (/ denominator);  S ← S₀ + Φkᵀ U;  z ← z₀ + Σ φk.
+// The backward (ChunkBackwardKernel) stores S at every chunk start, then from
+// the last chunk to the first restores S₀, redoes A–D and takes the chunk's
+// products back (see there).
+//
+// Every row stride in shared memory is odd, so that a warp reading a column
+// touches distinct banks.
+
+constexpr int kSolveBlock = 16;
+
+__host__ __device__ inline int Odd(int x) { return x | 1; }
+
+struct ChunkLayout {
+  int chunk;
+  int lds;  // rows of S and dS [d_φ, tw]
+  int ldp;  // rows of Φq, Φk, dΦq, dΦk [C, d_φ]
+  int ldg;  // rows of G, K, L, D [C, C]
+  int ldu;  // rows of U, O, V − P, dU [C, tw]
+  int64_t x_floats;  // the projection rows, later G, K and L
+};
+
+__host__ __device__ inline ChunkLayout MakeChunkLayout(const Shape& s, int chunk) {
+  ChunkLayout l;
+  l.chunk = chunk;
+  l.lds = Odd(s.tw);
+  l.ldp = Odd(s.dp);
+  l.ldg = Odd(chunk);
+  l.ldu = Odd(s.tw);
+  const int64_t rows = static_cast<int64_t>(chunk) * s.head_width;
+  const int64_t g = 3 * static_cast<int64_t>(chunk) * l.ldg;
+  l.x_floats = rows > g ? rows : g;
+  return l;
+}
+
+inline int64_t ChunkFloats(const Shape& s, int chunk) {
+  const ChunkLayout l = MakeChunkLayout(s, chunk);
+  return static_cast<int64_t>(s.dp) * l.lds + s.dp + 2 * static_cast<int64_t>(chunk) * l.ldp +
+         l.x_floats + 2 * static_cast<int64_t>(chunk) * l.ldu + 2 * chunk;
+}
+
+inline int64_t ChunkBackwardFloats(const Shape& s, int chunk) {
+  const ChunkLayout l = MakeChunkLayout(s, chunk);
+  return ChunkFloats(s, chunk) + static_cast<int64_t>(s.dp) * l.lds +
+         2 * static_cast<int64_t>(chunk) * l.ldp + 2 * static_cast<int64_t>(chunk) * l.ldu +
+         static_cast<int64_t>(chunk) * l.ldg;
+}
+
+struct ChunkSmem {
+  float *S, *z, *phq, *phk, *G, *K, *L, *x, *U, *O, *beta, *factor;
+  float *dS, *dphq, *dphk, *vmp, *dU, *D;  // the backward's
+};
+
+__device__ ChunkSmem CarveChunk(const Shape& s, const ChunkLayout& l, float* base) {
+  ChunkSmem m;
+  const int C = l.chunk;
+  m.S = base;
+  m.z = m.S + s.dp * l.lds;
+  m.phq = m.z + s.dp;
+  m.phk = m.phq + C * l.ldp;
+  m.x = m.phk + C * l.ldp;
+  m.G = m.x;
+  m.K = m.G + C * l.ldg;
+  m.L = m.K + C * l.ldg;
+  m.U = m.x + l.x_floats;
+  m.O = m.U + C * l.ldu;
+  m.beta = m.O + C * l.ldu;
+  m.factor = m.beta + C;
+  m.dS = m.factor + C;
+  m.dphq = m.dS + s.dp * l.lds;
+  m.dphk = m.dphq + C * l.ldp;
+  m.vmp = m.dphk + C * l.ldp;
+  m.dU = m.vmp + C * l.ldu;
+  m.D = m.dU + C * l.ldu;
+  return m;
+}
+
+// out(i, j, Σ_k A(i,k)·B(k,j)) for i < m, j < n, where A(i,k) = a[i·ai + k·ak]
+// and B(k,j) = b[k·bk + j·bj] (shared memory). 16 × 16 threads, each with a
+// 4 × 4 register tile (rows ≡ ty, columns ≡ tx mod 16) per 64 × 64 block of
+// the output; the same (m, n) always gives an output to the same thread.
+// Every output sums k in order, whatever m and n are. Ends without a barrier.
+template <typename Out>
+__device__ void BlockGemm(int m, int n, int k, const float* a, int ai, int ak, const float* b,
+                          int bk, int bj, Out out) {
+  static_assert(kThreads == 256, "a 16 × 16 thread grid");
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  for (int i0 = 0; i0 < m; i0 += 64) {
+    for (int j0 = 0; j0 < n; j0 += 64) {
+      const float* ar[4];
+      const float* bc[4];
+      for (int x = 0; x < 4; ++x) {
+        ar[x] = a + min(i0 + ty + 16 * x, m - 1) * ai;  // clamped: read, never written
+        bc[x] = b + min(j0 + tx + 16 * x, n - 1) * bj;
+      }
+      float acc[4][4] = {};
+      for (int kk = 0; kk < k; ++kk) {
+        float av[4], bv[4];
+        for (int x = 0; x < 4; ++x) {
+          av[x] = ar[x][kk * ak];
+          bv[x] = bc[x][kk * bk];
+        }
+        for (int x = 0; x < 4; ++x) {
+          for (int y = 0; y < 4; ++y) acc[x][y] += av[x] * bv[y];
+        }
+      }
+      for (int x = 0; x < 4; ++x) {
+        for (int y = 0; y < 4; ++y) {
+          const int i = i0 + ty + 16 * x, j = j0 + tx + 16 * y;
+          if (i < m && j < n) out(i, j, acc[x][y]);
+        }
+      }
+    }
+  }
+}
+
+// Phases A–D for tokens [t0, t0 + n) of one (sequence, head, tile): m.S holds
+// S₀ (and m.z z₀). Leaves Φq, Φk, β, U, O, G, K, L (and the normaliser's
+// factors) in shared memory; with vmp, also V − Φk S₀ (delta). Ends with a
+// barrier.
+__device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSmem& m,
+                             const float* rows, int j0, int w, int64_t t0, int n, bool vmp) {
+  const Shape& s = a.s;
+  const int dp = s.dp, ldp = l.ldp, ldg = l.ldg, ldu = l.ldu, lds = l.lds;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kThreads / 32;
+  // A
+  for (int e = threadIdx.x; e < n * s.head_width; e += kThreads) {
+    const int t = e / s.head_width, i = e - t * s.head_width;
+    m.x[e] = rows[(t0 + t) * s.row_width + i];
+  }
+  __syncthreads();
+  // B. Every warp takes the same number of tokens (rows past n are computed
+  // and never read), so that warp-wide steps stay uniform across the block.
+  for (int t = warp; t < l.chunk; t += warps) {
+    const float* row = m.x + min(t, n - 1) * s.head_width;
+    PhiWarp(s.spec.phi, row, s.dk, a.omega, m.phq + t * ldp);
+    PhiWarp(s.spec.phi, row + s.dk, s.dk, a.omega, m.phk + t * ldp);
+  }
+  for (int e = threadIdx.x; e < n * w; e += kThreads) {
+    const int t = e / w, j = e - t * w;
+    m.U[t * ldu + j] = m.x[t * s.head_width + 2 * s.dk + j0 + j];
+  }
+  if (s.delta) {
+    for (int t = threadIdx.x; t < n; t += kThreads) {
+      m.beta[t] = math::Sigmoid(m.x[t * s.head_width + 2 * s.dk + s.dh]);
+    }
+  }
+  __syncthreads();
+  // C (the projection rows in m.x are done with: G, K and L overwrite them)
+  BlockGemm(n, w, dp, m.phq, ldp, 1, m.S, lds, 1,
+            [&](int i, int j, float acc) { m.O[i * ldu + j] = acc; });
+  if (s.delta) {
+    BlockGemm(n, w, dp, m.phk, ldp, 1, m.S, lds, 1, [&](int i, int j, float acc) {
+      const float r = m.U[i * ldu + j] - acc;
+      if (vmp) m.vmp[i * ldu + j] = r;
+      m.U[i * ldu + j] = m.beta[i] * r;
+    });
+    BlockGemm(n, n, dp, m.phk, ldp, 1, m.phk, 1, ldp, [&](int i, int j, float acc) {
+      m.K[i * ldg + j] = j < i ? acc : 0.0f;
+      m.L[i * ldg + j] = j < i ? m.beta[i] * acc : 0.0f;
+    });
+  }
+  BlockGemm(n, n, dp, m.phq, ldp, 1, m.phk, 1, ldp,
+            [&](int i, int j, float acc) { m.G[i * ldg + j] = j <= i ? acc : 0.0f; });
+  __syncthreads();
+  // D
+  if (s.delta) {
+    for (int r0 = 0; r0 < n; r0 += kSolveBlock) {
+      const int r1 = min(r0 + kSolveBlock, n);
+      for (int j = threadIdx.x; j < w; j += kThreads) {
+        for (int i = r0 + 1; i < r1; ++i) {
+          float acc = m.U[i * ldu + j];
+          for (int k = r0; k < i; ++k) acc -= m.L[i * ldg + k] * m.U[k * ldu + j];
+          m.U[i * ldu + j] = acc;
+        }
+      }
+      __syncthreads();
+      if (r1 < n) {
+        BlockGemm(n - r1, w, r1 - r0, m.L + r1 * ldg + r0, ldg, 1, m.U + r0 * ldu, ldu, 1,
+                  [&](int i, int j, float acc) { m.U[(r1 + i) * ldu + j] -= acc; });
+        __syncthreads();
+      }
+    }
+  }
+  if (s.norm) {
+    for (int t = warp; t < l.chunk; t += warps) {
+      const int i = min(t, n - 1);
+      float part = 0.0f;
+      for (int r = lane; r < dp; r += 32) part += m.z[r] * m.phq[i * ldp + r];
+      for (int k = lane; k <= i; k += 32) part += m.G[i * ldg + k];
+      const float den = WarpSum(part);
+      if (lane == 0 && t < n) m.factor[t] = den > 0.0f ? s.scale / den : s.scale;
+    }
+    __syncthreads();
+  }
+}
+
+// Phase E: y (when dst, the chunk's first output of this tile) and S, z
+// advanced to the chunk's end. Ends with a barrier.
+__device__ void ChunkAdvance(const Args& a, const ChunkLayout& l, const ChunkSmem& m, int w,
+                             int n, float* dst) {
+  const Shape& s = a.s;
+  const int ldu = l.ldu;
+  if (dst) {
+    BlockGemm(n, w, n, m.G, l.ldg, 1, m.U, ldu, 1, [&](int i, int j, float acc) {
+      dst[static_cast<int64_t>(i) * s.heads * s.dh + j] =
+          (m.O[i * ldu + j] + acc) * (s.norm ? m.factor[i] : s.scale);
+    });
+  }
+  BlockGemm(s.dp, w, n, m.phk, 1, l.ldp, m.U, ldu, 1,
+            [&](int r, int j, float acc) { m.S[r * l.lds + j] += acc; });
+  if (s.norm) {
+    for (int r = threadIdx.x; r < s.dp; r += kThreads) {
+      float acc = m.z[r];
+      for (int t = 0; t < n; ++t) acc += m.phk[t * l.ldp + r];
+      m.z[r] = acc;
+    }
+  }
+  __syncthreads();
+}
+
+// grid (batch·heads, tiles).
+__global__ void __launch_bounds__(kThreads) ChunkForwardKernel(Args a, int chunk, float* y) {
+  extern __shared__ float smem[];
+  const Shape& s = a.s;
+  const ChunkLayout l = MakeChunkLayout(s, chunk);
+  const ChunkSmem m = CarveChunk(s, l, smem);
+  const int h = blockIdx.x % s.heads;
+  const int64_t b = blockIdx.x / s.heads;
+  const int j0 = static_cast<int>(blockIdx.y) * s.tw, w = min(s.tw, s.dh - j0);
+  float* gS = HeadS(a.state, a.slots[b], s, h);
+  float* gz = HeadZ(a.state, a.slots[b], s, h);
+  CopyTile(m.S, l.lds, gS + j0, s.dh, s.dp, w);
+  if (s.norm) {
+    for (int r = threadIdx.x; r < s.dp; r += kThreads) m.z[r] = gz[r];
+  }
+  const float* rows = a.qkvb + b * a.time * s.row_width + h * s.head_width;
+  float* out = y + b * a.time * s.heads * s.dh + h * s.dh + j0;
+  for (int64_t t0 = 0; t0 < a.time; t0 += chunk) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(chunk), a.time - t0));
+    ChunkPrepare(a, l, m, rows, j0, w, t0, n, false);
+    ChunkAdvance(a, l, m, w, n, out + t0 * s.heads * s.dh);
+  }
+  CopyTile(gS + j0, s.dh, m.S, l.lds, s.dp, w);
+  if (s.norm && s.tiles == 1) {
+    for (int r = threadIdx.x; r < s.dp; r += kThreads) gz[r] = m.z[r];
+  }
+}
+
+// Scratch of the chunkwise backward: S at each chunk start per block, then
+// ∂L/∂Φq and ∂L/∂Φk per (token, head), rows (b·T + t)·heads + h, which the
+// feature-map backward op turns into the q and k parts of dqkvb.
+inline int64_t ChunkBackwardScratch(const Shape& s, int chunk, int64_t batch, int64_t time) {
+  const int64_t chunks = (time + chunk - 1) / chunk;
+  return batch * s.heads * (chunks * s.dp * s.dh + 2 * time * s.dp);
+}
+
+// The chunkwise backward, one block per (sequence, head) with all of d_value
+// (no column tiles) and no normaliser. For a chunk, with dY = scale·dy and
+// dS = ∂L/∂S at the chunk's end (Y = O + G U, S₁ = S₀ + Φkᵀ U):
+//   dU = Gᵀ dY + Φk dS;  dG = tril(dY Uᵀ);  dΦq = dY S₀ᵀ + dG Φk;
+//   dΦk = U dSᵀ + dGᵀ Φq;  dS ← dS + Φqᵀ dY;
+// and for the delta rule, (I + L) U = R = diag(β)(V − Φk S₀) with L = diag(β) K:
+//   dR = (I + L)⁻ᵀ dU (back substitution in blocks of 16 rows, in place);
+//   dL = −strictly-tril(dR Uᵀ);  dβ_i = Σ_j dR_ij (V − P)_ij + Σ_k dL_ik K_ik;
+//   dK = diag(β) dL, dΦk += (dK + dKᵀ) Φk;  dV = diag(β) dR;  dP = −diag(β) dR,
+//   dΦk += dP S₀ᵀ, dS ← dS + Φkᵀ dP.
+// The sum rule's dV is dU.
+__global__ void __launch_bounds__(kThreads, 1)  // registers for one block per SM, as its shared memory allows
+    ChunkBackwardKernel(Args a, int chunk, const float* dy, float* dqkvb, StateView dstate,
+                        float* scratch_all) {
+  extern __shared__ float smem[];
+  const Shape& s = a.s;
+  const ChunkLayout l = MakeChunkLayout(s, chunk);
+  const ChunkSmem m = CarveChunk(s, l, smem);
+  const int dp = s.dp, w = s.dh, ldp = l.ldp, ldg = l.ldg, ldu = l.ldu, lds = l.lds;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kThreads / 32;
+  const int h = blockIdx.x % s.heads;
+  const int64_t b = blockIdx.x / s.heads;
+  const int64_t chunks = (a.time + chunk - 1) / chunk;
+  const int64_t ckpt_floats = static_cast<int64_t>(dp) * s.dh;
+  float* ckpts = scratch_all + static_cast<int64_t>(blockIdx.x) * chunks * ckpt_floats;
+  float* dphi_q = scratch_all + static_cast<int64_t>(gridDim.x) * chunks * ckpt_floats;
+  float* dphi_k = dphi_q + static_cast<int64_t>(gridDim.x) * a.time * dp;
+  const int64_t slot = a.slots[b];
+  const float* rows = a.qkvb + b * a.time * s.row_width + h * s.head_width;
+
+  // Pass 1: S at every chunk start.
+  CopyTile(m.S, lds, HeadS(a.state, slot, s, h), s.dh, dp, w);
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t t0 = ch * chunk;
+    const int n = static_cast<int>(min(static_cast<int64_t>(chunk), a.time - t0));
+    __syncthreads();
+    CopyTile(ckpts + ch * ckpt_floats, s.dh, m.S, lds, dp, w);
+    if (ch + 1 < chunks) {
+      ChunkPrepare(a, l, m, rows, 0, w, t0, n, false);
+      ChunkAdvance(a, l, m, w, n, nullptr);
+    }
+  }
+  float* gdS = dstate.base ? HeadS(dstate, slot, s, h) : nullptr;
+  if (gdS) {
+    CopyTile(m.dS, lds, gdS, s.dh, dp, w);
+  } else {
+    for (int e = threadIdx.x; e < dp * w; e += kThreads) m.dS[(e / w) * lds + e % w] = 0.0f;
+  }
+
+  for (int64_t ch = chunks - 1; ch >= 0; --ch) {
+    const int64_t t0 = ch * chunk;
+    const int n = static_cast<int>(min(static_cast<int64_t>(chunk), a.time - t0));
+    __syncthreads();
+    CopyTile(m.S, lds, ckpts + ch * ckpt_floats, s.dh, dp, w);
+    ChunkPrepare(a, l, m, rows, 0, w, t0, n, true);  // barriers before reading S
+    float* dY = m.O;  // O is not needed in the backward
+    for (int e = threadIdx.x; e < n * w; e += kThreads) {
+      const int i = e / w, j = e - i * w;
+      dY[i * ldu + j] = s.scale * dy[((b * a.time + t0 + i) * s.heads + h) * s.dh + j];
+    }
+    __syncthreads();
+    BlockGemm(n, w, n, m.G, 1, ldg, dY, ldu, 1,
+              [&](int i, int j, float acc) { m.dU[i * ldu + j] = acc; });
+    BlockGemm(n, w, dp, m.phk, ldp, 1, m.dS, lds, 1,
+              [&](int i, int j, float acc) { m.dU[i * ldu + j] += acc; });
+    BlockGemm(n, n, w, dY, ldu, 1, m.U, 1, ldu,
+              [&](int i, int k, float acc) { m.D[i * ldg + k] = k <= i ? acc : 0.0f; });
+    BlockGemm(n, dp, w, dY, ldu, 1, m.S, 1, lds,
+              [&](int i, int r, float acc) { m.dphq[i * ldp + r] = acc; });
+    BlockGemm(n, dp, w, m.U, ldu, 1, m.dS, 1, lds,
+              [&](int i, int r, float acc) { m.dphk[i * ldp + r] = acc; });
+    __syncthreads();
+    BlockGemm(n, dp, n, m.D, ldg, 1, m.phk, ldp, 1,
+              [&](int i, int r, float acc) { m.dphq[i * ldp + r] += acc; });
+    BlockGemm(n, dp, n, m.D, 1, ldg, m.phq, ldp, 1,
+              [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
+    BlockGemm(dp, w, n, m.phq, 1, ldp, dY, ldu, 1,
+              [&](int r, int j, float acc) { m.dS[r * lds + j] += acc; });
+    __syncthreads();
+    float* drows = dqkvb + (b * a.time + t0) * s.row_width + h * s.head_width;
+    if (s.delta) {
+      for (int r1 = n; r1 > 0;) {  // the forward's blocks of rows, last first
+        const int r0 = (r1 - 1) / kSolveBlock * kSolveBlock;
+        for (int j = threadIdx.x; j < w; j += kThreads) {
+          for (int i = r1 - 2; i >= r0; --i) {
+            float acc = m.dU[i * ldu + j];
+            for (int k = i + 1; k < r1; ++k) acc -= m.L[k * ldg + i] * m.dU[k * ldu + j];
+            m.dU[i * ldu + j] = acc;
+          }
+        }
+        __syncthreads();
+        if (r0 > 0) {
+          BlockGemm(r0, w, r1 - r0, m.L + r0 * ldg, 1, ldg, m.dU + r0 * ldu, ldu, 1,
+                    [&](int i, int j, float acc) { m.dU[i * ldu + j] -= acc; });
+          __syncthreads();
+        }
+        r1 = r0;
+      }
+      // m.dU holds dR. dP → dY's buffer, dV → dqkvb, dL → D.
+      for (int e = threadIdx.x; e < n * w; e += kThreads) {
+        const int i = e / w, j = e - i * w;
+        const float dr = m.dU[i * ldu + j];
+        dY[i * ldu + j] = -m.beta[i] * dr;
+        drows[i * s.row_width + 2 * s.dk + j] = m.beta[i] * dr;
+      }
+      BlockGemm(n, n, w, m.dU, ldu, 1, m.U, 1, ldu,
+                [&](int i, int k, float acc) { m.D[i * ldg + k] = k < i ? -acc : 0.0f; });
+      __syncthreads();
+      for (int t = warp; t < chunk; t += warps) {
+        const int i = min(t, n - 1);
+        float part = 0.0f;
+        for (int j = lane; j < w; j += 32) part += m.dU[i * ldu + j] * m.vmp[i * ldu + j];
+        for (int k = lane; k < i; k += 32) part += m.D[i * ldg + k] * m.K[i * ldg + k];
+        const float dbeta = WarpSum(part);
+        if (lane == 0 && t < n) {
+          const float beta = m.beta[i];
+          drows[i * s.row_width + 2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
+        }
+      }
+      __syncthreads();
+      for (int e = threadIdx.x; e < n * n; e += kThreads) {
+        const int i = e / n, k = e - i * n;
+        m.D[i * ldg + k] *= m.beta[i];
+      }
+      __syncthreads();
+      BlockGemm(n, dp, w, dY, ldu, 1, m.S, 1, lds,
+                [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
+      BlockGemm(n, dp, n, m.D, ldg, 1, m.phk, ldp, 1,
+                [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
+      BlockGemm(n, dp, n, m.D, 1, ldg, m.phk, ldp, 1,
+                [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
+      BlockGemm(dp, w, n, m.phk, 1, ldp, dY, ldu, 1,
+                [&](int r, int j, float acc) { m.dS[r * lds + j] += acc; });
+      __syncthreads();
+    } else {
+      for (int e = threadIdx.x; e < n * w; e += kThreads) {
+        const int i = e / w, j = e - i * w;
+        drows[i * s.row_width + 2 * s.dk + j] = m.dU[i * ldu + j];
+      }
+    }
+    for (int e = threadIdx.x; e < n * dp; e += kThreads) {
+      const int i = e / dp, r = e - i * dp;
+      const int64_t row = (b * a.time + t0 + i) * s.heads + h;
+      dphi_q[row * dp + r] = m.dphq[i * ldp + r];
+      dphi_k[row * dp + r] = m.dphk[i * ldp + r];
+    }
+  }
+  __syncthreads();
+  if (gdS) CopyTile(gdS, s.dh, m.dS, lds, dp, w);
+}
 
 // Backward scratch, per block (sequence, head, tile):
 //   checkpoints [chunks, dp·tw + dp], then tokens [chunk, 2·tw] (u, v − v̄);
@@ -664,6 +1088,46 @@ Shape PickShape(const FastWeightSpec& spec, bool backward) {
   return none;
 }
 
+// The chunkwise forward's shape for a requested chunk length: C = the largest
+// of 64, 32, 16 that is ≤ chunk and fits with all of d_value in one block, else
+// with the widest power-of-two column tile of at least 32 columns. chunk == 0
+// when none fits or chunk < 16: the recurrent kernel runs instead.
+struct ChunkShape {
+  Shape s;
+  int chunk = 0;
+};
+
+// The chunkwise backward's: all of d_value in one block and no normaliser,
+// C as above; else chunk == 0 and the recurrent backward runs.
+ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk) {
+  const Shape whole = MakeShape(spec, spec.DValue());
+  if (whole.norm || whole.dh > kThreads) return {};
+  for (int c = 64; c >= kSolveBlock; c /= 2) {
+    if (c <= chunk && ChunkBackwardFloats(whole, c) <= SharedLimitFloats()) return {whole, c};
+  }
+  return {};
+}
+
+ChunkShape PickChunkShape(const FastWeightSpec& spec, int64_t chunk) {
+  const int64_t limit = SharedLimitFloats();
+  const int dh = static_cast<int>(spec.DValue());
+  auto fits = [&](const Shape& s, int c) {
+    return ChunkFloats(s, c) <= limit && (s.tiles == 1 || !s.norm || NormalizerFloats(s) <= limit);
+  };
+  for (int c = 64; c >= kSolveBlock; c /= 2) {
+    if (c > chunk) continue;
+    if (dh <= kThreads && fits(MakeShape(spec, dh), c)) return {MakeShape(spec, dh), c};
+  }
+  for (int c = 64; c >= kSolveBlock; c /= 2) {
+    if (c > chunk) continue;
+    for (int tw = kThreads; tw >= 32; tw /= 2) {
+      if (tw >= dh) continue;
+      if (fits(MakeShape(spec, tw), c)) return {MakeShape(spec, tw), c};
+    }
+  }
+  return {};
+}
+
 dim3 Grid(const Shape& s, int64_t batch) {
   return dim3(static_cast<unsigned>(batch * s.heads), static_cast<unsigned>(s.tiles));
 }
@@ -688,15 +1152,23 @@ bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not) {
 
 void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const float* qkvb,
                         const float* favor_proj, const int32_t* slots, int64_t batch,
-                        int64_t time, const StateView& state, float* y) {
+                        int64_t time, const StateView& state, float* y, int64_t chunk) {
   if (batch == 0 || time == 0) return;
-  Args a{PickShape(spec, false), qkvb, favor_proj, slots, time, state};
+  const ChunkShape cs = time > 1 ? PickChunkShape(spec, chunk) : ChunkShape{};
+  Args a{cs.chunk > 0 ? cs.s : PickShape(spec, false), qkvb, favor_proj, slots, time, state};
   if (a.s.tiles == 0)
     Die("fast weights", "shape not supported (CheckAttention refuses it)", __FILE__, __LINE__);
-  const size_t shared = SharedBytes(CommonFloats(a.s));
-  AllowShared(ForwardKernel, shared, "fast-weight smem");
-  ForwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, y);
-  FWP_CUDA_LAUNCHED("fast-weight sequence");
+  if (cs.chunk > 0) {
+    const size_t shared = SharedBytes(ChunkFloats(a.s, cs.chunk));
+    AllowShared(ChunkForwardKernel, shared, "fast-weight chunk smem");
+    ChunkForwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, cs.chunk, y);
+    FWP_CUDA_LAUNCHED("fast-weight sequence (chunkwise)");
+  } else {
+    const size_t shared = SharedBytes(CommonFloats(a.s));
+    AllowShared(ForwardKernel, shared, "fast-weight smem");
+    ForwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, y);
+    FWP_CUDA_LAUNCHED("fast-weight sequence");
+  }
   if (a.s.tiles > 1 && a.s.norm) {
     const size_t zshared = SharedBytes(NormalizerFloats(a.s));
     AllowShared(NormalizerKernel, zshared, "fast-weight normaliser smem");
@@ -708,12 +1180,14 @@ void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const f
 void FastWeightStep(cudaStream_t stream, const FastWeightSpec& spec, const float* qkvb,
                     const float* favor_proj, const int32_t* slots, int64_t n,
                     const StateView& state, float* y) {
-  FastWeightSequence(stream, spec, qkvb, favor_proj, slots, n, 1, state, y);
+  FastWeightSequence(stream, spec, qkvb, favor_proj, slots, n, 1, state, y, 1);
 }
 
 int64_t FastWeightBackwardScratch(const FastWeightSpec& spec, int64_t batch, int64_t time,
                                   int64_t chunk) {
   chunk = std::max<int64_t>(1, std::min(chunk, time));
+  const ChunkShape cs = PickChunkBackwardShape(spec, chunk);
+  if (cs.chunk > 0) return ChunkBackwardScratch(cs.s, cs.chunk, batch, time);
   const Shape s = PickShape(spec, true);
   const int64_t blocks = batch * s.heads * s.tiles;
   return blocks * BlockScratchFloats(s, time, chunk) +
@@ -727,6 +1201,26 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
                                 const StateView& dstate, int64_t chunk, float* scratch) {
   if (batch == 0 || time == 0) return;
   chunk = std::max<int64_t>(1, std::min(chunk, time));
+  const ChunkShape cs = PickChunkBackwardShape(spec, chunk);
+  if (cs.chunk > 0) {
+    const Args a{cs.s, qkvb, favor_proj, slots, time, state};
+    const size_t shared = SharedBytes(ChunkBackwardFloats(a.s, cs.chunk));
+    AllowShared(ChunkBackwardKernel, shared, "fast-weight chunk backward smem");
+    ChunkBackwardKernel<<<static_cast<unsigned>(batch * a.s.heads), kThreads, shared, stream>>>(
+        a, cs.chunk, dy, dqkvb, dstate, scratch);
+    FWP_CUDA_LAUNCHED("fast-weight sequence backward (chunkwise)");
+    // ∂L/∂Φq, ∂L/∂Φk (after the checkpoints) through the feature map: row
+    // (b·T + t)·heads + h of q (or k) is head_width floats after the last.
+    const int64_t rows = batch * time * a.s.heads, chunks = (time + cs.chunk - 1) / cs.chunk;
+    const float* dphi_q = scratch + batch * a.s.heads * chunks * a.s.dp * a.s.dh;
+    const float* dphi_k = dphi_q + rows * a.s.dp;
+    FeatureMapBackward(stream, spec.phi, qkvb, rows, spec.d_head, a.s.head_width, favor_proj,
+                       dphi_q, dqkvb, a.s.head_width);
+    FeatureMapBackward(stream, spec.phi, qkvb + spec.d_head, rows, spec.d_head,
+                       a.s.head_width, favor_proj, dphi_k, dqkvb + spec.d_head,
+                       a.s.head_width);
+    return;
+  }
   Args a{PickShape(spec, true), qkvb, favor_proj, slots, time, state};
   if (a.s.tiles == 0)
     Die("fast weights", "shape not supported (CheckAttention refuses it)", __FILE__, __LINE__);

@@ -18,6 +18,31 @@ __device__ __forceinline__ int PhiDim(const FeatureMapSpec& s, int d) {
   }
 }
 
+// Element idx of φ(x) before normalisation; half_sq = ½‖x‖² (favor only).
+__device__ __forceinline__ float PhiValue(const FeatureMapSpec& spec, const float* x, int d,
+                                          const float* omega, int idx, float half_sq) {
+  switch (spec.kind) {
+    case FeatureMapKind::kDpfp: {
+      const int two_d = 2 * d;
+      const int j = idx / two_d + 1, i = idx % two_d;
+      return math::DpfpR(x, d, i) * math::DpfpR(x, d, math::RollSource(i, j, two_d));
+    }
+    case FeatureMapKind::kElu1: return math::Elu1(x[idx]);
+    case FeatureMapKind::kRelu: return math::Relu(x[idx]);
+    case FeatureMapKind::kIdentity: return x[idx];
+    case FeatureMapKind::kFavor: {
+      const int m = spec.favor_features;
+      const int f = idx % m;
+      const float* w = omega + static_cast<int64_t>(f) * d;
+      float dot = 0.0f;
+      for (int i = 0; i < d; ++i) dot += w[i] * x[i];
+      const float scale = rsqrtf(static_cast<float>(2 * m));
+      return expf((idx < m ? dot : -dot) - half_sq) * scale;
+    }
+  }
+  return 0.0f;
+}
+
 // φ(x) into phi (d_φ floats; any memory the block may write); `normalise`
 // overrides spec.sum_norm (the backward needs the raw features). scratch:
 // ≥ 32 floats of shared memory. Returns Σφ before normalisation.
@@ -32,28 +57,7 @@ __device__ inline float PhiBlock(const FeatureMapSpec& spec, const float* x, int
   }
   float local = 0.0f;
   for (int idx = threadIdx.x; idx < dp; idx += blockDim.x) {
-    float v = 0.0f;
-    switch (spec.kind) {
-      case FeatureMapKind::kDpfp: {
-        const int two_d = 2 * d;
-        const int j = idx / two_d + 1, i = idx % two_d;
-        v = math::DpfpR(x, d, i) * math::DpfpR(x, d, math::RollSource(i, j, two_d));
-        break;
-      }
-      case FeatureMapKind::kElu1: v = math::Elu1(x[idx]); break;
-      case FeatureMapKind::kRelu: v = math::Relu(x[idx]); break;
-      case FeatureMapKind::kIdentity: v = x[idx]; break;
-      case FeatureMapKind::kFavor: {
-        const int m = spec.favor_features;
-        const int f = idx % m;
-        const float* w = omega + static_cast<int64_t>(f) * d;
-        float dot = 0.0f;
-        for (int i = 0; i < d; ++i) dot += w[i] * x[i];
-        const float scale = rsqrtf(static_cast<float>(2 * m));
-        v = expf((idx < m ? dot : -dot) - half_sq) * scale;
-        break;
-      }
-    }
+    const float v = PhiValue(spec, x, d, omega, idx, half_sq);
     phi[idx] = v;
     local += v;
   }
@@ -64,6 +68,30 @@ __device__ inline float PhiBlock(const FeatureMapSpec& spec, const float* x, int
     __syncthreads();
   }
   return sum;
+}
+
+// PhiBlock for one warp (all 32 lanes call it together; no block barrier), with
+// spec.sum_norm's normalisation. Lane l writes the elements l, l + 32, ….
+__device__ inline void PhiWarp(const FeatureMapSpec& spec, const float* x, int d,
+                               const float* omega, float* phi) {
+  const int dp = PhiDim(spec, d), lane = threadIdx.x % 32;
+  float half_sq = 0.0f;
+  if (spec.kind == FeatureMapKind::kFavor) {
+    float partial = 0.0f;
+    for (int i = lane; i < d; i += 32) partial += x[i] * x[i];
+    half_sq = 0.5f * WarpSum(partial);
+  }
+  float local = 0.0f;
+  for (int idx = lane; idx < dp; idx += 32) {
+    const float v = PhiValue(spec, x, d, omega, idx, half_sq);
+    phi[idx] = v;
+    local += v;
+  }
+  const float sum = WarpSum(local);
+  if (spec.sum_norm && sum > 0.0f) {
+    const float inv = 1.0f / sum;
+    for (int idx = lane; idx < dp; idx += 32) phi[idx] *= inv;
+  }
 }
 
 // ∂L/∂x (written into dx, d floats) from ∂L/∂φ. Shared scratch: g and dg

@@ -257,29 +257,41 @@ void CudaOps::CheckSequence(const FastWeightSpec& spec, int64_t batch, int64_t t
                                    layout.View(const_cast<float*>(initial.data())), dy.data(),
                                    dqkvb.data(), layout.View(dstate.data()), 16);
 
-  float* gstate = Up(initial);
   float* gq = Up(qkvb);
   float* gomega = Up(omega);
   int32_t* gslots = Up(slots);
-  float* gy = Poisoned(ny);
-  gpu_->FastWeightSequence(spec, gq, gomega, gslots, batch, time, layout.View(gstate), gy, 64);
-  EXPECT_LT(RelativeError(Down(gy, ny), y), 1e-5) << "y";
-  const auto got_state = Down(gstate, state.size());
-  EXPECT_LT(RelativeError(got_state, state), 1e-5) << "final state";
-  const int64_t f = layout.slot_floats();
-  for (int32_t untouched = 0; untouched < slots_in_pool; ++untouched) {
-    if (std::find(slots.begin(), slots.end(), untouched) != slots.end()) continue;
-    EXPECT_EQ(0, std::memcmp(got_state.data() + untouched * f, initial.data() + untouched * f,
-                             f * sizeof(float)))
-        << "slot " << untouched;
+  // Chunk 1: the recurrent kernel; 16 and 64: the chunkwise one.
+  for (int64_t chunk : {1, 16, 64}) {
+    SCOPED_TRACE(absl::StrCat("forward chunk ", chunk));
+    float* gstate = Up(initial);
+    float* gy = Poisoned(ny);
+    gpu_->FastWeightSequence(spec, gq, gomega, gslots, batch, time, layout.View(gstate), gy,
+                             chunk);
+    EXPECT_LT(RelativeError(Down(gy, ny), y), 1e-5) << "y";
+    const auto got_state = Down(gstate, state.size());
+    EXPECT_LT(RelativeError(got_state, state), 1e-5) << "final state";
+    const int64_t f = layout.slot_floats();
+    for (int32_t untouched = 0; untouched < slots_in_pool; ++untouched) {
+      if (std::find(slots.begin(), slots.end(), untouched) != slots.end()) continue;
+      EXPECT_EQ(0, std::memcmp(got_state.data() + untouched * f, initial.data() + untouched * f,
+                               f * sizeof(float)))
+          << "slot " << untouched;
+    }
   }
+  // Chunk 8: the recurrent backward; 16: the chunkwise one, where the shape
+  // allows (one block for all of d_value, no normaliser).
   float* ginitial = Up(initial);
-  float* gdq = Poisoned(qkvb.size());
-  float* gdstate = Up(dfinal);
-  gpu_->FastWeightSequenceBackward(spec, gq, gomega, gslots, batch, time, layout.View(ginitial),
-                                   Up(dy), gdq, layout.View(gdstate), 16);
-  EXPECT_LT(RelativeError(Down(gdq, qkvb.size()), dqkvb), 1e-5) << "dqkvb";
-  EXPECT_LT(RelativeError(Down(gdstate, dstate.size()), dstate), 1e-5) << "dstate";
+  float* gdy = Up(dy);
+  for (int64_t chunk : {8, 16}) {
+    SCOPED_TRACE(absl::StrCat("backward chunk ", chunk));
+    float* gdq = Poisoned(qkvb.size());
+    float* gdstate = Up(dfinal);
+    gpu_->FastWeightSequenceBackward(spec, gq, gomega, gslots, batch, time,
+                                     layout.View(ginitial), gdy, gdq, layout.View(gdstate), chunk);
+    EXPECT_LT(RelativeError(Down(gdq, qkvb.size()), dqkvb), 1e-5) << "dqkvb";
+    EXPECT_LT(RelativeError(Down(gdstate, dstate.size()), dstate), 1e-5) << "dstate";
+  }
+  EXPECT_EQ(Down(ginitial, initial.size()), initial) << "the backward wrote its input state";
 }
 
 TEST_F(CudaOps, FastWeightSequenceForwardAndBackward) {
