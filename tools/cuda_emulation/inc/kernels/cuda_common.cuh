@@ -31,16 +31,47 @@ constexpr int cudaFuncAttributeMaxDynamicSharedMemorySize = 8;
 inline const char* cudaGetErrorString(int e) { return e == 2 ? "out of memory (emulated device)" : "emu error"; }
 
 namespace emu {
-// A fiber is entered the first time through its ucontext and afterwards by
-// _setjmp/_longjmp, which switch without the signal-mask system calls that
-// swapcontext makes (most of the emulation's time otherwise).
-struct Fiber { ucontext_t ctx; jmp_buf jb; char* stack = nullptr; unsigned tid; long syncs = 0; bool done = false; bool started = false; };
+// Fibers switch by a six-register context switch (x86-64 System V: the
+// callee-saved rbx, rbp, r12–r15 and the stack pointer), a few instructions
+// where glibc's _setjmp/_longjmp spent a third of the emulation's time in
+// signal-mask and cancellation bookkeeping. Elsewhere: ucontext and
+// _setjmp/_longjmp as before. Every translation unit that includes this
+// defines the switch, as a weak symbol: the linker keeps one.
+#if defined(__x86_64__)
+#define FWP_EMU_FAST_SWITCH 1
+extern "C" void fwp_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .weak fwp_emu_switch
+  .hidden fwp_emu_switch
+  .type fwp_emu_switch, @function
+fwp_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size fwp_emu_switch, .-fwp_emu_switch
+)");
+#endif
+struct Fiber { ucontext_t ctx; jmp_buf jb; void* sp = nullptr; char* stack = nullptr; unsigned tid; long syncs = 0; bool done = false; bool started = false; };
 // Fiber stacks, allocated once and reused by every block (allocating and
 // zeroing them per block was most of a launch's time).
 constexpr size_t kStackBytes = size_t{1} << 17;
 inline std::vector<std::unique_ptr<char[]>> stacks;
 inline ucontext_t sched_ctx;
 inline jmp_buf sched_jb;
+inline void* sched_sp = nullptr;
 inline std::vector<Fiber> fibers;
 inline Fiber* cur = nullptr;
 inline dim3 g_block, g_grid, g_blockdim;
@@ -53,13 +84,35 @@ inline int64_t g_shared_limit_bytes = [] {
   return bytes && *bytes ? std::atoll(bytes) : int64_t{232448};
 }();
 inline std::map<const void*, size_t> g_attr;
-inline std::mt19937 rng(1);
+// Thread order within a barrier phase and block order (0 forward, 1
+// reverse, 2 random): the random one draws from a xorshift generator.
+inline uint64_t order_state = 0x9e3779b97f4a7c15ull;
+inline uint64_t NextOrder() {
+  order_state ^= order_state << 13;
+  order_state ^= order_state >> 7;
+  order_state ^= order_state << 17;
+  return order_state;
+}
+template <typename T>
+void Shuffle(std::vector<T>& v) {  // Fisher–Yates
+  for (size_t i = v.size(); i > 1; --i) {
+    const size_t j = static_cast<size_t>((static_cast<unsigned __int128>(NextOrder()) * i) >> 64);
+    std::swap(v[i - 1], v[j]);
+  }
+}
 inline int order_mode = 0;  // 0 forward, 1 reverse, 2 random
 inline std::vector<float> shfl_buf(1024);
 inline long total_syncs = 0;
 inline int block_order_mode = 0;
 
-inline void Sync() { cur->syncs++; if (!_setjmp(cur->jb)) _longjmp(sched_jb, 1); }
+inline void Sync() {
+  cur->syncs++;
+#if FWP_EMU_FAST_SWITCH
+  fwp_emu_switch(&cur->sp, sched_sp);
+#else
+  if (!_setjmp(cur->jb)) _longjmp(sched_jb, 1);
+#endif
+}
 inline float ShflXor(float v, int off) {
   unsigned t = cur->tid;
   shfl_buf[t] = v;
@@ -80,7 +133,16 @@ inline int SyncOr(int v) {
 }
 inline void (*g_entry)(void*) = nullptr;
 inline void* g_entry_arg = nullptr;
-inline void Trampoline() { g_entry(g_entry_arg); cur->done = true; _longjmp(sched_jb, 1); }
+inline void Trampoline() {
+  g_entry(g_entry_arg);
+  cur->done = true;
+#if FWP_EMU_FAST_SWITCH
+  fwp_emu_switch(&cur->sp, sched_sp);  // never resumed
+  std::abort();
+#else
+  _longjmp(sched_jb, 1);
+#endif
+}
 
 inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
   g_entry = entry; g_entry_arg = arg;
@@ -90,21 +152,35 @@ inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
     f.tid = t;
     while (stacks.size() <= t) stacks.emplace_back(new char[kStackBytes]);
     f.stack = stacks[t].get();
+#if FWP_EMU_FAST_SWITCH
+    // The first switch pops six zero registers and returns into Trampoline
+    // with the stack aligned as after a call.
+    auto* top = reinterpret_cast<void**>(
+        (reinterpret_cast<uintptr_t>(f.stack + kStackBytes) & ~uintptr_t{15}));
+    top[-1] = nullptr;
+    top[-2] = reinterpret_cast<void*>(&Trampoline);
+    for (int r = 3; r <= 8; ++r) top[-r] = nullptr;
+    f.sp = top - 8;
+#else
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = kStackBytes;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, (void (*)())Trampoline, 0);
+#endif
   }
   std::vector<unsigned> order(threads);
   for (;;) {
     for (unsigned t = 0; t < threads; ++t) order[t] = t;
     if (order_mode == 1) std::reverse(order.begin(), order.end());
-    else if (order_mode == 2) std::shuffle(order.begin(), order.end(), rng);
+    else if (order_mode == 2) Shuffle(order);
     for (unsigned t : order) {
       Fiber& f = fibers[t];
       if (f.done) continue;
       cur = &f;
+#if FWP_EMU_FAST_SWITCH
+      fwp_emu_switch(&sched_sp, f.sp);
+#else
       if (!_setjmp(sched_jb)) {
         if (!f.started) {
           f.started = true;
@@ -113,6 +189,7 @@ inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
           _longjmp(f.jb, 1);
         }
       }
+#endif
       cur = nullptr;
     }
     ++total_syncs;
@@ -159,7 +236,7 @@ void Launch(K kernel, dim3 grid, unsigned threads, size_t shared, A... args) {
   std::vector<std::pair<unsigned, unsigned>> blocks;
   for (unsigned y = 0; y < grid.y; ++y) for (unsigned x = 0; x < grid.x; ++x) blocks.push_back({x, y});
   if (block_order_mode == 1) std::reverse(blocks.begin(), blocks.end());
-  else if (block_order_mode == 2) std::shuffle(blocks.begin(), blocks.end(), rng);
+  else if (block_order_mode == 2) Shuffle(blocks);
   for (auto [x, y] : blocks) {
     g_block = dim3(x, y);
     std::fill(smem.begin(), smem.begin() + floats, std::numeric_limits<float>::quiet_NaN());
