@@ -4,8 +4,7 @@
 //     and backward: chunks of 16–64 tokens as matrix products in shared
 //     memory, a few barriers per chunk;
 //   - the recurrence, token by token: the decode step, chunk < 16, and the
-//     backward of shapes the chunkwise one does not take (column tiles, the
-//     sum rule's normaliser).
+//     backward of column tiles.
 //
 // The recurrence. One block per (sequence or slot, head, column tile) runs it
 // token by token with its part of the head's state S [d_φ, d_value] (and z)
@@ -361,19 +360,19 @@ __host__ __device__ inline ChunkLayout MakeChunkLayout(const Shape& s, int chunk
 inline int64_t ChunkFloats(const Shape& s, int chunk) {
   const ChunkLayout l = MakeChunkLayout(s, chunk);
   return static_cast<int64_t>(s.dp) * l.lds + s.dp + 2 * static_cast<int64_t>(chunk) * l.ldp +
-         l.x_floats + 2 * static_cast<int64_t>(chunk) * l.ldu + 2 * chunk;
+         l.x_floats + 2 * static_cast<int64_t>(chunk) * l.ldu + 3 * chunk;
 }
 
 inline int64_t ChunkBackwardFloats(const Shape& s, int chunk) {
   const ChunkLayout l = MakeChunkLayout(s, chunk);
   return ChunkFloats(s, chunk) + static_cast<int64_t>(s.dp) * l.lds +
          2 * static_cast<int64_t>(chunk) * l.ldp + 2 * static_cast<int64_t>(chunk) * l.ldu +
-         static_cast<int64_t>(chunk) * l.ldg;
+         static_cast<int64_t>(chunk) * l.ldg + s.dp;
 }
 
 struct ChunkSmem {
-  float *S, *z, *phq, *phk, *G, *K, *L, *x, *U, *O, *beta, *factor;
-  float *dS, *dphq, *dphk, *vmp, *dU, *D;  // the backward's
+  float *S, *z, *phq, *phk, *G, *K, *L, *x, *U, *O, *beta, *factor, *inv_den;
+  float *dS, *dphq, *dphk, *vmp, *dU, *D, *dz;  // the backward's
 };
 
 __device__ ChunkSmem CarveChunk(const Shape& s, const ChunkLayout& l, float* base) {
@@ -391,12 +390,14 @@ __device__ ChunkSmem CarveChunk(const Shape& s, const ChunkLayout& l, float* bas
   m.O = m.U + C * l.ldu;
   m.beta = m.O + C * l.ldu;
   m.factor = m.beta + C;
-  m.dS = m.factor + C;
+  m.inv_den = m.factor + C;
+  m.dS = m.inv_den + C;
   m.dphq = m.dS + s.dp * l.lds;
   m.dphk = m.dphq + C * l.ldp;
   m.vmp = m.dphk + C * l.ldp;
   m.dU = m.vmp + C * l.ldu;
   m.D = m.dU + C * l.ldu;
+  m.dz = m.D + C * l.ldg;
   return m;
 }
 
@@ -514,7 +515,10 @@ __device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSme
       for (int r = lane; r < dp; r += 32) part += m.z[r] * m.phq[i * ldp + r];
       for (int k = lane; k <= i; k += 32) part += m.G[i * ldg + k];
       const float den = WarpSum(part);
-      if (lane == 0 && t < n) m.factor[t] = den > 0.0f ? s.scale / den : s.scale;
+      if (lane == 0 && t < n) {
+        m.factor[t] = den > 0.0f ? s.scale / den : s.scale;
+        m.inv_den[t] = den > 0.0f ? 1.0f / den : 0.0f;
+      }
     }
     __syncthreads();
   }
@@ -572,17 +576,22 @@ __global__ void __launch_bounds__(kThreads) ChunkForwardKernel(Args a, int chunk
   }
 }
 
-// Scratch of the chunkwise backward: S at each chunk start per block, then
+// S and z (with the normaliser) at a chunk start.
+__host__ __device__ inline int64_t ChunkCheckpointFloats(const Shape& s) {
+  return static_cast<int64_t>(s.dp) * s.dh + (s.norm ? s.dp : 0);
+}
+
+// Scratch of the chunkwise backward: S (and z) at each chunk start per block, then
 // ∂L/∂Φq and ∂L/∂Φk per (token, head), rows (b·T + t)·heads + h, which the
 // feature-map backward op turns into the q and k parts of dqkvb.
 inline int64_t ChunkBackwardScratch(const Shape& s, int chunk, int64_t batch, int64_t time) {
   const int64_t chunks = (time + chunk - 1) / chunk;
-  return batch * s.heads * (chunks * s.dp * s.dh + 2 * time * s.dp);
+  return batch * s.heads * (chunks * ChunkCheckpointFloats(s) + 2 * time * s.dp);
 }
 
 // The chunkwise backward, one block per (sequence, head) with all of d_value
-// (no column tiles) and no normaliser. For a chunk, with dY = scale·dy and
-// dS = ∂L/∂S at the chunk's end (Y = O + G U, S₁ = S₀ + Φkᵀ U):
+// (no column tiles). For a chunk, with dY = scale·dy and dS = ∂L/∂S at the
+// chunk's end (Y = O + G U, S₁ = S₀ + Φkᵀ U):
 //   dU = Gᵀ dY + Φk dS;  dG = tril(dY Uᵀ);  dΦq = dY S₀ᵀ + dG Φk;
 //   dΦk = U dSᵀ + dGᵀ Φq;  dS ← dS + Φqᵀ dY;
 // and for the delta rule, (I + L) U = R = diag(β)(V − Φk S₀) with L = diag(β) K:
@@ -590,7 +599,10 @@ inline int64_t ChunkBackwardScratch(const Shape& s, int chunk, int64_t batch, in
 //   dL = −strictly-tril(dR Uᵀ);  dβ_i = Σ_j dR_ij (V − P)_ij + Σ_k dL_ik K_ik;
 //   dK = diag(β) dL, dΦk += (dK + dKᵀ) Φk;  dV = diag(β) dR;  dP = −diag(β) dR,
 //   dΦk += dP S₀ᵀ, dS ← dS + Φkᵀ dP.
-// The sum rule's dV is dU.
+// The sum rule's dV is dU. With its normaliser, y_i = f_i·num_i, f_i = scale /
+// den_i, den_i = z₀·φq_i + Σ_{k≤i} G_ik: dY = f·dy, and dd_i = ∂L/∂den_i =
+// −Σ_j dY_ij num_ij / den_i adds dd_i to row i of dG (k ≤ i), dd_i z₀ to dφq_i
+// and Σ_i dd_i φq_i to dz; z₁ = z₀ + Σ φk adds dz₁ to every dφk.
 __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per SM, as its shared memory allows
     ChunkBackwardKernel(Args a, int chunk, const float* dy, float* dqkvb, StateView dstate,
                         float* scratch_all) {
@@ -603,20 +615,27 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   const int h = blockIdx.x % s.heads;
   const int64_t b = blockIdx.x / s.heads;
   const int64_t chunks = (a.time + chunk - 1) / chunk;
-  const int64_t ckpt_floats = static_cast<int64_t>(dp) * s.dh;
+  const int64_t ckpt_floats = ChunkCheckpointFloats(s);
   float* ckpts = scratch_all + static_cast<int64_t>(blockIdx.x) * chunks * ckpt_floats;
   float* dphi_q = scratch_all + static_cast<int64_t>(gridDim.x) * chunks * ckpt_floats;
   float* dphi_k = dphi_q + static_cast<int64_t>(gridDim.x) * a.time * dp;
   const int64_t slot = a.slots[b];
   const float* rows = a.qkvb + b * a.time * s.row_width + h * s.head_width;
 
-  // Pass 1: S at every chunk start.
+  // Pass 1: S (and z) at every chunk start.
   CopyTile(m.S, lds, HeadS(a.state, slot, s, h), s.dh, dp, w);
+  if (s.norm) {
+    const float* gz0 = HeadZ(a.state, slot, s, h);
+    for (int r = threadIdx.x; r < dp; r += kThreads) m.z[r] = gz0[r];
+  }
   for (int64_t ch = 0; ch < chunks; ++ch) {
     const int64_t t0 = ch * chunk;
     const int n = static_cast<int>(min(static_cast<int64_t>(chunk), a.time - t0));
     __syncthreads();
     CopyTile(ckpts + ch * ckpt_floats, s.dh, m.S, lds, dp, w);
+    if (s.norm) {
+      for (int r = threadIdx.x; r < dp; r += kThreads) ckpts[ch * ckpt_floats + dp * s.dh + r] = m.z[r];
+    }
     if (ch + 1 < chunks) {
       ChunkPrepare(a, l, m, rows, 0, w, t0, n, false);
       ChunkAdvance(a, l, m, w, n, nullptr);
@@ -628,29 +647,57 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   } else {
     for (int e = threadIdx.x; e < dp * w; e += kThreads) m.dS[(e / w) * lds + e % w] = 0.0f;
   }
+  float* gdz = dstate.base && s.norm ? HeadZ(dstate, slot, s, h) : nullptr;
+  if (s.norm) {
+    for (int r = threadIdx.x; r < dp; r += kThreads) m.dz[r] = gdz ? gdz[r] : 0.0f;
+  }
 
   for (int64_t ch = chunks - 1; ch >= 0; --ch) {
     const int64_t t0 = ch * chunk;
     const int n = static_cast<int>(min(static_cast<int64_t>(chunk), a.time - t0));
     __syncthreads();
     CopyTile(m.S, lds, ckpts + ch * ckpt_floats, s.dh, dp, w);
-    ChunkPrepare(a, l, m, rows, 0, w, t0, n, true);  // barriers before reading S
-    float* dY = m.O;  // O is not needed in the backward
+    if (s.norm) {
+      for (int r = threadIdx.x; r < dp; r += kThreads) m.z[r] = ckpts[ch * ckpt_floats + dp * s.dh + r];
+    }
+    ChunkPrepare(a, l, m, rows, 0, w, t0, n, true);  // barriers before reading S and z
+    float* dY = m.O;  // O is only needed for the normaliser's num, first
+    float* dd = m.beta;  // the sum rule has no β
+    if (s.norm) {
+      BlockGemm(n, w, n, m.G, ldg, 1, m.U, ldu, 1, [&](int i, int j, float acc) {
+        m.vmp[i * ldu + j] = m.O[i * ldu + j] + acc;  // num
+      });
+      __syncthreads();
+    }
     for (int e = threadIdx.x; e < n * w; e += kThreads) {
       const int i = e / w, j = e - i * w;
-      dY[i * ldu + j] = s.scale * dy[((b * a.time + t0 + i) * s.heads + h) * s.dh + j];
+      dY[i * ldu + j] = (s.norm ? m.factor[i] : s.scale) *
+                        dy[((b * a.time + t0 + i) * s.heads + h) * s.dh + j];
     }
     __syncthreads();
+    if (s.norm) {
+      for (int t = warp; t < chunk; t += warps) {
+        const int i = min(t, n - 1);
+        float part = 0.0f;
+        for (int j = lane; j < w; j += 32) part += dY[i * ldu + j] * m.vmp[i * ldu + j];
+        const float dot = WarpSum(part);
+        if (lane == 0 && t < n) dd[t] = -dot * m.inv_den[t];
+      }
+      __syncthreads();
+    }
     BlockGemm(n, w, n, m.G, 1, ldg, dY, ldu, 1,
               [&](int i, int j, float acc) { m.dU[i * ldu + j] = acc; });
     BlockGemm(n, w, dp, m.phk, ldp, 1, m.dS, lds, 1,
               [&](int i, int j, float acc) { m.dU[i * ldu + j] += acc; });
-    BlockGemm(n, n, w, dY, ldu, 1, m.U, 1, ldu,
-              [&](int i, int k, float acc) { m.D[i * ldg + k] = k <= i ? acc : 0.0f; });
-    BlockGemm(n, dp, w, dY, ldu, 1, m.S, 1, lds,
-              [&](int i, int r, float acc) { m.dphq[i * ldp + r] = acc; });
-    BlockGemm(n, dp, w, m.U, ldu, 1, m.dS, 1, lds,
-              [&](int i, int r, float acc) { m.dphk[i * ldp + r] = acc; });
+    BlockGemm(n, n, w, dY, ldu, 1, m.U, 1, ldu, [&](int i, int k, float acc) {
+      m.D[i * ldg + k] = k <= i ? (s.norm ? acc + dd[i] : acc) : 0.0f;
+    });
+    BlockGemm(n, dp, w, dY, ldu, 1, m.S, 1, lds, [&](int i, int r, float acc) {
+      m.dphq[i * ldp + r] = s.norm ? acc + dd[i] * m.z[r] : acc;
+    });
+    BlockGemm(n, dp, w, m.U, ldu, 1, m.dS, 1, lds, [&](int i, int r, float acc) {
+      m.dphk[i * ldp + r] = s.norm ? acc + m.dz[r] : acc;
+    });
     __syncthreads();
     BlockGemm(n, dp, n, m.D, ldg, 1, m.phk, ldp, 1,
               [&](int i, int r, float acc) { m.dphq[i * ldp + r] += acc; });
@@ -658,6 +705,13 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
               [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
     BlockGemm(dp, w, n, m.phq, 1, ldp, dY, ldu, 1,
               [&](int r, int j, float acc) { m.dS[r * lds + j] += acc; });
+    if (s.norm) {
+      for (int r = threadIdx.x; r < dp; r += kThreads) {
+        float acc = m.dz[r];
+        for (int i = 0; i < n; ++i) acc += dd[i] * m.phq[i * ldp + r];
+        m.dz[r] = acc;
+      }
+    }
     __syncthreads();
     float* drows = dqkvb + (b * a.time + t0) * s.row_width + h * s.head_width;
     if (s.delta) {
@@ -729,6 +783,9 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   }
   __syncthreads();
   if (gdS) CopyTile(gdS, s.dh, m.dS, lds, dp, w);
+  if (gdz) {
+    for (int r = threadIdx.x; r < dp; r += kThreads) gdz[r] = m.dz[r];
+  }
 }
 
 // Backward scratch, per block (sequence, head, tile):
@@ -1097,11 +1154,11 @@ struct ChunkShape {
   int chunk = 0;
 };
 
-// The chunkwise backward's: all of d_value in one block and no normaliser,
-// C as above; else chunk == 0 and the recurrent backward runs.
+// The chunkwise backward's: all of d_value in one block, C as above; else
+// chunk == 0 and the recurrent backward runs.
 ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk) {
   const Shape whole = MakeShape(spec, spec.DValue());
-  if (whole.norm || whole.dh > kThreads) return {};
+  if (whole.dh > kThreads) return {};
   for (int c = 64; c >= kSolveBlock; c /= 2) {
     if (c <= chunk && ChunkBackwardFloats(whole, c) <= SharedLimitFloats()) return {whole, c};
   }
@@ -1212,7 +1269,7 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
     // ∂L/∂Φq, ∂L/∂Φk (after the checkpoints) through the feature map: row
     // (b·T + t)·heads + h of q (or k) is head_width floats after the last.
     const int64_t rows = batch * time * a.s.heads, chunks = (time + cs.chunk - 1) / cs.chunk;
-    const float* dphi_q = scratch + batch * a.s.heads * chunks * a.s.dp * a.s.dh;
+    const float* dphi_q = scratch + batch * a.s.heads * chunks * ChunkCheckpointFloats(a.s);
     const float* dphi_k = dphi_q + rows * a.s.dp;
     FeatureMapBackward(stream, spec.phi, qkvb, rows, spec.d_head, a.s.head_width, favor_proj,
                        dphi_q, dqkvb, a.s.head_width);
