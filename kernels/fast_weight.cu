@@ -4,7 +4,7 @@
 //     and backward: chunks of 16–64 tokens as matrix products in shared
 //     memory, a few barriers per chunk;
 //   - the recurrence, token by token: the decode step, chunk < 16, and the
-//     backward of column tiles.
+//     backward of the normaliser's column tiles.
 //
 // The recurrence. One block per (sequence or slot, head, column tile) runs it
 // token by token with its part of the head's state S [d_φ, d_value] (and z)
@@ -576,22 +576,36 @@ __global__ void __launch_bounds__(kThreads) ChunkForwardKernel(Args a, int chunk
   }
 }
 
-// S and z (with the normaliser) at a chunk start.
+// A block's tile of S (and z, with the normaliser) at a chunk start.
 __host__ __device__ inline int64_t ChunkCheckpointFloats(const Shape& s) {
-  return static_cast<int64_t>(s.dp) * s.dh + (s.norm ? s.dp : 0);
+  return static_cast<int64_t>(s.dp) * s.tw + (s.norm ? s.dp : 0);
 }
 
-// Scratch of the chunkwise backward: S (and z) at each chunk start per block, then
-// ∂L/∂Φq and ∂L/∂Φk per (token, head), rows (b·T + t)·heads + h, which the
-// feature-map backward op turns into the q and k parts of dqkvb.
-inline int64_t ChunkBackwardScratch(const Shape& s, int chunk, int64_t batch, int64_t time) {
-  const int64_t chunks = (time + chunk - 1) / chunk;
-  return batch * s.heads * (chunks * ChunkCheckpointFloats(s) + 2 * time * s.dp);
+// Scratch of the chunkwise backward, in floats:
+//   checkpoints  [batch·heads·tiles, chunks, ChunkCheckpointFloats]
+//   dΦq, dΦk     [tiles, rows, d_φ] each, rows (b·T + t)·heads + h: each
+//                tile's part; the tiles' sum lands in tile 0's, which the
+//                feature-map backward op turns into the q and k parts of dqkvb
+//   dβ           [tiles, rows] (delta rule with several tiles)
+struct ChunkScratch {
+  int64_t ckpt_floats, ckpts, phi, dbeta, total;
+};
+
+__host__ __device__ inline ChunkScratch MakeChunkScratch(const Shape& s, int chunk,
+                                                         int64_t batch, int64_t time) {
+  ChunkScratch c;
+  const int64_t chunks = (time + chunk - 1) / chunk, rows = batch * time * s.heads;
+  c.ckpt_floats = ChunkCheckpointFloats(s);
+  c.ckpts = batch * s.heads * s.tiles * chunks * c.ckpt_floats;
+  c.phi = s.tiles * rows * s.dp;
+  c.dbeta = s.tiles > 1 && s.delta ? s.tiles * rows : 0;
+  c.total = c.ckpts + 2 * c.phi + c.dbeta;
+  return c;
 }
 
-// The chunkwise backward, one block per (sequence, head) with all of d_value
-// (no column tiles). For a chunk, with dY = scale·dy and dS = ∂L/∂S at the
-// chunk's end (Y = O + G U, S₁ = S₀ + Φkᵀ U):
+// The chunkwise backward, one block per (sequence, head, column tile). For a
+// chunk, with dY = scale·dy and dS = ∂L/∂S at the chunk's end (Y = O + G U,
+// S₁ = S₀ + Φkᵀ U):
 //   dU = Gᵀ dY + Φk dS;  dG = tril(dY Uᵀ);  dΦq = dY S₀ᵀ + dG Φk;
 //   dΦk = U dSᵀ + dGᵀ Φq;  dS ← dS + Φqᵀ dY;
 // and for the delta rule, (I + L) U = R = diag(β)(V − Φk S₀) with L = diag(β) K:
@@ -603,6 +617,9 @@ inline int64_t ChunkBackwardScratch(const Shape& s, int chunk, int64_t batch, in
 // den_i, den_i = z₀·φq_i + Σ_{k≤i} G_ik: dY = f·dy, and dd_i = ∂L/∂den_i =
 // −Σ_j dY_ij num_ij / den_i adds dd_i to row i of dG (k ≤ i), dd_i z₀ to dφq_i
 // and Σ_i dd_i φq_i to dz; z₁ = z₀ + Σ φk adds dz₁ to every dφk.
+// Everything but dd acts on each value column on its own or sums over the
+// columns linearly (dΦq, dΦk, dβ): column tiles (no normaliser) each write
+// their part of those sums, and ChunkTileSumKernel adds the parts.
 __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per SM, as its shared memory allows
     ChunkBackwardKernel(Args a, int chunk, const float* dy, float* dqkvb, StateView dstate,
                         float* scratch_all) {
@@ -610,20 +627,25 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   const Shape& s = a.s;
   const ChunkLayout l = MakeChunkLayout(s, chunk);
   const ChunkSmem m = CarveChunk(s, l, smem);
-  const int dp = s.dp, w = s.dh, ldp = l.ldp, ldg = l.ldg, ldu = l.ldu, lds = l.lds;
+  const int j0 = static_cast<int>(blockIdx.y) * s.tw, w = min(s.tw, s.dh - j0);
+  const int dp = s.dp, ldp = l.ldp, ldg = l.ldg, ldu = l.ldu, lds = l.lds;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kThreads / 32;
   const int h = blockIdx.x % s.heads;
   const int64_t b = blockIdx.x / s.heads;
   const int64_t chunks = (a.time + chunk - 1) / chunk;
-  const int64_t ckpt_floats = ChunkCheckpointFloats(s);
-  float* ckpts = scratch_all + static_cast<int64_t>(blockIdx.x) * chunks * ckpt_floats;
-  float* dphi_q = scratch_all + static_cast<int64_t>(gridDim.x) * chunks * ckpt_floats;
-  float* dphi_k = dphi_q + static_cast<int64_t>(gridDim.x) * a.time * dp;
+  const int64_t batch = gridDim.x / s.heads, rows_all = batch * a.time * s.heads;
+  const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
+  const int64_t ckpt_floats = sc.ckpt_floats;
+  float* ckpts = scratch_all +
+                 (static_cast<int64_t>(blockIdx.x) * s.tiles + blockIdx.y) * chunks * ckpt_floats;
+  float* dphi_q = scratch_all + sc.ckpts + blockIdx.y * rows_all * dp;
+  float* dphi_k = scratch_all + sc.ckpts + sc.phi + blockIdx.y * rows_all * dp;
+  float* dbeta_part = scratch_all + sc.ckpts + 2 * sc.phi + blockIdx.y * rows_all;
   const int64_t slot = a.slots[b];
   const float* rows = a.qkvb + b * a.time * s.row_width + h * s.head_width;
 
   // Pass 1: S (and z) at every chunk start.
-  CopyTile(m.S, lds, HeadS(a.state, slot, s, h), s.dh, dp, w);
+  CopyTile(m.S, lds, HeadS(a.state, slot, s, h) + j0, s.dh, dp, w);
   if (s.norm) {
     const float* gz0 = HeadZ(a.state, slot, s, h);
     for (int r = threadIdx.x; r < dp; r += kThreads) m.z[r] = gz0[r];
@@ -632,18 +654,18 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     const int64_t t0 = ch * chunk;
     const int n = static_cast<int>(min(static_cast<int64_t>(chunk), a.time - t0));
     __syncthreads();
-    CopyTile(ckpts + ch * ckpt_floats, s.dh, m.S, lds, dp, w);
+    CopyTile(ckpts + ch * ckpt_floats, s.tw, m.S, lds, dp, w);
     if (s.norm) {
-      for (int r = threadIdx.x; r < dp; r += kThreads) ckpts[ch * ckpt_floats + dp * s.dh + r] = m.z[r];
+      for (int r = threadIdx.x; r < dp; r += kThreads) ckpts[ch * ckpt_floats + dp * s.tw + r] = m.z[r];
     }
     if (ch + 1 < chunks) {
-      ChunkPrepare(a, l, m, rows, 0, w, t0, n, false);
+      ChunkPrepare(a, l, m, rows, j0, w, t0, n, false);
       ChunkAdvance(a, l, m, w, n, nullptr);
     }
   }
   float* gdS = dstate.base ? HeadS(dstate, slot, s, h) : nullptr;
   if (gdS) {
-    CopyTile(m.dS, lds, gdS, s.dh, dp, w);
+    CopyTile(m.dS, lds, gdS + j0, s.dh, dp, w);
   } else {
     for (int e = threadIdx.x; e < dp * w; e += kThreads) m.dS[(e / w) * lds + e % w] = 0.0f;
   }
@@ -656,11 +678,11 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     const int64_t t0 = ch * chunk;
     const int n = static_cast<int>(min(static_cast<int64_t>(chunk), a.time - t0));
     __syncthreads();
-    CopyTile(m.S, lds, ckpts + ch * ckpt_floats, s.dh, dp, w);
+    CopyTile(m.S, lds, ckpts + ch * ckpt_floats, s.tw, dp, w);
     if (s.norm) {
-      for (int r = threadIdx.x; r < dp; r += kThreads) m.z[r] = ckpts[ch * ckpt_floats + dp * s.dh + r];
+      for (int r = threadIdx.x; r < dp; r += kThreads) m.z[r] = ckpts[ch * ckpt_floats + dp * s.tw + r];
     }
-    ChunkPrepare(a, l, m, rows, 0, w, t0, n, true);  // barriers before reading S and z
+    ChunkPrepare(a, l, m, rows, j0, w, t0, n, true);  // barriers before reading S and z
     float* dY = m.O;  // O is only needed for the normaliser's num, first
     float* dd = m.beta;  // the sum rule has no β
     if (s.norm) {
@@ -672,7 +694,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     for (int e = threadIdx.x; e < n * w; e += kThreads) {
       const int i = e / w, j = e - i * w;
       dY[i * ldu + j] = (s.norm ? m.factor[i] : s.scale) *
-                        dy[((b * a.time + t0 + i) * s.heads + h) * s.dh + j];
+                        dy[((b * a.time + t0 + i) * s.heads + h) * s.dh + j0 + j];
     }
     __syncthreads();
     if (s.norm) {
@@ -737,7 +759,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
         const int i = e / w, j = e - i * w;
         const float dr = m.dU[i * ldu + j];
         dY[i * ldu + j] = -m.beta[i] * dr;
-        drows[i * s.row_width + 2 * s.dk + j] = m.beta[i] * dr;
+        drows[i * s.row_width + 2 * s.dk + j0 + j] = m.beta[i] * dr;
       }
       BlockGemm(n, n, w, m.dU, ldu, 1, m.U, 1, ldu,
                 [&](int i, int k, float acc) { m.D[i * ldg + k] = k < i ? -acc : 0.0f; });
@@ -750,7 +772,11 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
         const float dbeta = WarpSum(part);
         if (lane == 0 && t < n) {
           const float beta = m.beta[i];
-          drows[i * s.row_width + 2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
+          if (s.tiles == 1) {
+            drows[i * s.row_width + 2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
+          } else {
+            dbeta_part[(b * a.time + t0 + i) * s.heads + h] = dbeta;
+          }
         }
       }
       __syncthreads();
@@ -771,7 +797,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     } else {
       for (int e = threadIdx.x; e < n * w; e += kThreads) {
         const int i = e / w, j = e - i * w;
-        drows[i * s.row_width + 2 * s.dk + j] = m.dU[i * ldu + j];
+        drows[i * s.row_width + 2 * s.dk + j0 + j] = m.dU[i * ldu + j];
       }
     }
     for (int e = threadIdx.x; e < n * dp; e += kThreads) {
@@ -782,9 +808,38 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     }
   }
   __syncthreads();
-  if (gdS) CopyTile(gdS, s.dh, m.dS, lds, dp, w);
+  if (gdS) CopyTile(gdS + j0, s.dh, m.dS, lds, dp, w);
   if (gdz) {
     for (int r = threadIdx.x; r < dp; r += kThreads) gdz[r] = m.dz[r];
+  }
+}
+
+// With several column tiles: dΦq, dΦk and dβ of each row summed over the
+// tiles in tile order (into tile 0's part), and β's gradient into dqkvb.
+// grid-stride over the rows' elements.
+__global__ void __launch_bounds__(kThreads)
+    ChunkTileSumKernel(Args a, int chunk, int64_t batch, float* dqkvb, float* scratch_all) {
+  const Shape& s = a.s;
+  const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
+  const int64_t rows = batch * a.time * s.heads, phi_floats = rows * s.dp;
+  float* phi = scratch_all + sc.ckpts;  // dΦq's parts, then dΦk's
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       e < 2 * phi_floats; e += stride) {
+    float* part = phi + (e < phi_floats ? e : sc.phi + e - phi_floats);
+    float acc = part[0];
+    for (int k = 1; k < s.tiles; ++k) acc += part[k * phi_floats];
+    part[0] = acc;
+  }
+  if (!s.delta) return;
+  const float* dbeta = scratch_all + sc.ckpts + 2 * sc.phi;
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < rows;
+       row += stride) {
+    float acc = 0.0f;
+    for (int k = 0; k < s.tiles; ++k) acc += dbeta[k * rows + row];
+    float* b = dqkvb + row * s.head_width + 2 * s.dk + s.dh;  // row_width = heads · head_width
+    const float beta = math::Sigmoid(a.qkvb[row * s.head_width + 2 * s.dk + s.dh]);
+    *b = acc * beta * (1.0f - beta);
   }
 }
 
@@ -1154,13 +1209,26 @@ struct ChunkShape {
   int chunk = 0;
 };
 
-// The chunkwise backward's: all of d_value in one block, C as above; else
-// chunk == 0 and the recurrent backward runs.
+// The chunkwise backward's: all of d_value in one block, else (without the
+// normaliser, whose ∂L/∂den sums over every column) the widest power-of-two
+// column tile of at least 16 columns, C as above; else chunk == 0 and the
+// recurrent backward runs.
 ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk) {
-  const Shape whole = MakeShape(spec, spec.DValue());
-  if (whole.dh > kThreads) return {};
+  const int64_t limit = SharedLimitFloats();
+  const int dh = static_cast<int>(spec.DValue());
   for (int c = 64; c >= kSolveBlock; c /= 2) {
-    if (c <= chunk && ChunkBackwardFloats(whole, c) <= SharedLimitFloats()) return {whole, c};
+    if (c > chunk) continue;
+    const Shape whole = MakeShape(spec, dh);
+    if (dh <= kThreads && ChunkBackwardFloats(whole, c) <= limit) return {whole, c};
+  }
+  if (spec.HasNormalizer()) return {};
+  for (int c = 64; c >= kSolveBlock; c /= 2) {
+    if (c > chunk) continue;
+    for (int tw = kThreads; tw >= 16; tw /= 2) {
+      if (tw >= dh) continue;
+      const Shape tiled = MakeShape(spec, tw);
+      if (ChunkBackwardFloats(tiled, c) <= limit) return {tiled, c};
+    }
   }
   return {};
 }
@@ -1244,7 +1312,7 @@ int64_t FastWeightBackwardScratch(const FastWeightSpec& spec, int64_t batch, int
                                   int64_t chunk) {
   chunk = std::max<int64_t>(1, std::min(chunk, time));
   const ChunkShape cs = PickChunkBackwardShape(spec, chunk);
-  if (cs.chunk > 0) return ChunkBackwardScratch(cs.s, cs.chunk, batch, time);
+  if (cs.chunk > 0) return MakeChunkScratch(cs.s, cs.chunk, batch, time).total;
   const Shape s = PickShape(spec, true);
   const int64_t blocks = batch * s.heads * s.tiles;
   return blocks * BlockScratchFloats(s, time, chunk) +
@@ -1263,14 +1331,21 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
     const Args a{cs.s, qkvb, favor_proj, slots, time, state};
     const size_t shared = SharedBytes(ChunkBackwardFloats(a.s, cs.chunk));
     AllowShared(ChunkBackwardKernel, shared, "fast-weight chunk backward smem");
-    ChunkBackwardKernel<<<static_cast<unsigned>(batch * a.s.heads), kThreads, shared, stream>>>(
-        a, cs.chunk, dy, dqkvb, dstate, scratch);
+    ChunkBackwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, cs.chunk, dy, dqkvb,
+                                                                       dstate, scratch);
     FWP_CUDA_LAUNCHED("fast-weight sequence backward (chunkwise)");
-    // ∂L/∂Φq, ∂L/∂Φk (after the checkpoints) through the feature map: row
-    // (b·T + t)·heads + h of q (or k) is head_width floats after the last.
-    const int64_t rows = batch * time * a.s.heads, chunks = (time + cs.chunk - 1) / cs.chunk;
-    const float* dphi_q = scratch + batch * a.s.heads * chunks * ChunkCheckpointFloats(a.s);
-    const float* dphi_k = dphi_q + rows * a.s.dp;
+    const ChunkScratch sc = MakeChunkScratch(a.s, cs.chunk, batch, time);
+    const int64_t rows = batch * time * a.s.heads;
+    if (a.s.tiles > 1) {
+      const int64_t blocks = std::min<int64_t>(Blocks(2 * rows * a.s.dp, kThreads), 65536);
+      ChunkTileSumKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          a, cs.chunk, batch, dqkvb, scratch);
+      FWP_CUDA_LAUNCHED("fast-weight backward tile sums");
+    }
+    // ∂L/∂Φq, ∂L/∂Φk (tile 0's, after the checkpoints) through the feature
+    // map: row (b·T + t)·heads + h of q (or k) is head_width floats after the last.
+    const float* dphi_q = scratch + sc.ckpts;
+    const float* dphi_k = dphi_q + sc.phi;
     FeatureMapBackward(stream, spec.phi, qkvb, rows, spec.d_head, a.s.head_width, favor_proj,
                        dphi_q, dqkvb, a.s.head_width);
     FeatureMapBackward(stream, spec.phi, qkvb + spec.d_head, rows, spec.d_head,
