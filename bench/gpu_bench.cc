@@ -138,8 +138,9 @@ void Decode(fwp::Backend& gpu, const Ceilings& ceil) {
 // recurrence's work, 6·d_φ·d_value FLOPs per token and head forward (v̄, the
 // update and the read-out) and three times that backward (a recompute and
 // twice the forward), against the SGEMM rate; and the projection rows read and
-// the outputs written once, against the copy bandwidth. The forward runs in
-// both of its forms: chunkwise (chunks of 64) and token by token (chunk 1).
+// the outputs written once, against the copy bandwidth. Forward and backward
+// run in both of their forms: chunkwise (chunks of 64) and token by token
+// (chunk 1 forward; chunk 8 backward, its checkpoint spacing).
 void Sequence(fwp::Backend& gpu, const Ceilings& ceil) {
   fwp::FastWeightSpec spec;
   spec.heads = 16;
@@ -148,8 +149,11 @@ void Sequence(fwp::Backend& gpu, const Ceilings& ceil) {
   spec.phi.nu = 1;
   const int64_t batch = 8, dp = spec.DPhi(), dh = spec.d_head;
   std::printf("\nsequence: batch 8, 16 heads x 64, dpfp(1), delta rule; %% of roofline\n");
-  std::printf("%7s | %12s %9s %6s | %12s %9s %6s | %12s %9s %6s\n", "length",
-              "chunkwise/s", "ms", "roof", "recurrent/s", "ms", "roof", "bwd tok/s", "ms", "roof");
+  std::printf("%7s | %-28s | %-28s | %-28s | %-28s\n", "", "forward, chunkwise",
+              "forward, recurrent", "backward, chunkwise", "backward, recurrent");
+  std::printf("%7s |", "length");
+  for (int i = 0; i < 4; ++i) std::printf(" %12s %8s %5s |", "tokens/s", "ms", "roof");
+  std::printf("\n");
   fwp::Rng rng(3);
   for (int64_t time : {512, 2048, 8192}) {
     auto qkvb = RandomBuffer(gpu, batch * time * spec.RowWidth(), rng, 0.3);
@@ -169,21 +173,28 @@ void Sequence(fwp::Backend& gpu, const Ceilings& ceil) {
         gpu.FastWeightSequence(spec, qkvb.f32(), nullptr, id, batch, time, view, y.f32(), chunk);
       });
     };
-    const double t_chunk = forward(64), t_rec = forward(1);
-    const double t_bwd = TimePerCall(gpu, [&] {
-      gpu.FastWeightSequenceBackward(spec, qkvb.f32(), nullptr, id, batch, time, view, dy.f32(),
-                                     dq.f32(), fwp::StateView{}, 256);
-    });
+    auto backward = [&](int64_t chunk) {
+      return TimePerCall(gpu, [&] {
+        gpu.FastWeightSequenceBackward(spec, qkvb.f32(), nullptr, id, batch, time, view,
+                                       dy.f32(), dq.f32(), fwp::StateView{}, chunk);
+      });
+    };
+    const double t_fwd[2] = {forward(64), forward(1)};
+    const double t_bwd[2] = {backward(64), backward(8)};
     const double tokens = static_cast<double>(batch) * time;
     const double flops = tokens * spec.heads * 6.0 * dp * dh;
     const double bytes = tokens * (spec.RowWidth() + spec.heads * dh) * sizeof(float);
     auto roof = [&](double work) {
       return std::max(bytes / (ceil.copy_gbs * 1e9), work / (ceil.gemm_tflops * 1e12));
     };
-    std::printf("%7lld | %12.0f %9.2f %5.0f%% | %12.0f %9.2f %5.0f%% | %12.0f %9.2f %5.0f%%\n",
-                (long long)time, tokens / t_chunk, t_chunk * 1e3, 100 * roof(flops) / t_chunk,
-                tokens / t_rec, t_rec * 1e3, 100 * roof(flops) / t_rec, tokens / t_bwd,
-                t_bwd * 1e3, 100 * roof(3 * flops) / t_bwd);
+    std::printf("%7lld |", (long long)time);
+    for (const double t : t_fwd) {
+      std::printf(" %12.0f %8.2f %4.0f%% |", tokens / t, t * 1e3, 100 * roof(flops) / t);
+    }
+    for (const double t : t_bwd) {
+      std::printf(" %12.0f %8.2f %4.0f%% |", tokens / t, t * 1e3, 100 * roof(3 * flops) / t);
+    }
+    std::printf("\n");
   }
 }
 
