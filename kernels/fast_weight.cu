@@ -440,6 +440,15 @@ __device__ void BlockGemm(int m, int n, int k, const float* a, int ai, int ak, c
   }
 }
 
+// The backward of M = A Bᵀ (A, B [n, d], rows ld apart) given D = ∂L/∂M
+// [n, n]: dA += D B and dB += Dᵀ A (dA and dB may be the same rows: both
+// products give each output to the same thread). Ends without a barrier.
+__device__ void GramBackward(int n, int d, const float* D, int ldg, const float* A,
+                             const float* B, int ld, float* dA, float* dB) {
+  BlockGemm(n, d, n, D, ldg, 1, B, ld, 1, [&](int i, int r, float acc) { dA[i * ld + r] += acc; });
+  BlockGemm(n, d, n, D, 1, ldg, A, ld, 1, [&](int i, int r, float acc) { dB[i * ld + r] += acc; });
+}
+
 // Phases A–D for tokens [t0, t0 + n) of one (sequence, head, tile): m.S holds
 // S₀ (and m.z z₀). Leaves Φq, Φk, β, U, O, G, K, L (and the normaliser's
 // factors) in shared memory; with vmp, also V − Φk S₀ (delta). Ends with a
@@ -721,10 +730,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
       m.dphk[i * ldp + r] = s.norm ? acc + m.dz[r] : acc;
     });
     __syncthreads();
-    BlockGemm(n, dp, n, m.D, ldg, 1, m.phk, ldp, 1,
-              [&](int i, int r, float acc) { m.dphq[i * ldp + r] += acc; });
-    BlockGemm(n, dp, n, m.D, 1, ldg, m.phq, ldp, 1,
-              [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
+    GramBackward(n, dp, m.D, ldg, m.phq, m.phk, ldp, m.dphq, m.dphk);  // G = Φq Φkᵀ
     BlockGemm(dp, w, n, m.phq, 1, ldp, dY, ldu, 1,
               [&](int r, int j, float acc) { m.dS[r * lds + j] += acc; });
     if (s.norm) {
@@ -787,10 +793,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
       __syncthreads();
       BlockGemm(n, dp, w, dY, ldu, 1, m.S, 1, lds,
                 [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
-      BlockGemm(n, dp, n, m.D, ldg, 1, m.phk, ldp, 1,
-                [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
-      BlockGemm(n, dp, n, m.D, 1, ldg, m.phk, ldp, 1,
-                [&](int i, int r, float acc) { m.dphk[i * ldp + r] += acc; });
+      GramBackward(n, dp, m.D, ldg, m.phk, m.phk, ldp, m.dphk, m.dphk);  // K = Φk Φkᵀ
       BlockGemm(dp, w, n, m.phk, 1, ldp, dY, ldu, 1,
                 [&](int r, int j, float acc) { m.dS[r * lds + j] += acc; });
       __syncthreads();
