@@ -35,7 +35,7 @@
 // each token's update u and v − v̄, 2·tile floats) and walks it backwards,
 // stepping S back with S_{t−1} = S_t − φk uᵀ: the reversal never runs past one
 // chunk, so rounding cannot accumulate over the sequence.
-//
+#include <algorithm>
 #include <atomic>
 
 #include "kernels/cuda_ops.h"
@@ -464,9 +464,11 @@ __device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSme
     m.x[e] = rows[(t0 + t) * s.row_width + i];
   }
   __syncthreads();
-  // B. Every warp takes the same number of tokens (rows past n are computed
-  // and never read), so that warp-wide steps stay uniform across the block.
-  for (int t = warp; t < l.chunk; t += warps) {
+  // B. Every warp takes the same number of tokens (rows past n, up to a
+  // multiple of the warp count, are computed and never read), so that
+  // warp-wide steps stay uniform across the block.
+  const int warp_rows = (n + warps - 1) / warps * warps;
+  for (int t = warp; t < warp_rows; t += warps) {
     const float* row = m.x + min(t, n - 1) * s.head_width;
     PhiWarp(s.spec.phi, row, s.dk, a.omega, m.phq + t * ldp);
     PhiWarp(s.spec.phi, row + s.dk, s.dk, a.omega, m.phk + t * ldp);
@@ -518,7 +520,7 @@ __device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSme
     }
   }
   if (s.norm) {
-    for (int t = warp; t < l.chunk; t += warps) {
+    for (int t = warp; t < warp_rows; t += warps) {
       const int i = min(t, n - 1);
       float part = 0.0f;
       for (int r = lane; r < dp; r += 32) part += m.z[r] * m.phq[i * ldp + r];
@@ -707,7 +709,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     }
     __syncthreads();
     if (s.norm) {
-      for (int t = warp; t < chunk; t += warps) {
+      for (int t = warp; t < (n + warps - 1) / warps * warps; t += warps) {
         const int i = min(t, n - 1);
         float part = 0.0f;
         for (int j = lane; j < w; j += 32) part += dY[i * ldu + j] * m.vmp[i * ldu + j];
@@ -770,7 +772,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
       BlockGemm(n, n, w, m.dU, ldu, 1, m.U, 1, ldu,
                 [&](int i, int k, float acc) { m.D[i * ldg + k] = k < i ? -acc : 0.0f; });
       __syncthreads();
-      for (int t = warp; t < chunk; t += warps) {
+      for (int t = warp; t < (n + warps - 1) / warps * warps; t += warps) {
         const int i = min(t, n - 1);
         float part = 0.0f;
         for (int j = lane; j < w; j += 32) part += m.dU[i * ldu + j] * m.vmp[i * ldu + j];
@@ -1204,19 +1206,26 @@ Shape PickShape(const FastWeightSpec& spec, bool backward) {
 }
 
 // The chunkwise forward's shape for a requested chunk length: C = the largest
-// of 64, 32, 16 that is ≤ chunk and fits with all of d_value in one block, else
-// with the widest power-of-two column tile of at least 32 columns. chunk == 0
-// when none fits or chunk < 16: the recurrent kernel runs instead.
+// of 64, 32, 16 that is ≤ ChunkCap and fits with all of d_value in one block,
+// else with the widest power-of-two column tile of at least 32 columns. chunk
+// == 0 when none fits or chunk < 16: the recurrent kernel runs instead.
 struct ChunkShape {
   Shape s;
   int chunk = 0;
 };
 
+// The longest chunk worth its shared memory: the requested one, but no more
+// than `time` rounded up to a power of two (a short sequence is one chunk).
+int64_t ChunkCap(int64_t chunk, int64_t time) {
+  return std::min<int64_t>(chunk, RoundUpPow2(std::clamp<int64_t>(time, kSolveBlock, 64)));
+}
+
 // The chunkwise backward's: all of d_value in one block, else (without the
 // normaliser, whose ∂L/∂den sums over every column) the widest power-of-two
 // column tile of at least 16 columns, C as above; else chunk == 0 and the
 // recurrent backward runs.
-ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk) {
+ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
+  chunk = ChunkCap(chunk, time);
   const int64_t limit = SharedLimitFloats();
   const int dh = static_cast<int>(spec.DValue());
   for (int c = 64; c >= kSolveBlock; c /= 2) {
@@ -1236,7 +1245,8 @@ ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk) {
   return {};
 }
 
-ChunkShape PickChunkShape(const FastWeightSpec& spec, int64_t chunk) {
+ChunkShape PickChunkShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
+  chunk = ChunkCap(chunk, time);
   const int64_t limit = SharedLimitFloats();
   const int dh = static_cast<int>(spec.DValue());
   auto fits = [&](const Shape& s, int c) {
@@ -1282,7 +1292,7 @@ void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const f
                         const float* favor_proj, const int32_t* slots, int64_t batch,
                         int64_t time, const StateView& state, float* y, int64_t chunk) {
   if (batch == 0 || time == 0) return;
-  const ChunkShape cs = time > 1 ? PickChunkShape(spec, chunk) : ChunkShape{};
+  const ChunkShape cs = time > 1 ? PickChunkShape(spec, chunk, time) : ChunkShape{};
   Args a{cs.chunk > 0 ? cs.s : PickShape(spec, false), qkvb, favor_proj, slots, time, state};
   if (a.s.tiles == 0)
     Die("fast weights", "shape not supported (CheckAttention refuses it)", __FILE__, __LINE__);
@@ -1313,8 +1323,8 @@ void FastWeightStep(cudaStream_t stream, const FastWeightSpec& spec, const float
 
 int64_t FastWeightBackwardScratch(const FastWeightSpec& spec, int64_t batch, int64_t time,
                                   int64_t chunk) {
+  const ChunkShape cs = PickChunkBackwardShape(spec, chunk, time);
   chunk = std::max<int64_t>(1, std::min(chunk, time));
-  const ChunkShape cs = PickChunkBackwardShape(spec, chunk);
   if (cs.chunk > 0) return MakeChunkScratch(cs.s, cs.chunk, batch, time).total;
   const Shape s = PickShape(spec, true);
   const int64_t blocks = batch * s.heads * s.tiles;
@@ -1328,8 +1338,8 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
                                 const StateView& state, const float* dy, float* dqkvb,
                                 const StateView& dstate, int64_t chunk, float* scratch) {
   if (batch == 0 || time == 0) return;
+  const ChunkShape cs = PickChunkBackwardShape(spec, chunk, time);
   chunk = std::max<int64_t>(1, std::min(chunk, time));
-  const ChunkShape cs = PickChunkBackwardShape(spec, chunk);
   if (cs.chunk > 0) {
     const Args a{cs.s, qkvb, favor_proj, slots, time, state};
     const size_t shared = SharedBytes(ChunkBackwardFloats(a.s, cs.chunk));

@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   const char* why = "";
   if (!cuda::FastWeightSupported(spec, &why)) { printf("FAIL unsupported: %s\n", why); return 1; }
   { auto f = cuda::PickShape(spec, false), b = cuda::PickShape(spec, true);
-    auto c = cuda::PickChunkShape(spec, chunk), cb = cuda::PickChunkBackwardShape(spec, std::min<int64_t>(chunk, time));
+    auto c = cuda::PickChunkShape(spec, chunk, time), cb = cuda::PickChunkBackwardShape(spec, chunk, time);
     printf("dp=%ld dv=%ld fwd tw=%d tiles=%d | chunkwise fwd C=%d tw=%d tiles=%d | bwd tw=%d tiles=%d chunkwise C=%d tw=%d tiles=%d\n", (long)dp, (long)dv, f.tw, f.tiles, c.chunk, c.s.tw, c.s.tiles, b.tw, b.tiles, cb.chunk, cb.s.tw, cb.s.tiles); }
   Buf gstate(initial), gq(qkvb), gom(omega), gy(ny);
   std::vector<int32_t> gslots = slots;
