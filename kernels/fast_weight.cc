@@ -337,6 +337,134 @@ void BackwardToken(const FastWeightSpec& spec, const float* row, const float* fa
 
 }  // namespace
 
+namespace {
+
+// One chunk of n tokens backwards by the chunkwise form (the CUDA backend's
+// ChunkBackwardKernel does the same products; its comment has the
+// derivation): from S₀, z₀ (the chunk's start), ∂L/∂y of its rows and
+// ∂L/∂(S, z) at its end in ds, dz, writes the chunk's rows of dqkvb and
+// leaves ∂L/∂(S₀, z₀) in ds, dz.
+struct ChunkBackwardScratch {
+  std::vector<float> phq, phk, u, vmp, beta, g, k, dyf, du, d, dphq, dphk, num, inv_den, dd;
+};
+
+void ChunkBackward(const FastWeightSpec& spec, const float* rows, int64_t row_width,
+                   const float* favor_proj, int64_t n, const float* s0, const float* z0,
+                   const float* dy, int64_t y_width, float* ds, float* dz, float* drows,
+                   ChunkBackwardScratch& w) {
+  const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
+  const bool delta = spec.update == UpdateRule::kDelta, norm = spec.HasNormalizer();
+  const float scale = spec.Scale();
+  for (auto* v : {&w.phq, &w.phk, &w.dphq, &w.dphk}) v->assign(n * dp, 0.0f);
+  for (auto* v : {&w.u, &w.vmp, &w.dyf, &w.du, &w.num}) v->assign(n * dv, 0.0f);
+  for (auto* v : {&w.g, &w.k, &w.d}) v->assign(n * n, 0.0f);
+  for (auto* v : {&w.beta, &w.inv_den, &w.dd}) v->assign(n, 0.0f);
+  float *phq = w.phq.data(), *phk = w.phk.data(), *u = w.u.data(), *g = w.g.data();
+  float *kk = w.k.data(), *d = w.d.data(), *du = w.du.data(), *dyf = w.dyf.data();
+
+  // The chunk again: Φq, Φk, β, U (and V − Φk S₀), G = tril(Φq Φkᵀ), K.
+  for (int64_t t = 0; t < n; ++t) {
+    const float* row = rows + t * row_width;
+    FeatureMapRow(spec.phi, row, dk, favor_proj, phq + t * dp);
+    FeatureMapRow(spec.phi, row + dk, dk, favor_proj, phk + t * dp);
+    std::copy(row + 2 * dk, row + 2 * dk + dv, u + t * dv);
+    if (delta) w.beta[t] = Sigmoid(row[2 * dk + dv]);
+  }
+  if (delta) {
+    Gemm(false, false, n, dv, dp, -1.0f, phk, dp, s0, dv, 1.0f, u, dv);
+    std::copy(u, u + n * dv, w.vmp.begin());
+    Gemm(false, true, n, n, dp, 1.0f, phk, dp, phk, dp, 0.0f, kk, n);
+    for (int64_t t = 0; t < n; ++t) {
+      std::fill(kk + t * n + t, kk + (t + 1) * n, 0.0f);  // strictly lower
+      float* ut = u + t * dv;
+      for (int64_t tau = 0; tau < t; ++tau) AddScaled(ut, -kk[t * n + tau], u + tau * dv, dv);
+      for (int64_t j = 0; j < dv; ++j) ut[j] *= w.beta[t];
+    }
+  }
+  Gemm(false, true, n, n, dp, 1.0f, phq, dp, phk, dp, 0.0f, g, n);
+  for (int64_t t = 0; t < n; ++t) std::fill(g + t * n + t + 1, g + (t + 1) * n, 0.0f);
+
+  // dY = f·dy; with the normaliser, dd = ∂L/∂den from num = Φq S₀ + G U.
+  for (int64_t t = 0; t < n; ++t) {
+    float f = scale;
+    if (norm) {
+      float den = Dot(phq + t * dp, z0, dp);
+      for (int64_t tau = 0; tau <= t; ++tau) den += g[t * n + tau];
+      if (den > 0.0f) {
+        f = scale / den;
+        w.inv_den[t] = 1.0f / den;
+      }
+    }
+    for (int64_t j = 0; j < dv; ++j) dyf[t * dv + j] = f * dy[t * y_width + j];
+  }
+  if (norm) {
+    float* num = w.num.data();
+    Gemm(false, false, n, dv, dp, 1.0f, phq, dp, s0, dv, 0.0f, num, dv);
+    Gemm(false, false, n, dv, n, 1.0f, g, n, u, dv, 1.0f, num, dv);
+    for (int64_t t = 0; t < n; ++t) w.dd[t] = -w.inv_den[t] * Dot(dyf + t * dv, num + t * dv, dv);
+  }
+  // dU = Gᵀ dY + Φk dS;  D = tril(dY Uᵀ) (+ dd);  dΦq = dY S₀ᵀ (+ dd z₀) + D Φk;
+  // dΦk = U dSᵀ (+ dz) + Dᵀ Φq;  dS += Φqᵀ dY;  dz += Σ dd φq.
+  Gemm(true, false, n, dv, n, 1.0f, g, n, dyf, dv, 0.0f, du, dv);
+  Gemm(false, false, n, dv, dp, 1.0f, phk, dp, ds, dv, 1.0f, du, dv);
+  Gemm(false, true, n, n, dv, 1.0f, dyf, dv, u, dv, 0.0f, d, n);
+  for (int64_t t = 0; t < n; ++t) {
+    std::fill(d + t * n + t + 1, d + (t + 1) * n, 0.0f);
+    if (norm) {
+      for (int64_t tau = 0; tau <= t; ++tau) d[t * n + tau] += w.dd[t];
+    }
+  }
+  float *dphq = w.dphq.data(), *dphk = w.dphk.data();
+  Gemm(false, true, n, dp, dv, 1.0f, dyf, dv, s0, dv, 0.0f, dphq, dp);
+  Gemm(false, false, n, dp, n, 1.0f, d, n, phk, dp, 1.0f, dphq, dp);
+  Gemm(false, true, n, dp, dv, 1.0f, u, dv, ds, dv, 0.0f, dphk, dp);
+  Gemm(true, false, n, dp, n, 1.0f, d, n, phq, dp, 1.0f, dphk, dp);
+  if (norm) {
+    for (int64_t t = 0; t < n; ++t) {
+      AddScaled(dphq + t * dp, w.dd[t], z0, dp);
+      AddScaled(dphk + t * dp, 1.0f, dz, dp);
+    }
+    for (int64_t t = 0; t < n; ++t) AddScaled(dz, w.dd[t], phq + t * dp, dp);
+  }
+  Gemm(true, false, dp, dv, n, 1.0f, phq, dp, dyf, dv, 1.0f, ds, dv);
+
+  if (delta) {
+    // dR = (I + diag(β) K)⁻ᵀ dU, in place; then dV = β dR, dP = −β dR (into
+    // dY's rows), dL = −strictly-tril(dR Uᵀ), dβ, dK = diag(β) dL.
+    for (int64_t t = n - 1; t >= 0; --t) {
+      float* dr = du + t * dv;
+      for (int64_t k = t + 1; k < n; ++k) AddScaled(dr, -w.beta[k] * kk[k * n + t], du + k * dv, dv);
+    }
+    Gemm(false, true, n, n, dv, -1.0f, du, dv, u, dv, 0.0f, d, n);
+    for (int64_t t = 0; t < n; ++t) {
+      const float beta = w.beta[t];
+      float* drow = drows + t * row_width;
+      float dbeta = Dot(du + t * dv, &w.vmp[t * dv], dv);
+      for (int64_t k = 0; k < t; ++k) dbeta += d[t * n + k] * kk[t * n + k];
+      drow[2 * dk + dv] = dbeta * beta * (1.0f - beta);
+      for (int64_t k = 0; k < n; ++k) d[t * n + k] = k < t ? beta * d[t * n + k] : 0.0f;
+      for (int64_t j = 0; j < dv; ++j) {
+        drow[2 * dk + j] = beta * du[t * dv + j];
+        dyf[t * dv + j] = -beta * du[t * dv + j];
+      }
+    }
+    Gemm(false, true, n, dp, dv, 1.0f, dyf, dv, s0, dv, 1.0f, dphk, dp);
+    Gemm(false, false, n, dp, n, 1.0f, d, n, phk, dp, 1.0f, dphk, dp);
+    Gemm(true, false, n, dp, n, 1.0f, d, n, phk, dp, 1.0f, dphk, dp);
+    Gemm(true, false, dp, dv, n, 1.0f, phk, dp, dyf, dv, 1.0f, ds, dv);
+  } else {
+    for (int64_t t = 0; t < n; ++t) std::copy(du + t * dv, du + (t + 1) * dv, drows + t * row_width + 2 * dk);
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const float* row = rows + t * row_width;
+    float* drow = drows + t * row_width;
+    FeatureMapRowBackward(spec.phi, row, dk, favor_proj, dphq + t * dp, drow);
+    FeatureMapRowBackward(spec.phi, row + dk, dk, favor_proj, dphk + t * dp, drow + dk);
+  }
+}
+
+}  // namespace
+
 void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
                                 const float* favor_proj, const int32_t* slots,
                                 int64_t batch, int64_t time, const StateView& state,
@@ -363,6 +491,7 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
     thread_local std::vector<TokenValues> tvs;
     thread_local ChunkScratch scratch;
     thread_local BackwardState g;
+    thread_local ChunkBackwardScratch chunk_scratch;
     checkpoints.resize(chunks * (sz + zf));
     scratch.Resize(chunk, dp, dv);
     y_scratch.resize(chunk * dv);
@@ -393,7 +522,15 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
 
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * chunk, t1 = std::min(time, (c + 1) * chunk);
-      // Recompute the chunk by the recurrence: states[i] is (S, z) after
+      if (chunk > 1) {  // the chunkwise form
+        const float* start = cp + c * (sz + zf);
+        ChunkBackward(spec, row_of(t0), row_width, favor_proj, t1 - t0, start,
+                      zf ? start + sz : nullptr, dy + (b * time + t0) * y_width + h * dv, y_width,
+                      g.ds.data(), g.dz.data(), dqkvb + (b * time + t0) * row_width + h * spec.HeadWidth(),
+                      chunk_scratch);
+        continue;
+      }
+      // Chunks of one token: the recurrence. states[i] is (S, z) after
       // token t0 + i, tvs[i] that token's values; the state before the chunk
       // is its checkpoint.
       states.resize((t1 - t0) * (sz + zf));

@@ -46,8 +46,10 @@ TEST(FeatureMapBackward, MatchesFiniteDifferencesForEveryMap) {
   }
 }
 
-TEST(FastWeightSequenceBackward, MatchesFiniteDifferencesForEveryVariant) {
-  const int64_t heads = 2, d_head = 4, batch = 2, time = 13, chunk = 4;
+// Chunk 1 runs the recurrence token by token; 4 and 13 the chunkwise form (with
+// a partial last chunk, and as one chunk).
+TEST(FastWeightSequenceBackward, MatchesFiniteDifferencesForEveryVariantAndChunk) {
+  const int64_t heads = 2, d_head = 4, batch = 2, time = 13;
   const int32_t slots[] = {2, 0};
   auto variants = testing::AllAttentionVariants(heads, d_head);
   for (const auto& v : testing::UnequalValueVariants(heads, d_head, 6)) variants.push_back(v);
@@ -73,13 +75,16 @@ TEST(FastWeightSequenceBackward, MatchesFiniteDifferencesForEveryVariant) {
     const auto gs = RandomVector(3 * slot_floats, rng);  // ∂L/∂ final state
 
     // Analytic: dqkvb and ∂L/∂(S₀, z₀).
-    std::vector<float> dqkvb(qkvb.size(), std::numeric_limits<float>::quiet_NaN());
-    std::vector<float> dstate = gs;
-    view.base = const_cast<float*>(initial.data());
-    StateView dview = view;
-    dview.base = dstate.data();
-    cpu::FastWeightSequenceBackward(spec, qkvb.data(), omega.data(), slots, batch, time, view,
-                                    gy.data(), dqkvb.data(), dview, chunk);
+    auto analytic = [&](int64_t chunk) {
+      std::vector<float> dqkvb(qkvb.size(), std::numeric_limits<float>::quiet_NaN());
+      std::vector<float> dstate = gs;
+      view.base = const_cast<float*>(initial.data());
+      StateView dview = view;
+      dview.base = dstate.data();
+      cpu::FastWeightSequenceBackward(spec, qkvb.data(), omega.data(), slots, batch, time, view,
+                                      gy.data(), dqkvb.data(), dview, chunk);
+      return std::pair{dqkvb, dstate};
+    };
 
     // L = Σ gy·y + Σ gs·(S_T, z_T), in float64 from (qkvb, initial).
     auto loss = [&](const std::vector<double>& q, const std::vector<double>& init) {
@@ -109,13 +114,17 @@ TEST(FastWeightSequenceBackward, MatchesFiniteDifferencesForEveryVariant) {
     const std::vector<double> init64(initial.begin(), initial.end());
     const auto dq_numeric =
         NumericGradient(q64, [&](const std::vector<double>& q) { return loss(q, init64); });
-    EXPECT_LT(RelativeError(dqkvb, dq_numeric), 1e-5) << "dqkvb";
     const auto ds_numeric =
         NumericGradient(init64, [&](const std::vector<double>& i) { return loss(q64, i); });
     // Only the slots in the batch carry gradient back; slot 1 keeps its input.
     std::vector<double> ds_expected = ds_numeric;
     for (int64_t i = 0; i < slot_floats; ++i) ds_expected[slot_floats + i] = gs[slot_floats + i];
-    EXPECT_LT(RelativeError(dstate, ds_expected), 1e-5) << "dstate";
+    for (int64_t chunk : {1, 4, 13}) {
+      SCOPED_TRACE(absl::StrCat("chunk ", chunk));
+      const auto [dqkvb, dstate] = analytic(chunk);
+      EXPECT_LT(RelativeError(dqkvb, dq_numeric), 1e-5) << "dqkvb";
+      EXPECT_LT(RelativeError(dstate, ds_expected), 1e-5) << "dstate";
+    }
   }
 }
 
