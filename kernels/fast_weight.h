@@ -94,7 +94,8 @@ void FastWeightSequence(const FastWeightSpec& spec, const float* qkvb,
 // heads·d_value]. dqkvb: [B, T, RowWidth], written. dstate (base may be null):
 // on entry ∂L/∂(S_T, z_T) of the final states, on return ∂L/∂(S₀, z₀), laid out
 // like `state`. Memory stays linear in T: the state is checkpointed at chunk
-// starts (T/chunk copies) and recomputed inside one chunk at a time.
+// starts (T/chunk copies); each chunk, from the last, is recomputed and taken
+// back by the chunkwise form's products (chunk 1: the recurrence).
 void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
                                 const float* favor_proj, const int32_t* slots,
                                 int64_t batch, int64_t time, const StateView& state,
