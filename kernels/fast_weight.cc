@@ -57,18 +57,17 @@ struct ChunkScratch {
   }
 };
 
-// One chunk of `c` tokens of one head. Projection rows start at `rows`,
-// `row_stride` apart; outputs go to rows of y, `y_stride` apart.
-// s: [d_φ, d_head] and z: [d_φ] (or null) are advanced past the chunk.
-void SequenceChunk(const FastWeightSpec& spec, const float* rows,
-                   int64_t row_stride, const float* favor_proj, int64_t c,
-                   float* s, float* z, float* y, int64_t y_stride,
-                   ChunkScratch& w) {
-  const int64_t dk = spec.d_head, dv = spec.DValue();
-  const int64_t dp = spec.DPhi();
+// What a chunk of `c` tokens of one head writes, from S₀ = s [d_φ, d_value]:
+// Φq, Φk [c, d_φ], β, the updates u [c, d_value] (the delta rule's solve of
+// (I + diag(β) K) u = diag(β)(V − Φk S₀), K = strictly-tril(Φk Φkᵀ) left in
+// kk; the sum rule's V) and qk = tril(Φq Φkᵀ), all [c, c] with rows c apart.
+// With vmp (delta rule), also V − Φk S₀ [c, d_value]. Projection rows start at
+// `rows`, `row_stride` apart.
+void PrepareChunk(const FastWeightSpec& spec, const float* rows, int64_t row_stride,
+                  const float* favor_proj, int64_t c, const float* s, ChunkScratch& w,
+                  float* vmp) {
+  const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
   const bool delta = spec.update == UpdateRule::kDelta;
-  const float scale = spec.Scale();
-
   for (int64_t t = 0; t < c; ++t) {
     const float* row = rows + t * row_stride;
     FeatureMapRow(spec.phi, row, dk, favor_proj, &w.phi_q[t * dp]);
@@ -80,11 +79,13 @@ void SequenceChunk(const FastWeightSpec& spec, const float* rows,
   if (delta) {
     // u_t = β_t (v_t − S₀ᵀφk_t − Σ_{τ<t} (φk_τ·φk_t) u_τ)
     Gemm(false, false, c, dv, dp, -1.0f, w.phi_k.data(), dp, s, dv, 1.0f, u, dv);
+    if (vmp) std::copy(u, u + c * dv, vmp);
     Gemm(false, true, c, c, dp, 1.0f, w.phi_k.data(), dp, w.phi_k.data(), dp,
          0.0f, w.kk.data(), c);
     for (int64_t t = 0; t < c; ++t) {
       float* ut = u + t * dv;
-      const float* kk_row = &w.kk[t * c];
+      float* kk_row = &w.kk[t * c];
+      std::fill(kk_row + t, kk_row + c, 0.0f);  // strictly lower
       for (int64_t tau = 0; tau < t; ++tau) {
         const float a = kk_row[tau];
         const float* uprev = u + tau * dv;
@@ -99,6 +100,19 @@ void SequenceChunk(const FastWeightSpec& spec, const float* rows,
   for (int64_t t = 0; t < c; ++t) {
     std::fill(&w.qk[t * c + t + 1], &w.qk[(t + 1) * c], 0.0f);
   }
+}
+
+// One chunk of `c` tokens of one head. Projection rows start at `rows`,
+// `row_stride` apart; outputs go to rows of y, `y_stride` apart.
+// s: [d_φ, d_head] and z: [d_φ] (or null) are advanced past the chunk.
+void SequenceChunk(const FastWeightSpec& spec, const float* rows,
+                   int64_t row_stride, const float* favor_proj, int64_t c,
+                   float* s, float* z, float* y, int64_t y_stride,
+                   ChunkScratch& w) {
+  const int64_t dv = spec.DValue(), dp = spec.DPhi();
+  const float scale = spec.Scale();
+  PrepareChunk(spec, rows, row_stride, favor_proj, c, s, w, nullptr);
+  const float* u = w.u.data();
   // y = Φq S₀ + qk · u, straight into the output rows.
   Gemm(false, false, c, dv, dp, 1.0f, w.phi_q.data(), dp, s, dv, 0.0f, y, y_stride);
   Gemm(false, false, c, dv, c, 1.0f, w.qk.data(), c, u, dv, 1.0f, y, y_stride);
@@ -345,7 +359,8 @@ namespace {
 // ∂L/∂(S, z) at its end in ds, dz, writes the chunk's rows of dqkvb and
 // leaves ∂L/∂(S₀, z₀) in ds, dz.
 struct ChunkBackwardScratch {
-  std::vector<float> phq, phk, u, vmp, beta, g, k, dyf, du, d, dphq, dphk, num, inv_den, dd;
+  ChunkScratch forward;
+  std::vector<float> vmp, dyf, du, d, dphq, dphk, num, inv_den, dd;
 };
 
 void ChunkBackward(const FastWeightSpec& spec, const float* rows, int64_t row_width,
@@ -355,34 +370,17 @@ void ChunkBackward(const FastWeightSpec& spec, const float* rows, int64_t row_wi
   const int64_t dk = spec.d_head, dv = spec.DValue(), dp = spec.DPhi();
   const bool delta = spec.update == UpdateRule::kDelta, norm = spec.HasNormalizer();
   const float scale = spec.Scale();
-  for (auto* v : {&w.phq, &w.phk, &w.dphq, &w.dphk}) v->assign(n * dp, 0.0f);
-  for (auto* v : {&w.u, &w.vmp, &w.dyf, &w.du, &w.num}) v->assign(n * dv, 0.0f);
-  for (auto* v : {&w.g, &w.k, &w.d}) v->assign(n * n, 0.0f);
-  for (auto* v : {&w.beta, &w.inv_den, &w.dd}) v->assign(n, 0.0f);
-  float *phq = w.phq.data(), *phk = w.phk.data(), *u = w.u.data(), *g = w.g.data();
-  float *kk = w.k.data(), *d = w.d.data(), *du = w.du.data(), *dyf = w.dyf.data();
-
+  for (auto* v : {&w.dphq, &w.dphk}) v->assign(n * dp, 0.0f);
+  for (auto* v : {&w.vmp, &w.dyf, &w.du, &w.num}) v->assign(n * dv, 0.0f);
+  w.d.assign(n * n, 0.0f);
+  for (auto* v : {&w.inv_den, &w.dd}) v->assign(n, 0.0f);
   // The chunk again: Φq, Φk, β, U (and V − Φk S₀), G = tril(Φq Φkᵀ), K.
-  for (int64_t t = 0; t < n; ++t) {
-    const float* row = rows + t * row_width;
-    FeatureMapRow(spec.phi, row, dk, favor_proj, phq + t * dp);
-    FeatureMapRow(spec.phi, row + dk, dk, favor_proj, phk + t * dp);
-    std::copy(row + 2 * dk, row + 2 * dk + dv, u + t * dv);
-    if (delta) w.beta[t] = Sigmoid(row[2 * dk + dv]);
-  }
-  if (delta) {
-    Gemm(false, false, n, dv, dp, -1.0f, phk, dp, s0, dv, 1.0f, u, dv);
-    std::copy(u, u + n * dv, w.vmp.begin());
-    Gemm(false, true, n, n, dp, 1.0f, phk, dp, phk, dp, 0.0f, kk, n);
-    for (int64_t t = 0; t < n; ++t) {
-      std::fill(kk + t * n + t, kk + (t + 1) * n, 0.0f);  // strictly lower
-      float* ut = u + t * dv;
-      for (int64_t tau = 0; tau < t; ++tau) AddScaled(ut, -kk[t * n + tau], u + tau * dv, dv);
-      for (int64_t j = 0; j < dv; ++j) ut[j] *= w.beta[t];
-    }
-  }
-  Gemm(false, true, n, n, dp, 1.0f, phq, dp, phk, dp, 0.0f, g, n);
-  for (int64_t t = 0; t < n; ++t) std::fill(g + t * n + t + 1, g + (t + 1) * n, 0.0f);
+  ChunkScratch& f = w.forward;
+  f.Resize(n, dp, dv);
+  PrepareChunk(spec, rows, row_width, favor_proj, n, s0, f, w.vmp.data());
+  const float *phq = f.phi_q.data(), *phk = f.phi_k.data(), *u = f.u.data();
+  const float *g = f.qk.data(), *kk = f.kk.data(), *beta = f.beta.data();
+  float *d = w.d.data(), *du = w.du.data(), *dyf = w.dyf.data();
 
   // dY = f·dy; with the normaliser, dd = ∂L/∂den from num = Φq S₀ + G U.
   for (int64_t t = 0; t < n; ++t) {
@@ -433,19 +431,19 @@ void ChunkBackward(const FastWeightSpec& spec, const float* rows, int64_t row_wi
     // dY's rows), dL = −strictly-tril(dR Uᵀ), dβ, dK = diag(β) dL.
     for (int64_t t = n - 1; t >= 0; --t) {
       float* dr = du + t * dv;
-      for (int64_t k = t + 1; k < n; ++k) AddScaled(dr, -w.beta[k] * kk[k * n + t], du + k * dv, dv);
+      for (int64_t k = t + 1; k < n; ++k) AddScaled(dr, -beta[k] * kk[k * n + t], du + k * dv, dv);
     }
     Gemm(false, true, n, n, dv, -1.0f, du, dv, u, dv, 0.0f, d, n);
     for (int64_t t = 0; t < n; ++t) {
-      const float beta = w.beta[t];
+      const float b = beta[t];
       float* drow = drows + t * row_width;
       float dbeta = Dot(du + t * dv, &w.vmp[t * dv], dv);
       for (int64_t k = 0; k < t; ++k) dbeta += d[t * n + k] * kk[t * n + k];
-      drow[2 * dk + dv] = dbeta * beta * (1.0f - beta);
-      for (int64_t k = 0; k < n; ++k) d[t * n + k] = k < t ? beta * d[t * n + k] : 0.0f;
+      drow[2 * dk + dv] = dbeta * b * (1.0f - b);
+      for (int64_t k = 0; k < n; ++k) d[t * n + k] = k < t ? b * d[t * n + k] : 0.0f;
       for (int64_t j = 0; j < dv; ++j) {
-        drow[2 * dk + j] = beta * du[t * dv + j];
-        dyf[t * dv + j] = -beta * du[t * dv + j];
+        drow[2 * dk + j] = b * du[t * dv + j];
+        dyf[t * dv + j] = -b * du[t * dv + j];
       }
     }
     Gemm(false, true, n, dp, dv, 1.0f, dyf, dv, s0, dv, 1.0f, dphk, dp);
