@@ -449,6 +449,18 @@ __device__ void GramBackward(int n, int d, const float* D, int ldg, const float*
   BlockGemm(n, d, n, D, 1, ldg, A, ld, 1, [&](int i, int r, float acc) { dB[i * ld + r] += acc; });
 }
 
+// One warp per token: f(t, i) for t = warp, warp + warps, … below n rounded up
+// to a multiple of the warp count, with i = min(t, n − 1) the token to read.
+// Every warp makes the same number of calls (rounds past n reread token n − 1
+// and must write only when t < n, or to a row of their own), so warp-wide
+// steps inside f stay uniform across the block.
+template <typename F>
+__device__ void ForTokensByWarp(int n, F f) {
+  const int warp = threadIdx.x / 32, warps = kThreads / 32;
+  const int rounds = (n + warps - 1) / warps * warps;
+  for (int t = warp; t < rounds; t += warps) f(t, min(t, n - 1));
+}
+
 // Phases A–D for tokens [t0, t0 + n) of one (sequence, head, tile): m.S holds
 // S₀ (and m.z z₀). Leaves Φq, Φk, β, U, O, G, K, L (and the normaliser's
 // factors) in shared memory; with vmp, also V − Φk S₀ (delta). Ends with a
@@ -457,22 +469,19 @@ __device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSme
                              const float* rows, int j0, int w, int64_t t0, int n, bool vmp) {
   const Shape& s = a.s;
   const int dp = s.dp, ldp = l.ldp, ldg = l.ldg, ldu = l.ldu, lds = l.lds;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kThreads / 32;
+  const int lane = threadIdx.x % 32;
   // A
   for (int e = threadIdx.x; e < n * s.head_width; e += kThreads) {
     const int t = e / s.head_width, i = e - t * s.head_width;
     m.x[e] = rows[(t0 + t) * s.row_width + i];
   }
   __syncthreads();
-  // B. Every warp takes the same number of tokens (rows past n, up to a
-  // multiple of the warp count, are computed and never read), so that
-  // warp-wide steps stay uniform across the block.
-  const int warp_rows = (n + warps - 1) / warps * warps;
-  for (int t = warp; t < warp_rows; t += warps) {
-    const float* row = m.x + min(t, n - 1) * s.head_width;
+  // B (rows of Φ past n are computed and never read)
+  ForTokensByWarp(n, [&](int t, int i) {
+    const float* row = m.x + i * s.head_width;
     PhiWarp(s.spec.phi, row, s.dk, a.omega, m.phq + t * ldp);
     PhiWarp(s.spec.phi, row + s.dk, s.dk, a.omega, m.phk + t * ldp);
-  }
+  });
   for (int e = threadIdx.x; e < n * w; e += kThreads) {
     const int t = e / w, j = e - t * w;
     m.U[t * ldu + j] = m.x[t * s.head_width + 2 * s.dk + j0 + j];
@@ -520,8 +529,7 @@ __device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSme
     }
   }
   if (s.norm) {
-    for (int t = warp; t < warp_rows; t += warps) {
-      const int i = min(t, n - 1);
+    ForTokensByWarp(n, [&](int t, int i) {
       float part = 0.0f;
       for (int r = lane; r < dp; r += 32) part += m.z[r] * m.phq[i * ldp + r];
       for (int k = lane; k <= i; k += 32) part += m.G[i * ldg + k];
@@ -530,7 +538,7 @@ __device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSme
         m.factor[t] = den > 0.0f ? s.scale / den : s.scale;
         m.inv_den[t] = den > 0.0f ? 1.0f / den : 0.0f;
       }
-    }
+    });
     __syncthreads();
   }
 }
@@ -640,7 +648,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   const ChunkSmem m = CarveChunk(s, l, smem);
   const int j0 = static_cast<int>(blockIdx.y) * s.tw, w = min(s.tw, s.dh - j0);
   const int dp = s.dp, ldp = l.ldp, ldg = l.ldg, ldu = l.ldu, lds = l.lds;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kThreads / 32;
+  const int lane = threadIdx.x % 32;
   const int h = blockIdx.x % s.heads;
   const int64_t b = blockIdx.x / s.heads;
   const int64_t chunks = (a.time + chunk - 1) / chunk;
@@ -709,13 +717,12 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     }
     __syncthreads();
     if (s.norm) {
-      for (int t = warp; t < (n + warps - 1) / warps * warps; t += warps) {
-        const int i = min(t, n - 1);
+      ForTokensByWarp(n, [&](int t, int i) {
         float part = 0.0f;
         for (int j = lane; j < w; j += 32) part += dY[i * ldu + j] * m.vmp[i * ldu + j];
         const float dot = WarpSum(part);
         if (lane == 0 && t < n) dd[t] = -dot * m.inv_den[t];
-      }
+      });
       __syncthreads();
     }
     BlockGemm(n, w, n, m.G, 1, ldg, dY, ldu, 1,
@@ -772,8 +779,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
       BlockGemm(n, n, w, m.dU, ldu, 1, m.U, 1, ldu,
                 [&](int i, int k, float acc) { m.D[i * ldg + k] = k < i ? -acc : 0.0f; });
       __syncthreads();
-      for (int t = warp; t < (n + warps - 1) / warps * warps; t += warps) {
-        const int i = min(t, n - 1);
+      ForTokensByWarp(n, [&](int t, int i) {
         float part = 0.0f;
         for (int j = lane; j < w; j += 32) part += m.dU[i * ldu + j] * m.vmp[i * ldu + j];
         for (int k = lane; k < i; k += 32) part += m.D[i * ldg + k] * m.K[i * ldg + k];
@@ -786,7 +792,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
             dbeta_part[(b * a.time + t0 + i) * s.heads + h] = dbeta;
           }
         }
-      }
+      });
       __syncthreads();
       for (int e = threadIdx.x; e < n * n; e += kThreads) {
         const int i = e / n, k = e - i * n;
@@ -1205,10 +1211,8 @@ Shape PickShape(const FastWeightSpec& spec, bool backward) {
   return none;
 }
 
-// The chunkwise forward's shape for a requested chunk length: C = the largest
-// of 64, 32, 16 that is ≤ ChunkCap and fits with all of d_value in one block,
-// else with the widest power-of-two column tile of at least 32 columns. chunk
-// == 0 when none fits or chunk < 16: the recurrent kernel runs instead.
+// A chunkwise kernel's block shape and chunk length C; C == 0 when the
+// recurrent kernel runs instead (chunk < 16, or no shape fits).
 struct ChunkShape {
   Shape s;
   int chunk = 0;
@@ -1220,50 +1224,41 @@ int64_t ChunkCap(int64_t chunk, int64_t time) {
   return std::min<int64_t>(chunk, RoundUpPow2(std::clamp<int64_t>(time, kSolveBlock, 64)));
 }
 
-// The chunkwise backward's: all of d_value in one block, else (without the
-// normaliser, whose ∂L/∂den sums over every column) the widest power-of-two
-// column tile of at least 16 columns, C as above; else chunk == 0 and the
-// recurrent backward runs.
-ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
+// The chunkwise form's shape: C = the largest of 64, 32, 16 up to ChunkCap
+// with all of d_value in one block, else (when tiles are allowed) with the
+// widest power-of-two column tile of at least 16 columns; `floats` is the
+// shared memory a block of that shape needs. chunk == 0 when none fits.
+template <typename Floats>
+ChunkShape PickChunk(const FastWeightSpec& spec, int64_t chunk, int64_t time, bool tiles,
+                     Floats floats) {
   chunk = ChunkCap(chunk, time);
   const int64_t limit = SharedLimitFloats();
   const int dh = static_cast<int>(spec.DValue());
   for (int c = 64; c >= kSolveBlock; c /= 2) {
-    if (c > chunk) continue;
-    const Shape whole = MakeShape(spec, dh);
-    if (dh <= kThreads && ChunkBackwardFloats(whole, c) <= limit) return {whole, c};
+    if (c <= chunk && dh <= kThreads && floats(MakeShape(spec, dh), c) <= limit) {
+      return {MakeShape(spec, dh), c};
+    }
   }
-  if (spec.HasNormalizer()) return {};
-  for (int c = 64; c >= kSolveBlock; c /= 2) {
+  for (int c = 64; tiles && c >= kSolveBlock; c /= 2) {
     if (c > chunk) continue;
     for (int tw = kThreads; tw >= 16; tw /= 2) {
-      if (tw >= dh) continue;
-      const Shape tiled = MakeShape(spec, tw);
-      if (ChunkBackwardFloats(tiled, c) <= limit) return {tiled, c};
+      if (tw < dh && floats(MakeShape(spec, tw), c) <= limit) return {MakeShape(spec, tw), c};
     }
   }
   return {};
 }
 
+// The forward: with the normaliser and tiles, NormalizerKernel must fit too.
 ChunkShape PickChunkShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
-  chunk = ChunkCap(chunk, time);
-  const int64_t limit = SharedLimitFloats();
-  const int dh = static_cast<int>(spec.DValue());
-  auto fits = [&](const Shape& s, int c) {
-    return ChunkFloats(s, c) <= limit && (s.tiles == 1 || !s.norm || NormalizerFloats(s) <= limit);
-  };
-  for (int c = 64; c >= kSolveBlock; c /= 2) {
-    if (c > chunk) continue;
-    if (dh <= kThreads && fits(MakeShape(spec, dh), c)) return {MakeShape(spec, dh), c};
-  }
-  for (int c = 64; c >= kSolveBlock; c /= 2) {
-    if (c > chunk) continue;
-    for (int tw = kThreads; tw >= 32; tw /= 2) {
-      if (tw >= dh) continue;
-      if (fits(MakeShape(spec, tw), c)) return {MakeShape(spec, tw), c};
-    }
-  }
-  return {};
+  return PickChunk(spec, chunk, time, true, [](const Shape& s, int c) {
+    return std::max(ChunkFloats(s, c), s.tiles > 1 && s.norm ? NormalizerFloats(s) : 0);
+  });
+}
+
+// The backward: no column tiles with the normaliser, whose ∂L/∂den sums over
+// every column.
+ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
+  return PickChunk(spec, chunk, time, !spec.HasNormalizer(), ChunkBackwardFloats);
 }
 
 dim3 Grid(const Shape& s, int64_t batch) {
