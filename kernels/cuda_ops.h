@@ -60,8 +60,7 @@ bool FastWeightSupported(const FastWeightSpec& spec, const char** why_not);
 // The forward runs the chunkwise form with chunks of 64, 32 or 16 tokens (the
 // largest that chunk, time rounded up to a power of two and shared memory
 // allow), or the recurrence token by token when chunk < 16, time == 1 or no
-// chunk fits. The backward likewise
-// (column tiles only without the normaliser).
+// chunk fits. The backward likewise.
 void FastWeightSequence(cudaStream_t stream, const FastWeightSpec& spec, const float* qkvb,
                         const float* favor_proj, const int32_t* slots, int64_t batch,
                         int64_t time, const StateView& state, float* y, int64_t chunk);

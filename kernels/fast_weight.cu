@@ -3,8 +3,7 @@
 //   - the chunkwise form ("The chunkwise form" below) for sequences, forward
 //     and backward: chunks of 16–64 tokens as matrix products in shared
 //     memory, a few barriers per chunk;
-//   - the recurrence, token by token: the decode step, chunk < 16, and the
-//     backward of the normaliser's column tiles.
+//   - the recurrence, token by token: the decode step and chunk < 16.
 //
 // The recurrence. One block per (sequence or slot, head, column tile) runs it
 // token by token with its part of the head's state S [d_φ, d_value] (and z)
@@ -605,9 +604,14 @@ __host__ __device__ inline int64_t ChunkCheckpointFloats(const Shape& s) {
 //   dΦq, dΦk     [tiles, rows, d_φ] each, rows (b·T + t)·heads + h: each
 //                tile's part; the tiles' sum lands in tile 0's, which the
 //                feature-map backward op turns into the q and k parts of dqkvb
-//   dβ           [tiles, rows] (delta rule with several tiles)
+//   row parts    [tiles, rows] with several tiles: dβ's (delta rule) or the
+//                normaliser's Σ_j dY_ij num_ij (sum rule) over the tile's columns
+// and with the normaliser and several tiles, from tile 0 for its terms
+// (ChunkNormalizerBackwardKernel):
+//   Φq, Φk       [rows, d_φ] each
+//   1 / den      [rows]
 struct ChunkScratch {
-  int64_t ckpt_floats, ckpts, phi, dbeta, total;
+  int64_t ckpt_floats, ckpts, phi, row_parts, phi_values, inv_den, total;
 };
 
 __host__ __device__ inline ChunkScratch MakeChunkScratch(const Shape& s, int chunk,
@@ -617,8 +621,11 @@ __host__ __device__ inline ChunkScratch MakeChunkScratch(const Shape& s, int chu
   c.ckpt_floats = ChunkCheckpointFloats(s);
   c.ckpts = batch * s.heads * s.tiles * chunks * c.ckpt_floats;
   c.phi = s.tiles * rows * s.dp;
-  c.dbeta = s.tiles > 1 && s.delta ? s.tiles * rows : 0;
-  c.total = c.ckpts + 2 * c.phi + c.dbeta;
+  const bool split = s.tiles > 1 && (s.delta || s.norm);
+  c.row_parts = split ? s.tiles * rows : 0;
+  c.phi_values = split && s.norm ? 2 * rows * s.dp : 0;
+  c.inv_den = split && s.norm ? rows : 0;
+  c.total = c.ckpts + 2 * c.phi + c.row_parts + c.phi_values + c.inv_den;
   return c;
 }
 
@@ -637,8 +644,11 @@ __host__ __device__ inline ChunkScratch MakeChunkScratch(const Shape& s, int chu
 // −Σ_j dY_ij num_ij / den_i adds dd_i to row i of dG (k ≤ i), dd_i z₀ to dφq_i
 // and Σ_i dd_i φq_i to dz; z₁ = z₀ + Σ φk adds dz₁ to every dφk.
 // Everything but dd acts on each value column on its own or sums over the
-// columns linearly (dΦq, dΦk, dβ): column tiles (no normaliser) each write
-// their part of those sums, and ChunkTileSumKernel adds the parts.
+// columns linearly (dΦq, dΦk, dβ): column tiles each write their part of those
+// sums, and ChunkTileSumKernel adds the parts. dd needs every column's
+// Σ_j dY_ij num_ij first, so with tiles the normaliser's terms wait for
+// ChunkNormalizerBackwardKernel: the tiles write their part of that sum and
+// tile 0 Φq, Φk and 1/den, and the tiles' own dd and dz stay zero.
 __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per SM, as its shared memory allows
     ChunkBackwardKernel(Args a, int chunk, const float* dy, float* dqkvb, StateView dstate,
                         float* scratch_all) {
@@ -659,7 +669,12 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
                  (static_cast<int64_t>(blockIdx.x) * s.tiles + blockIdx.y) * chunks * ckpt_floats;
   float* dphi_q = scratch_all + sc.ckpts + blockIdx.y * rows_all * dp;
   float* dphi_k = scratch_all + sc.ckpts + sc.phi + blockIdx.y * rows_all * dp;
-  float* dbeta_part = scratch_all + sc.ckpts + 2 * sc.phi + blockIdx.y * rows_all;
+  // dβ's or Σ dY·num's part, and tile 0's Φ and 1/den (several tiles).
+  float* row_part = scratch_all + sc.ckpts + 2 * sc.phi + blockIdx.y * rows_all;
+  float* phi_values = scratch_all + sc.ckpts + 2 * sc.phi + sc.row_parts;
+  float* inv_den = phi_values + sc.phi_values;
+  const bool own_norm = s.norm && s.tiles == 1;  // dd and dz here, else after the tiles
+  const bool norm_values = s.norm && s.tiles > 1 && blockIdx.y == 0;
   const int64_t slot = a.slots[b];
   const float* rows = a.qkvb + b * a.time * s.row_width + h * s.head_width;
 
@@ -688,8 +703,8 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   } else {
     for (int e = threadIdx.x; e < dp * w; e += kThreads) m.dS[(e / w) * lds + e % w] = 0.0f;
   }
-  float* gdz = dstate.base && s.norm ? HeadZ(dstate, slot, s, h) : nullptr;
-  if (s.norm) {
+  float* gdz = dstate.base && own_norm ? HeadZ(dstate, slot, s, h) : nullptr;
+  if (own_norm) {
     for (int r = threadIdx.x; r < dp; r += kThreads) m.dz[r] = gdz ? gdz[r] : 0.0f;
   }
 
@@ -721,7 +736,15 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
         float part = 0.0f;
         for (int j = lane; j < w; j += 32) part += dY[i * ldu + j] * m.vmp[i * ldu + j];
         const float dot = WarpSum(part);
-        if (lane == 0 && t < n) dd[t] = -dot * m.inv_den[t];
+        if (lane == 0 && t < n) {
+          if (own_norm) {
+            dd[t] = -dot * m.inv_den[t];
+          } else {
+            const int64_t row = (b * a.time + t0 + i) * s.heads + h;
+            row_part[row] = dot;
+            if (norm_values) inv_den[row] = m.inv_den[i];
+          }
+        }
       });
       __syncthreads();
     }
@@ -730,19 +753,19 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
     BlockGemm(n, w, dp, m.phk, ldp, 1, m.dS, lds, 1,
               [&](int i, int j, float acc) { m.dU[i * ldu + j] += acc; });
     BlockGemm(n, n, w, dY, ldu, 1, m.U, 1, ldu, [&](int i, int k, float acc) {
-      m.D[i * ldg + k] = k <= i ? (s.norm ? acc + dd[i] : acc) : 0.0f;
+      m.D[i * ldg + k] = k <= i ? (own_norm ? acc + dd[i] : acc) : 0.0f;
     });
     BlockGemm(n, dp, w, dY, ldu, 1, m.S, 1, lds, [&](int i, int r, float acc) {
-      m.dphq[i * ldp + r] = s.norm ? acc + dd[i] * m.z[r] : acc;
+      m.dphq[i * ldp + r] = own_norm ? acc + dd[i] * m.z[r] : acc;
     });
     BlockGemm(n, dp, w, m.U, ldu, 1, m.dS, 1, lds, [&](int i, int r, float acc) {
-      m.dphk[i * ldp + r] = s.norm ? acc + m.dz[r] : acc;
+      m.dphk[i * ldp + r] = own_norm ? acc + m.dz[r] : acc;
     });
     __syncthreads();
     GramBackward(n, dp, m.D, ldg, m.phq, m.phk, ldp, m.dphq, m.dphk);  // G = Φq Φkᵀ
     BlockGemm(dp, w, n, m.phq, 1, ldp, dY, ldu, 1,
               [&](int r, int j, float acc) { m.dS[r * lds + j] += acc; });
-    if (s.norm) {
+    if (own_norm) {
       for (int r = threadIdx.x; r < dp; r += kThreads) {
         float acc = m.dz[r];
         for (int i = 0; i < n; ++i) acc += dd[i] * m.phq[i * ldp + r];
@@ -789,7 +812,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
           if (s.tiles == 1) {
             drows[i * s.row_width + 2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
           } else {
-            dbeta_part[(b * a.time + t0 + i) * s.heads + h] = dbeta;
+            row_part[(b * a.time + t0 + i) * s.heads + h] = dbeta;
           }
         }
       });
@@ -816,6 +839,10 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
       const int64_t row = (b * a.time + t0 + i) * s.heads + h;
       dphi_q[row * dp + r] = m.dphq[i * ldp + r];
       dphi_k[row * dp + r] = m.dphk[i * ldp + r];
+      if (norm_values) {
+        phi_values[row * dp + r] = m.phq[i * ldp + r];
+        phi_values[sc.phi_values / 2 + row * dp + r] = m.phk[i * ldp + r];
+      }
     }
   }
   __syncthreads();
@@ -852,6 +879,56 @@ __global__ void __launch_bounds__(kThreads)
     const float beta = math::Sigmoid(a.qkvb[row * s.head_width + 2 * s.dk + s.dh]);
     *b = acc * beta * (1.0f - beta);
   }
+}
+
+// With the normaliser and several column tiles, after ChunkTileSumKernel: the
+// normaliser's terms, which need every column. With dd_t = −(1/den_t) ·
+// Σ_tiles Σ_j dY_tj num_tj (tiles in order) and z_t = z₀ + Σ_{s≤t} φk_s (the
+// chunk's z₀ from tile 0's checkpoint, as the tiles had it):
+//   dφq_t += dd_t z_t;  dφk_s += dz_T + Σ_{t≥s} dd_t φq_t;  dz₀ = dz_T + Σ_t dd_t φq_t.
+// One thread per (sequence, head, row r of d_φ) walks the tokens: no barriers.
+__global__ void __launch_bounds__(kThreads)
+    ChunkNormalizerBackwardKernel(Args a, int chunk, int64_t batch, StateView dstate,
+                                  float* scratch_all) {
+  const Shape& s = a.s;
+  const int dp = s.dp;
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= batch * s.heads * dp) return;
+  const int r = static_cast<int>(e % dp);
+  const int64_t bh = e / dp, b = bh / s.heads;
+  const int h = static_cast<int>(bh % s.heads);
+  const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
+  const int64_t chunks = (a.time + chunk - 1) / chunk, rows = batch * a.time * s.heads;
+  const float* ckpt_z = scratch_all + bh * s.tiles * chunks * sc.ckpt_floats +
+                        static_cast<int64_t>(dp) * s.tw + r;  // tile 0's
+  float* dphi_q = scratch_all + sc.ckpts;  // the tiles' sums (tile 0's part)
+  float* dphi_k = dphi_q + sc.phi;
+  const float* ydot_parts = scratch_all + sc.ckpts + 2 * sc.phi;
+  const float* phq = ydot_parts + sc.row_parts;
+  const float* phk = phq + sc.phi_values / 2;
+  const float* inv_den = phq + sc.phi_values;
+  const int tiles = s.tiles;
+  auto dd = [=](int64_t row) {
+    float acc = 0.0f;
+    for (int k = 0; k < tiles; ++k) acc += __ldg(ydot_parts + k * rows + row);
+    return -acc * __ldg(inv_den + row);
+  };
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    float z = ckpt_z[ch * sc.ckpt_floats];
+    for (int64_t t = ch * chunk; t < min(a.time, (ch + 1) * chunk); ++t) {
+      const int64_t row = (b * a.time + t) * s.heads + h;
+      z += phk[row * dp + r];
+      dphi_q[row * dp + r] += dd(row) * z;
+    }
+  }
+  float* gdz = dstate.base ? HeadZ(dstate, a.slots[b], s, h) : nullptr;
+  float dz = gdz ? gdz[r] : 0.0f;
+  for (int64_t t = a.time - 1; t >= 0; --t) {
+    const int64_t row = (b * a.time + t) * s.heads + h;
+    dz += dd(row) * phq[row * dp + r];
+    dphi_k[row * dp + r] += dz;
+  }
+  if (gdz) gdz[r] = dz;
 }
 
 // Backward scratch, per block (sequence, head, tile):
@@ -1255,10 +1332,9 @@ ChunkShape PickChunkShape(const FastWeightSpec& spec, int64_t chunk, int64_t tim
   });
 }
 
-// The backward: no column tiles with the normaliser, whose ∂L/∂den sums over
-// every column.
+// The backward.
 ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
-  return PickChunk(spec, chunk, time, !spec.HasNormalizer(), ChunkBackwardFloats);
+  return PickChunk(spec, chunk, time, true, ChunkBackwardFloats);
 }
 
 dim3 Grid(const Shape& s, int64_t batch) {
@@ -1349,6 +1425,13 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
       ChunkTileSumKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
           a, cs.chunk, batch, dqkvb, scratch);
       FWP_CUDA_LAUNCHED("fast-weight backward tile sums");
+      if (a.s.norm) {
+        ChunkNormalizerBackwardKernel<<<static_cast<unsigned>(
+                                            Blocks(batch * a.s.heads * a.s.dp, kThreads)),
+                                        kThreads, 0, stream>>>(a, cs.chunk, batch, dstate,
+                                                               scratch);
+        FWP_CUDA_LAUNCHED("fast-weight backward normaliser");
+      }
     }
     // ∂L/∂Φq, ∂L/∂Φk (tile 0's, after the checkpoints) through the feature
     // map: row (b·T + t)·heads + h of q (or k) is head_width floats after the last.

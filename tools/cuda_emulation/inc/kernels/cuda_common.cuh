@@ -273,6 +273,7 @@ inline int cudaGetLastError() { return 0; }
 // function statics: every fiber of the block sees the same one.
 #define __shared__ static
 using std::isnan;
+template <typename T> inline T __ldg(const T* p) { return *p; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
