@@ -122,19 +122,26 @@ TEST_F(ServerTest, StopTokenIdEndsTheStreamWithThatToken) {
   EXPECT_EQ(c.tokens, std::vector<int32_t>(full.tokens.begin(), first + 1));
 }
 
-TEST_F(ServerTest, GreedyTokensAreTheSameAloneOrAmongSixtyFourStreams) {
-  const std::vector<int32_t> prompt = PromptIds(stub(), "The Fulton County Grand Jury said");
-  auto alone = Generate(stub(), Greedy(prompt, 24));
+// One greedy stream among 256 others (all in the pool at once), of other
+// prompts, lengths and samplers.
+TEST(ServerBatching, GreedyTokensAreTheSameAloneOrAmongTwoHundredFiftySixOthers) {
+  ServerOptions options = TestOptions();
+  options.engine.slots = 260;
+  Running r = StartServer(options);
+  ASSERT_NE(r.server, nullptr);
+  v1::Fwp::Stub& stub = *r.stub;
+  const std::vector<int32_t> prompt = PromptIds(stub, "The Fulton County Grand Jury said");
+  auto alone = Generate(stub, Greedy(prompt, 24));
   ASSERT_TRUE(alone.status.ok());
-  std::vector<Completion> results(64);
+  std::vector<Completion> results(257);
   std::vector<std::thread> threads;
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < 257; ++i) {
     threads.emplace_back([&, i] {
       std::vector<int32_t> p = prompt;
       if (i != 17) p.insert(p.begin(), {static_cast<int32_t>(100 + i), 200 + i % 7});
       v1::GenerateRequest request = Greedy(p, i == 17 ? 24 : 24 + i % 5);
       if (i % 3 == 0 && i != 17) request.mutable_sampling()->set_temperature(1.0f);
-      results[i] = Generate(stub(), request);
+      results[i] = Generate(stub, request);
     });
   }
   for (auto& t : threads) t.join();

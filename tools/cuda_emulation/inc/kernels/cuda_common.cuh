@@ -64,7 +64,7 @@ fwp_emu_switch:
   .size fwp_emu_switch, .-fwp_emu_switch
 )");
 #endif
-struct Fiber { ucontext_t ctx; jmp_buf jb; void* sp = nullptr; char* stack = nullptr; unsigned tid; long syncs = 0; bool done = false; bool started = false; };
+struct Fiber { ucontext_t ctx; jmp_buf jb; void* sp = nullptr; char* stack = nullptr; unsigned tid; long syncs = 0; unsigned shuffles = 0; int kind = 0; bool done = false; bool started = false; };
 // Fiber stacks, allocated once and reused by every block (allocating and
 // zeroing them per block was most of a launch's time).
 constexpr size_t kStackBytes = size_t{1} << 17;
@@ -101,33 +101,40 @@ void Shuffle(std::vector<T>& v) {  // Fisher–Yates
   }
 }
 inline int order_mode = 0;  // 0 forward, 1 reverse, 2 random
-inline std::vector<float> shfl_buf(1024);
+// Two halves, used by turns: one barrier per shuffle (see ShflXor).
+inline std::vector<float> shfl_buf(2 * 1024);
+inline std::vector<float> or_buf(1024);
 inline long total_syncs = 0;
 inline int block_order_mode = 0;
 
-inline void Sync() {
+// kind: 0 a block barrier, 1 a warp shuffle (see RunBlock's checks).
+inline void Sync(int kind = 0) {
   cur->syncs++;
+  cur->kind = kind;
 #if FWP_EMU_FAST_SWITCH
   fwp_emu_switch(&cur->sp, sched_sp);
 #else
   if (!_setjmp(cur->jb)) _longjmp(sched_jb, 1);
 #endif
 }
+// Each thread writes its value, meets the others at a barrier and reads its
+// partner's. The shuffles alternate between the buffer's halves, so one
+// barrier is enough: a thread writes this half again only two shuffles later,
+// after every thread has passed the next shuffle's barrier and so has read it.
 inline float ShflXor(float v, int off) {
-  unsigned t = cur->tid;
-  shfl_buf[t] = v;
-  Sync();
-  float r = shfl_buf[t ^ off];
-  Sync();
-  return r;
+  const unsigned t = cur->tid;
+  float* buf = shfl_buf.data() + (cur->shuffles++ & 1u) * 1024;
+  buf[t] = v;
+  Sync(1);
+  return buf[t ^ off];
 }
 // __syncthreads_or: a barrier that also ORs a value over the live threads.
 inline int SyncOr(int v) {
   unsigned t = cur->tid;
-  shfl_buf[t] = v ? 1.0f : 0.0f;
+  or_buf[t] = v ? 1.0f : 0.0f;
   Sync();
   int any = 0;
-  for (size_t i = 0; i < fibers.size(); ++i) any |= !fibers[i].done && shfl_buf[i] != 0.0f;
+  for (size_t i = 0; i < fibers.size(); ++i) any |= !fibers[i].done && or_buf[i] != 0.0f;
   Sync();
   return any;
 }
@@ -169,11 +176,23 @@ inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
     makecontext(&f.ctx, (void (*)())Trampoline, 0);
 #endif
   }
+  // Each pass resumes every live thread once; it runs to its next barrier (or
+  // shuffle) or returns. So the live threads always stand at the same count
+  // of barriers; threads that returned early no longer take part, as on the
+  // GPU (a warp-per-row kernel's idle warps return at once). A pass is only
+  // a faithful step of the GPU when every live thread stands at the same kind
+  // of step, and a shuffle only when every lane of its warp takes part: a
+  // warp shuffling while another waits at a barrier, or a lane that returned
+  // while its warp shuffles, stops the emulation with a message.
   std::vector<unsigned> order(threads);
-  for (;;) {
-    for (unsigned t = 0; t < threads; ++t) order[t] = t;
-    if (order_mode == 1) std::reverse(order.begin(), order.end());
-    else if (order_mode == 2) Shuffle(order);
+  for (unsigned t = 0; t < threads; ++t) order[t] = order_mode == 1 ? threads - 1 - t : t;
+  const unsigned warps = (threads + 31) / 32;
+  std::vector<uint32_t> shuffling(warps);
+  for (unsigned live = threads; live > 0;) {
+    if (order_mode == 2) Shuffle(order);
+    int kind = -1;
+    unsigned first = 0;
+    std::fill(shuffling.begin(), shuffling.end(), 0u);
     for (unsigned t : order) {
       Fiber& f = fibers[t];
       if (f.done) continue;
@@ -191,26 +210,31 @@ inline void RunBlock(void (*entry)(void*), void* arg, unsigned threads) {
       }
 #endif
       cur = nullptr;
-    }
-    ++total_syncs;
-    // Every thread still running must be at the same barrier (or shuffle):
-    // threads that returned early no longer take part, as on the GPU (a
-    // warp-per-row kernel's idle warps return at once).
-    long s0 = -1;
-    int ndone = 0;
-    for (auto& f : fibers) {
       if (f.done) {
-        ++ndone;
+        --live;
         continue;
       }
-      if (s0 < 0) s0 = f.syncs;
-      if (f.syncs != s0) {
-        std::fprintf(stderr, "EMU: divergent barrier: thread %u at barrier %ld, another at %ld (block %u,%u)\n",
-                     f.tid, f.syncs, s0, g_block.x, g_block.y);
+      if (kind < 0) {
+        kind = f.kind;
+        first = t;
+      } else if (f.kind != kind) {
+        std::fprintf(stderr, "EMU: thread %u at a %s while thread %u is at a %s (block %u,%u)\n",
+                     t, f.kind ? "warp shuffle" : "barrier", first, kind ? "warp shuffle" : "barrier",
+                     g_block.x, g_block.y);
+        std::abort();
+      }
+      if (f.kind == 1) shuffling[t / 32] |= 1u << (t % 32);
+    }
+    for (unsigned w = 0; kind == 1 && w < warps; ++w) {
+      const unsigned lanes = std::min(32u, threads - 32 * w);
+      const uint32_t all = lanes == 32 ? ~0u : (1u << lanes) - 1;
+      if (shuffling[w] != 0 && shuffling[w] != all) {
+        std::fprintf(stderr, "EMU: warp %u shuffles with lanes %08x of %08x, the others returned (block %u,%u)\n",
+                     w, shuffling[w], all, g_block.x, g_block.y);
         std::abort();
       }
     }
-    if (ndone == (int)threads) break;
+    ++total_syncs;
   }
 }
 
