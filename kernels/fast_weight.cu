@@ -125,12 +125,61 @@ __device__ void LoadRow(const Shape& s, const float* src, float* row) {
   __syncthreads();
 }
 
-// dst[r, j] = src[r, j] for r < rows, j < w, rows ld_dst and ld_src apart.
-__device__ void CopyTile(float* dst, int64_t ld_dst, const float* src, int64_t ld_src,
-                         int rows, int w) {
-  for (int e = threadIdx.x; e < rows * w; e += blockDim.x) {
-    const int r = e / w, j = e - r * w;
-    dst[r * ld_dst + j] = src[r * ld_src + j];
+struct Identity {
+  __device__ float operator()(int, float v) const { return v; }
+};
+
+template <typename F>
+__device__ float ApplyRow(F f, int r, float v) {
+  return f(r, v);
+}
+template <typename F>
+__device__ float4 ApplyRow(F f, int r, float4 v) {
+  return float4{f(r, v.x), f(r, v.y), f(r, v.z), f(r, v.w)};
+}
+
+// CopyTile's loop over V = float or float4 (w, ld_dst and ld_src in floats,
+// multiples of V's width).
+template <typename V, typename F>
+__device__ void CopyTileOf(float* __restrict__ dst, int64_t ld_dst, const float* __restrict__ src,
+                           int64_t ld_src, int rows, int w, F f) {
+  constexpr int kWidth = sizeof(V) / sizeof(float), kBatch = kWidth == 4 ? 4 : 8;
+  const int wv = w / kWidth, n = rows * wv;
+  for (int e0 = threadIdx.x; e0 < n; e0 += kBatch * blockDim.x) {
+    V v[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + k * static_cast<int>(blockDim.x);
+      if (e < n) {
+        const int r = e / wv, j = (e - r * wv) * kWidth;
+        v[k] = *reinterpret_cast<const V*>(src + r * ld_src + j);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + k * static_cast<int>(blockDim.x);
+      if (e < n) {
+        const int r = e / wv, j = (e - r * wv) * kWidth;
+        *reinterpret_cast<V*>(dst + r * ld_dst + j) = ApplyRow(f, r, v[k]);
+      }
+    }
+  }
+}
+
+// dst[r, j] = f(r, src[r, j]) (f: the value itself by default) for r < rows,
+// j < w, rows ld_dst and ld_src apart. Each thread issues up to 8 loads (4 of
+// 4-float vectors where both sides allow) before its first store: a loop of
+// load-then-store has one load in flight per thread, and the state copies of
+// the decode step are its whole memory traffic.
+template <typename F = Identity>
+__device__ void CopyTile(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int rows,
+                         int w, F f = {}) {
+  const bool vectors = w % 4 == 0 && ld_dst % 4 == 0 && ld_src % 4 == 0 &&
+                       (reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) % 16 == 0;
+  if (vectors) {
+    CopyTileOf<float4>(dst, ld_dst, src, ld_src, rows, w, f);
+  } else {
+    CopyTileOf<float>(dst, ld_dst, src, ld_src, rows, w, f);
   }
 }
 
@@ -260,7 +309,7 @@ __device__ float* HeadZ(const StateView& v, int64_t slot, const Shape& s, int h)
 }
 
 // grid (batch·heads, tiles).
-__global__ void __launch_bounds__(kThreads) ForwardKernel(Args a, float* y) {
+__global__ void __launch_bounds__(kThreads, 4) ForwardKernel(Args a, float* y) {
   extern __shared__ float smem[];
   const Shape& s = a.s;
   const int h = blockIdx.x % s.heads;
@@ -470,10 +519,7 @@ __device__ void ChunkPrepare(const Args& a, const ChunkLayout& l, const ChunkSme
   const int dp = s.dp, ldp = l.ldp, ldg = l.ldg, ldu = l.ldu, lds = l.lds;
   const int lane = threadIdx.x % 32;
   // A
-  for (int e = threadIdx.x; e < n * s.head_width; e += kThreads) {
-    const int t = e / s.head_width, i = e - t * s.head_width;
-    m.x[e] = rows[(t0 + t) * s.row_width + i];
-  }
+  CopyTile(m.x, s.head_width, rows + t0 * s.row_width, s.row_width, n, s.head_width);
   __syncthreads();
   // B (rows of Φ past n are computed and never read)
   ForTokensByWarp(n, [&](int t, int i) {
@@ -725,11 +771,8 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
       });
       __syncthreads();
     }
-    for (int e = threadIdx.x; e < n * w; e += kThreads) {
-      const int i = e / w, j = e - i * w;
-      dY[i * ldu + j] = (s.norm ? m.factor[i] : s.scale) *
-                        dy[((b * a.time + t0 + i) * s.heads + h) * s.dh + j0 + j];
-    }
+    CopyTile(dY, ldu, dy + ((b * a.time + t0) * s.heads + h) * s.dh + j0, s.heads * s.dh, n, w,
+             [&](int i, float v) { return (s.norm ? m.factor[i] : s.scale) * v; });
     __syncthreads();
     if (s.norm) {
       ForTokensByWarp(n, [&](int t, int i) {

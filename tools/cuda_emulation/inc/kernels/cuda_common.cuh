@@ -298,6 +298,7 @@ inline int cudaGetLastError() { return 0; }
 #define __shared__ static
 using std::isnan;
 template <typename T> inline T __ldg(const T* p) { return *p; }
+struct alignas(16) float4 { float x, y, z, w; };
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
