@@ -139,10 +139,12 @@ __device__ float4 ApplyRow(F f, int r, float4 v) {
 }
 
 // CopyTile's loop over V = float or float4 (w, ld_dst and ld_src in floats,
-// multiples of V's width).
+// multiples of V's width). No __restrict__: the loads come first by the code's
+// own order, and some sources (the backward's checkpoints) were written earlier
+// in the same launch, which non-coherent loads may not read.
 template <typename V, typename F>
-__device__ void CopyTileOf(float* __restrict__ dst, int64_t ld_dst, const float* __restrict__ src,
-                           int64_t ld_src, int rows, int w, F f) {
+__device__ void CopyTileOf(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int rows,
+                           int w, F f) {
   constexpr int kWidth = sizeof(V) / sizeof(float), kBatch = kWidth == 4 ? 4 : 8;
   const int wv = w / kWidth, n = rows * wv;
   for (int e0 = threadIdx.x; e0 < n; e0 += kBatch * blockDim.x) {
