@@ -657,7 +657,7 @@ __host__ __device__ inline int64_t ChunkCheckpointFloats(const Shape& s) {
 // and with the normaliser and several tiles, from tile 0 for its terms
 // (ChunkNormalizerBackwardKernel):
 //   Φq, Φk       [rows, d_φ] each
-//   1 / den      [rows]
+//   1 / den      [rows], then dd = ∂L/∂den (ChunkTileSumKernel)
 struct ChunkScratch {
   int64_t ckpt_floats, ckpts, phi, row_parts, phi_values, inv_den, total;
 };
@@ -898,8 +898,9 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
 }
 
 // With several column tiles: dΦq, dΦk and dβ of each row summed over the
-// tiles in tile order (into tile 0's part), and β's gradient into dqkvb.
-// grid-stride over the rows' elements.
+// tiles in tile order (into tile 0's part), and β's gradient into dqkvb; with
+// the normaliser, each row's dd = −(1/den)·Σ_tiles Σ_j dY·num (tiles in
+// order) in place of its 1/den. grid-stride over the rows' elements.
 __global__ void __launch_bounds__(kThreads)
     ChunkTileSumKernel(Args a, int chunk, int64_t batch, float* dqkvb, float* scratch_all) {
   const Shape& s = a.s;
@@ -914,12 +915,17 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 1; k < s.tiles; ++k) acc += part[k * phi_floats];
     part[0] = acc;
   }
-  if (!s.delta) return;
-  const float* dbeta = scratch_all + sc.ckpts + 2 * sc.phi;
+  if (!s.delta && !s.norm) return;
+  const float* row_parts = scratch_all + sc.ckpts + 2 * sc.phi;  // dβ's or Σ dY·num's
+  float* dd = scratch_all + sc.ckpts + 2 * sc.phi + sc.row_parts + sc.phi_values;  // 1/den
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < rows;
        row += stride) {
     float acc = 0.0f;
-    for (int k = 0; k < s.tiles; ++k) acc += dbeta[k * rows + row];
+    for (int k = 0; k < s.tiles; ++k) acc += row_parts[k * rows + row];
+    if (s.norm) {
+      dd[row] = -acc * dd[row];
+      continue;
+    }
     float* b = dqkvb + row * s.head_width + 2 * s.dk + s.dh;  // row_width = heads · head_width
     const float beta = math::Sigmoid(a.qkvb[row * s.head_width + 2 * s.dk + s.dh]);
     *b = acc * beta * (1.0f - beta);
@@ -928,8 +934,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // With the normaliser and several column tiles, after ChunkTileSumKernel: the
 // normaliser's terms, which need every column. With dd_t = −(1/den_t) ·
-// Σ_tiles Σ_j dY_tj num_tj (tiles in order) and z_t = z₀ + Σ_{s≤t} φk_s (the
-// chunk's z₀ from tile 0's checkpoint, as the tiles had it):
+// Σ_tiles Σ_j dY_tj num_tj (from ChunkTileSumKernel) and z_t = z₀ + Σ_{s≤t} φk_s
+// (the chunk's z₀ from tile 0's checkpoint, as the tiles had it):
 //   dφq_t += dd_t z_t;  dφk_s += dz_T + Σ_{t≥s} dd_t φq_t;  dz₀ = dz_T + Σ_t dd_t φq_t.
 // One thread per (sequence, head, row r of d_φ) walks the tokens: no barriers.
 __global__ void __launch_bounds__(kThreads)
@@ -943,34 +949,27 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t bh = e / dp, b = bh / s.heads;
   const int h = static_cast<int>(bh % s.heads);
   const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
-  const int64_t chunks = (a.time + chunk - 1) / chunk, rows = batch * a.time * s.heads;
+  const int64_t chunks = (a.time + chunk - 1) / chunk;
   const float* ckpt_z = scratch_all + bh * s.tiles * chunks * sc.ckpt_floats +
                         static_cast<int64_t>(dp) * s.tw + r;  // tile 0's
   float* dphi_q = scratch_all + sc.ckpts;  // the tiles' sums (tile 0's part)
   float* dphi_k = dphi_q + sc.phi;
-  const float* ydot_parts = scratch_all + sc.ckpts + 2 * sc.phi;
-  const float* phq = ydot_parts + sc.row_parts;
+  const float* phq = scratch_all + sc.ckpts + 2 * sc.phi + sc.row_parts;
   const float* phk = phq + sc.phi_values / 2;
-  const float* inv_den = phq + sc.phi_values;
-  const int tiles = s.tiles;
-  auto dd = [=](int64_t row) {
-    float acc = 0.0f;
-    for (int k = 0; k < tiles; ++k) acc += __ldg(ydot_parts + k * rows + row);
-    return -acc * __ldg(inv_den + row);
-  };
+  const float* dd = phq + sc.phi_values;
   for (int64_t ch = 0; ch < chunks; ++ch) {
     float z = ckpt_z[ch * sc.ckpt_floats];
     for (int64_t t = ch * chunk; t < min(a.time, (ch + 1) * chunk); ++t) {
       const int64_t row = (b * a.time + t) * s.heads + h;
       z += phk[row * dp + r];
-      dphi_q[row * dp + r] += dd(row) * z;
+      dphi_q[row * dp + r] += __ldg(dd + row) * z;
     }
   }
   float* gdz = dstate.base ? HeadZ(dstate, a.slots[b], s, h) : nullptr;
   float dz = gdz ? gdz[r] : 0.0f;
   for (int64_t t = a.time - 1; t >= 0; --t) {
     const int64_t row = (b * a.time + t) * s.heads + h;
-    dz += dd(row) * phq[row * dp + r];
+    dz += __ldg(dd + row) * phq[row * dp + r];
     dphi_k[row * dp + r] += dz;
   }
   if (gdz) gdz[r] = dz;
