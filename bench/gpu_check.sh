@@ -3,15 +3,18 @@
 # device calls that each fit the device tool's 10-minute limit.
 #
 #   here (build machine):   bench/gpu_check.sh pack
-#   device, one call each:  bash bench/gpu_check.sh tests      (carry .devpack, data)
+#   device, one call each:  bash bench/gpu_check.sh tests      (carry .devpack.tar.gz, data)
 #                           bash bench/gpu_check.sh sanitize   (memcheck, racecheck)
 #                           bash bench/gpu_check.sh bench
 #                           bash bench/gpu_check.sh train       (and fwp-eval on the GPU)
 #                           bash bench/gpu_check.sh retrieval 1   (then 2)
 #
 # `pack` builds and copies the programs with their libraries (and the
-# SentencePiece plugin, which is loaded from beside them) into .devpack; the
-# device stages write their logs under $OUT (or ./gpu-out without one).
+# SentencePiece plugin, which is loaded from beside them) into .devpack, and
+# packs that into .devpack.tar.gz (about 29 MB, where .devpack is 81 MB: the
+# device tool carries 64 MiB at most, data/brown's 12 MB included). Each device
+# stage unpacks it when .devpack is not there yet and writes its logs under $OUT
+# (or ./gpu-out without one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
@@ -19,17 +22,28 @@ out=${OUT:-gpu-out}
 mkdir -p "$out"
 export LD_LIBRARY_PATH=.devpack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 bin=.devpack/bin
+if [ "$stage" != pack ] && [ ! -d .devpack ] && [ -f .devpack.tar.gz ]; then
+  mkdir -p .devpack && tar -C .devpack -xzf .devpack.tar.gz
+fi
 
 case "$stage" in
   pack)
     set -e
     cmake --build build -j"$(nproc)"
     rm -rf .devpack
-    ../shared/tools/devpack .devpack build/bin/fwp-tests build/bin/fwp-bench-gpu \
+    # Without the LD_LIBRARY_PATH above: ldd would name the libraries copied so
+    # far by relative paths, which devpack skips (and then stops).
+    env -u LD_LIBRARY_PATH ../shared/tools/devpack .devpack build/bin/fwp-tests build/bin/fwp-bench-gpu \
       build/bin/fwp-bench-server build/bin/fwp-train build/bin/fwp-eval \
       build/bin/fwp-retrieval build/bin/libfwp_sentencepiece.so
-    grep -qx '/.devpack/' .git/info/exclude 2>/dev/null || echo /.devpack/ >> .git/info/exclude
-    echo "carry: .devpack data   (data/brown for the train stage)"
+    tar -C .devpack -czf .devpack.tar.gz .
+    exclude=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    for path in /.devpack/ /.devpack.tar.gz; do
+      grep -qx "$path" "$exclude" 2>/dev/null || echo "$path" >> "$exclude"
+    done
+    du -sh .devpack.tar.gz
+    echo "carry: .devpack.tar.gz data   (data/brown for the train stage)"
     ;;
   tests)
     nvidia-smi > "$out/gpu.txt" 2>&1
