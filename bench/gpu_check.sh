@@ -60,9 +60,10 @@ case "$stage" in
     # over the hand-written kernels on small cases: out-of-bounds accesses,
     # then shared-memory races in the fast-weight and sampler kernels.
     filter='CudaOps.FastWeight*:CudaOps.SampleRows*:CudaOps.Embedding*:CudaOps.LayerNorm*:CudaOps.Feature*'
-    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/fwp-tests" \
+    sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    timeout 300 "$sanitizer" --tool memcheck --error-exitcode 9 "$bin/fwp-tests" \
       --gtest_filter="$filter" > "$out/memcheck.txt" 2>&1; echo "memcheck rc=$?" | tee -a "$out/memcheck.txt"
-    timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/fwp-tests" \
+    timeout 240 "$sanitizer" --tool racecheck --error-exitcode 9 "$bin/fwp-tests" \
       --gtest_filter='CudaOps.FastWeightStates*:CudaOps.SampleRows*' > "$out/racecheck.txt" 2>&1
     echo "racecheck rc=$?" | tee -a "$out/racecheck.txt"
     tail -n 15 "$out/memcheck.txt" "$out/racecheck.txt"
