@@ -957,19 +957,24 @@ __global__ void __launch_bounds__(kThreads)
   const float* phq = scratch_all + sc.ckpts + 2 * sc.phi + sc.row_parts;
   const float* phk = phq + sc.phi_values / 2;
   const float* dd = phq + sc.phi_values;
+  // Φ and dd were written by earlier launches: read-only here (__ldg), so the
+  // unrolled walks can issue several tokens' loads ahead of their stores.
   for (int64_t ch = 0; ch < chunks; ++ch) {
     float z = ckpt_z[ch * sc.ckpt_floats];
-    for (int64_t t = ch * chunk; t < min(a.time, (ch + 1) * chunk); ++t) {
+    const int64_t t1 = min(a.time, (ch + 1) * chunk);
+#pragma unroll 4
+    for (int64_t t = ch * chunk; t < t1; ++t) {
       const int64_t row = (b * a.time + t) * s.heads + h;
-      z += phk[row * dp + r];
+      z += __ldg(phk + row * dp + r);
       dphi_q[row * dp + r] += __ldg(dd + row) * z;
     }
   }
   float* gdz = dstate.base ? HeadZ(dstate, a.slots[b], s, h) : nullptr;
   float dz = gdz ? gdz[r] : 0.0f;
+#pragma unroll 4
   for (int64_t t = a.time - 1; t >= 0; --t) {
     const int64_t row = (b * a.time + t) * s.heads + h;
-    dz += __ldg(dd + row) * phq[row * dp + r];
+    dz += __ldg(dd + row) * __ldg(phq + row * dp + r);
     dphi_k[row * dp + r] += dz;
   }
   if (gdz) gdz[r] = dz;
