@@ -660,6 +660,13 @@ __host__ __device__ inline int64_t ChunkCheckpointFloats(const Shape& s) {
 //   1 / den      [rows], then dd = ∂L/∂den (ChunkTileSumKernel)
 struct ChunkScratch {
   int64_t ckpt_floats, ckpts, phi, row_parts, phi_values, inv_den, total;
+  // Where each part starts, in floats from the scratch's start.
+  __host__ __device__ int64_t DphiQAt() const { return ckpts; }
+  __host__ __device__ int64_t DphiKAt() const { return ckpts + phi; }
+  __host__ __device__ int64_t RowPartsAt() const { return ckpts + 2 * phi; }
+  __host__ __device__ int64_t PhiQAt() const { return RowPartsAt() + row_parts; }
+  __host__ __device__ int64_t PhiKAt() const { return PhiQAt() + phi_values / 2; }
+  __host__ __device__ int64_t InvDenAt() const { return PhiQAt() + phi_values; }
 };
 
 __host__ __device__ inline ChunkScratch MakeChunkScratch(const Shape& s, int chunk,
@@ -715,12 +722,13 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   const int64_t ckpt_floats = sc.ckpt_floats;
   float* ckpts = scratch_all +
                  (static_cast<int64_t>(blockIdx.x) * s.tiles + blockIdx.y) * chunks * ckpt_floats;
-  float* dphi_q = scratch_all + sc.ckpts + blockIdx.y * rows_all * dp;
-  float* dphi_k = scratch_all + sc.ckpts + sc.phi + blockIdx.y * rows_all * dp;
+  float* dphi_q = scratch_all + sc.DphiQAt() + blockIdx.y * rows_all * dp;
+  float* dphi_k = scratch_all + sc.DphiKAt() + blockIdx.y * rows_all * dp;
   // dβ's or Σ dY·num's part, and tile 0's Φ and 1/den (several tiles).
-  float* row_part = scratch_all + sc.ckpts + 2 * sc.phi + blockIdx.y * rows_all;
-  float* phi_values = scratch_all + sc.ckpts + 2 * sc.phi + sc.row_parts;
-  float* inv_den = phi_values + sc.phi_values;
+  float* row_part = scratch_all + sc.RowPartsAt() + blockIdx.y * rows_all;
+  float* phi_q = scratch_all + sc.PhiQAt();
+  float* phi_k = scratch_all + sc.PhiKAt();
+  float* inv_den = scratch_all + sc.InvDenAt();
   const bool own_norm = s.norm && s.tiles == 1;  // dd and dz here, else after the tiles
   const bool norm_values = s.norm && s.tiles > 1 && blockIdx.y == 0;
   const int64_t slot = a.slots[b];
@@ -885,8 +893,8 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
       dphi_q[row * dp + r] = m.dphq[i * ldp + r];
       dphi_k[row * dp + r] = m.dphk[i * ldp + r];
       if (norm_values) {
-        phi_values[row * dp + r] = m.phq[i * ldp + r];
-        phi_values[sc.phi_values / 2 + row * dp + r] = m.phk[i * ldp + r];
+        phi_q[row * dp + r] = m.phq[i * ldp + r];
+        phi_k[row * dp + r] = m.phk[i * ldp + r];
       }
     }
   }
@@ -906,18 +914,18 @@ __global__ void __launch_bounds__(kThreads)
   const Shape& s = a.s;
   const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
   const int64_t rows = batch * a.time * s.heads, phi_floats = rows * s.dp;
-  float* phi = scratch_all + sc.ckpts;  // dΦq's parts, then dΦk's
+  float* phi = scratch_all + sc.DphiQAt();  // dΦq's parts, then dΦk's
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
        e < 2 * phi_floats; e += stride) {
-    float* part = phi + (e < phi_floats ? e : sc.phi + e - phi_floats);
+    float* part = phi + (e < phi_floats ? e : sc.DphiKAt() - sc.DphiQAt() + e - phi_floats);
     float acc = part[0];
     for (int k = 1; k < s.tiles; ++k) acc += part[k * phi_floats];
     part[0] = acc;
   }
   if (!s.delta && !s.norm) return;
-  const float* row_parts = scratch_all + sc.ckpts + 2 * sc.phi;  // dβ's or Σ dY·num's
-  float* dd = scratch_all + sc.ckpts + 2 * sc.phi + sc.row_parts + sc.phi_values;  // 1/den
+  const float* row_parts = scratch_all + sc.RowPartsAt();  // dβ's or Σ dY·num's
+  float* dd = scratch_all + sc.InvDenAt();  // 1/den, and dd after
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < rows;
        row += stride) {
     float acc = 0.0f;
@@ -952,11 +960,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t chunks = (a.time + chunk - 1) / chunk;
   const float* ckpt_z = scratch_all + bh * s.tiles * chunks * sc.ckpt_floats +
                         static_cast<int64_t>(dp) * s.tw + r;  // tile 0's
-  float* dphi_q = scratch_all + sc.ckpts;  // the tiles' sums (tile 0's part)
-  float* dphi_k = dphi_q + sc.phi;
-  const float* phq = scratch_all + sc.ckpts + 2 * sc.phi + sc.row_parts;
-  const float* phk = phq + sc.phi_values / 2;
-  const float* dd = phq + sc.phi_values;
+  float* dphi_q = scratch_all + sc.DphiQAt();  // the tiles' sums (tile 0's part)
+  float* dphi_k = scratch_all + sc.DphiKAt();
+  const float* phq = scratch_all + sc.PhiQAt();
+  const float* phk = scratch_all + sc.PhiKAt();
+  const float* dd = scratch_all + sc.InvDenAt();
   // Φ and dd were written by earlier launches: read-only here (__ldg), so the
   // unrolled walks can issue several tokens' loads ahead of their stores.
   for (int64_t ch = 0; ch < chunks; ++ch) {
@@ -1484,8 +1492,8 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
     }
     // ∂L/∂Φq, ∂L/∂Φk (tile 0's, after the checkpoints) through the feature
     // map: row (b·T + t)·heads + h of q (or k) is head_width floats after the last.
-    const float* dphi_q = scratch + sc.ckpts;
-    const float* dphi_k = dphi_q + sc.phi;
+    const float* dphi_q = scratch + sc.DphiQAt();
+    const float* dphi_k = scratch + sc.DphiKAt();
     FeatureMapBackward(stream, spec.phi, qkvb, rows, spec.d_head, a.s.head_width, favor_proj,
                        dphi_q, dqkvb, a.s.head_width);
     FeatureMapBackward(stream, spec.phi, qkvb + spec.d_head, rows, spec.d_head,
