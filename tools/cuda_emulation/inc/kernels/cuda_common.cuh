@@ -64,7 +64,7 @@ fwp_emu_switch:
   .size fwp_emu_switch, .-fwp_emu_switch
 )");
 #endif
-struct Fiber { ucontext_t ctx; jmp_buf jb; void* sp = nullptr; char* stack = nullptr; unsigned tid; long syncs = 0; unsigned shuffles = 0; int kind = 0; bool done = false; bool started = false; };
+struct Fiber { ucontext_t ctx; jmp_buf jb; void* sp = nullptr; char* stack = nullptr; unsigned tid; unsigned shuffles = 0; int kind = 0; bool done = false; bool started = false; };
 // Fiber stacks, allocated once and reused by every block (allocating and
 // zeroing them per block was most of a launch's time).
 constexpr size_t kStackBytes = size_t{1} << 17;
@@ -109,7 +109,6 @@ inline int block_order_mode = 0;
 
 // kind: 0 a block barrier, 1 a warp shuffle (see RunBlock's checks).
 inline void Sync(int kind = 0) {
-  cur->syncs++;
   cur->kind = kind;
 #if FWP_EMU_FAST_SWITCH
   fwp_emu_switch(&cur->sp, sched_sp);
