@@ -914,11 +914,11 @@ __global__ void __launch_bounds__(kThreads)
   const Shape& s = a.s;
   const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
   const int64_t rows = batch * a.time * s.heads, phi_floats = rows * s.dp;
-  float* phi = scratch_all + sc.DphiQAt();  // dΦq's parts, then dΦk's
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-       e < 2 * phi_floats; e += stride) {
-    float* part = phi + (e < phi_floats ? e : sc.DphiKAt() - sc.DphiQAt() + e - phi_floats);
+       e < 2 * phi_floats; e += stride) {  // dΦq's elements, then dΦk's
+    float* part = scratch_all +
+                  (e < phi_floats ? sc.DphiQAt() + e : sc.DphiKAt() + (e - phi_floats));
     float acc = part[0];
     for (int k = 1; k < s.tiles; ++k) acc += part[k * phi_floats];
     part[0] = acc;
@@ -1389,7 +1389,8 @@ ChunkShape PickChunkShape(const FastWeightSpec& spec, int64_t chunk, int64_t tim
   });
 }
 
-// The backward.
+// The backward: column tiles for every variant (with the normaliser, its terms
+// come after the tiles, in ChunkNormalizerBackwardKernel).
 ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
   return PickChunk(spec, chunk, time, true, ChunkBackwardFloats);
 }
