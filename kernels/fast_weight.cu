@@ -24,9 +24,9 @@
 // Only the normaliser z spans tiles in the forward: the tiles all read z₀ and
 // a small kernel advances z after them. In the backward, what sums over
 // columns (dφq, dφk, dβ and the normaliser's Σ dy·y) is written per tile and
-// token into scratch; a second kernel per (sequence, head) adds the tiles in
-// a fixed order, adds the normaliser's terms walking z back, and runs the
-// feature-map backward.
+// token into scratch; TileSumKernel adds the tiles in a fixed order and
+// NormalizerBackwardKernel adds the normaliser's terms, for both forms
+// (FinishBackward below). The feature-map backward then runs as its own op.
 //
 // The backward keeps S and dS in shared memory. A first pass stores S at
 // every chunk start (checkpoints in global scratch, memory linear in T);
@@ -647,7 +647,8 @@ __host__ __device__ inline int64_t ChunkCheckpointFloats(const Shape& s) {
   return static_cast<int64_t>(s.dp) * s.tw + (s.norm ? s.dp : 0);
 }
 
-// Scratch of the chunkwise backward, in floats:
+// Scratch of the backward (both forms; the recurrent one adds its tokens after
+// these, RecurrentTokensAt), in floats:
 //   checkpoints  [batch·heads·tiles, chunks, ChunkCheckpointFloats]
 //   dΦq, dΦk     [tiles, rows, d_φ] each, rows (b·T + t)·heads + h: each
 //                tile's part; the tiles' sum lands in tile 0's, which the
@@ -655,10 +656,10 @@ __host__ __device__ inline int64_t ChunkCheckpointFloats(const Shape& s) {
 //   row parts    [tiles, rows] with several tiles: dβ's (delta rule) or the
 //                normaliser's Σ_j dY_ij num_ij (sum rule) over the tile's columns
 // and with the normaliser and several tiles, from tile 0 for its terms
-// (ChunkNormalizerBackwardKernel):
+// (NormalizerBackwardKernel):
 //   Φq, Φk       [rows, d_φ] each
-//   1 / den      [rows], then dd = ∂L/∂den (ChunkTileSumKernel)
-struct ChunkScratch {
+//   1 / den      [rows], then dd = ∂L/∂den (TileSumKernel)
+struct BackwardScratch {
   int64_t ckpt_floats, ckpts, phi, row_parts, phi_values, inv_den, total;
   // Where each part starts, in floats from the scratch's start.
   __host__ __device__ int64_t DphiQAt() const { return ckpts; }
@@ -669,9 +670,9 @@ struct ChunkScratch {
   __host__ __device__ int64_t InvDenAt() const { return PhiQAt() + phi_values; }
 };
 
-__host__ __device__ inline ChunkScratch MakeChunkScratch(const Shape& s, int chunk,
+__host__ __device__ inline BackwardScratch MakeBackwardScratch(const Shape& s, int chunk,
                                                          int64_t batch, int64_t time) {
-  ChunkScratch c;
+  BackwardScratch c;
   const int64_t chunks = (time + chunk - 1) / chunk, rows = batch * time * s.heads;
   c.ckpt_floats = ChunkCheckpointFloats(s);
   c.ckpts = batch * s.heads * s.tiles * chunks * c.ckpt_floats;
@@ -700,9 +701,9 @@ __host__ __device__ inline ChunkScratch MakeChunkScratch(const Shape& s, int chu
 // and Σ_i dd_i φq_i to dz; z₁ = z₀ + Σ φk adds dz₁ to every dφk.
 // Everything but dd acts on each value column on its own or sums over the
 // columns linearly (dΦq, dΦk, dβ): column tiles each write their part of those
-// sums, and ChunkTileSumKernel adds the parts. dd needs every column's
+// sums, and TileSumKernel adds the parts. dd needs every column's
 // Σ_j dY_ij num_ij first, so with tiles the normaliser's terms wait for
-// ChunkNormalizerBackwardKernel: the tiles write their part of that sum and
+// NormalizerBackwardKernel: the tiles write their part of that sum and
 // tile 0 Φq, Φk and 1/den, and the tiles' own dd and dz stay zero.
 __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per SM, as its shared memory allows
     ChunkBackwardKernel(Args a, int chunk, const float* dy, float* dqkvb, StateView dstate,
@@ -718,7 +719,7 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
   const int64_t b = blockIdx.x / s.heads;
   const int64_t chunks = (a.time + chunk - 1) / chunk;
   const int64_t batch = gridDim.x / s.heads, rows_all = batch * a.time * s.heads;
-  const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
+  const BackwardScratch sc = MakeBackwardScratch(s, chunk, batch, a.time);
   const int64_t ckpt_floats = sc.ckpt_floats;
   float* ckpts = scratch_all +
                  (static_cast<int64_t>(blockIdx.x) * s.tiles + blockIdx.y) * chunks * ckpt_floats;
@@ -910,9 +911,9 @@ __global__ void __launch_bounds__(kThreads, 1)  // registers for one block per S
 // the normaliser, each row's dd = −(1/den)·Σ_tiles Σ_j dY·num (tiles in
 // order) in place of its 1/den. grid-stride over the rows' elements.
 __global__ void __launch_bounds__(kThreads)
-    ChunkTileSumKernel(Args a, int chunk, int64_t batch, float* dqkvb, float* scratch_all) {
+    TileSumKernel(Args a, int chunk, int64_t batch, float* dqkvb, float* scratch_all) {
   const Shape& s = a.s;
-  const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
+  const BackwardScratch sc = MakeBackwardScratch(s, chunk, batch, a.time);
   const int64_t rows = batch * a.time * s.heads, phi_floats = rows * s.dp;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -940,14 +941,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// With the normaliser and several column tiles, after ChunkTileSumKernel: the
+// With the normaliser and several column tiles, after TileSumKernel: the
 // normaliser's terms, which need every column. With dd_t = −(1/den_t) ·
-// Σ_tiles Σ_j dY_tj num_tj (from ChunkTileSumKernel) and z_t = z₀ + Σ_{s≤t} φk_s
+// Σ_tiles Σ_j dY_tj num_tj (from TileSumKernel) and z_t = z₀ + Σ_{s≤t} φk_s
 // (the chunk's z₀ from tile 0's checkpoint, as the tiles had it):
 //   dφq_t += dd_t z_t;  dφk_s += dz_T + Σ_{t≥s} dd_t φq_t;  dz₀ = dz_T + Σ_t dd_t φq_t.
 // One thread per (sequence, head, row r of d_φ) walks the tokens: no barriers.
 __global__ void __launch_bounds__(kThreads)
-    ChunkNormalizerBackwardKernel(Args a, int chunk, int64_t batch, StateView dstate,
+    NormalizerBackwardKernel(Args a, int chunk, int64_t batch, StateView dstate,
                                   float* scratch_all) {
   const Shape& s = a.s;
   const int dp = s.dp;
@@ -956,7 +957,7 @@ __global__ void __launch_bounds__(kThreads)
   const int r = static_cast<int>(e % dp);
   const int64_t bh = e / dp, b = bh / s.heads;
   const int h = static_cast<int>(bh % s.heads);
-  const ChunkScratch sc = MakeChunkScratch(s, chunk, batch, a.time);
+  const BackwardScratch sc = MakeBackwardScratch(s, chunk, batch, a.time);
   const int64_t chunks = (a.time + chunk - 1) / chunk;
   const float* ckpt_z = scratch_all + bh * s.tiles * chunks * sc.ckpt_floats +
                         static_cast<int64_t>(dp) * s.tw + r;  // tile 0's
@@ -988,18 +989,17 @@ __global__ void __launch_bounds__(kThreads)
   if (gdz) gdz[r] = dz;
 }
 
-// Backward scratch, per block (sequence, head, tile):
-//   checkpoints [chunks, dp·tw + dp], then tokens [chunk, 2·tw] (u, v − v̄);
-// after every block's part, with several tiles, the per-tile sums
-//   partials [batch·heads, tiles, time, PartialFloats(dp)]: dφq | dφk | dβ | Σ dy·y.
-__host__ __device__ inline int64_t PartialFloats(int dp) {
-  return 2 * static_cast<int64_t>(dp) + 2;
+// The recurrent backward's scratch: BackwardScratch with the checkpoint
+// interval as its chunk, then each block's tokens [chunk, 2·tw] (u, v − v̄ of
+// the chunk being walked back).
+__host__ __device__ inline int64_t RecurrentTokensAt(const BackwardScratch& sc, const Shape& s,
+                                                     int64_t chunk, int64_t block) {
+  return sc.total + block * chunk * 2 * s.tw;
 }
 
-__host__ __device__ inline int64_t BlockScratchFloats(const Shape& s, int64_t time,
-                                                      int64_t chunk) {
-  const int64_t chunks = (time + chunk - 1) / chunk;
-  return chunks * (static_cast<int64_t>(s.dp) * s.tw + s.dp) + chunk * 2 * s.tw;
+int64_t RecurrentScratchFloats(const Shape& s, int64_t chunk, int64_t batch, int64_t time) {
+  const BackwardScratch sc = MakeBackwardScratch(s, static_cast<int>(chunk), batch, time);
+  return RecurrentTokensAt(sc, s, chunk, batch * s.heads * s.tiles);
 }
 
 // grid (batch·heads, tiles).
@@ -1021,18 +1021,21 @@ __global__ void __launch_bounds__(kThreads)
   float* dn = dphk + s.dp;         // [tw]
   float* du = dn + s.tw;           // [tw]
   float* dvbar = du + s.tw;        // [tw]
-  float* pg = dvbar + s.tw;        // PhiBackwardBlock: g, dg, r
-  float* pdg = pg + s.dp;
-  float* pr = pdg + s.dp;
 
   const int64_t chunks = (a.time + chunk - 1) / chunk;
-  const int64_t ckpt_floats = static_cast<int64_t>(s.dp) * s.tw + s.dp;
+  const int64_t batch = gridDim.x / s.heads, rows_all = batch * a.time * s.heads;
+  const BackwardScratch sc = MakeBackwardScratch(s, static_cast<int>(chunk), batch, a.time);
+  const int64_t ckpt_floats = sc.ckpt_floats;
   const int64_t block = static_cast<int64_t>(blockIdx.x) * s.tiles + blockIdx.y;
-  const int64_t block_floats = BlockScratchFloats(s, a.time, chunk);
-  float* scratch = scratch_all + block * block_floats;
-  float* tokens = scratch + chunks * ckpt_floats;
-  float* partials = scratch_all + static_cast<int64_t>(gridDim.x) * s.tiles * block_floats +
-                    block * a.time * PartialFloats(s.dp);
+  float* scratch = scratch_all + block * chunks * ckpt_floats;  // the checkpoints
+  float* tokens = scratch_all + RecurrentTokensAt(sc, s, chunk, block);
+  float* dphi_q = scratch_all + sc.DphiQAt() + blockIdx.y * rows_all * s.dp;
+  float* dphi_k = scratch_all + sc.DphiKAt() + blockIdx.y * rows_all * s.dp;
+  float* row_part = scratch_all + sc.RowPartsAt() + blockIdx.y * rows_all;  // dβ's or Σ dy·y's
+  float* phi_q = scratch_all + sc.PhiQAt();
+  float* phi_k = scratch_all + sc.PhiKAt();
+  float* inv_den = scratch_all + sc.InvDenAt();
+  const bool norm_values = s.norm && split && blockIdx.y == 0;
 
   const int64_t slot = a.slots[b];
   const float* gS0 = HeadS(a.state, slot, s, h);
@@ -1094,12 +1097,12 @@ __global__ void __launch_bounds__(kThreads)
       }
       const float* dyt = dy + (b * a.time + t) * s.heads * s.dh + h * s.dh + c.j0;
       // y = factor · S_tᵀφq.
-      float factor = s.scale, dden = 0.0f, ydot = 0.0f;
+      float factor = s.scale, dden = 0.0f, ydot = 0.0f, den = 0.0f;
       bool normalised = false;
       if (s.norm) {
         float den_part = 0.0f;
         for (int r = threadIdx.x; r < s.dp; r += blockDim.x) den_part += c.z[r] * c.phq[r];
-        const float den = BlockSum(den_part, c.scratch);
+        den = BlockSum(den_part, c.scratch);
         if (den > 0.0f) {
           normalised = true;
           factor = s.scale / den;
@@ -1162,22 +1165,23 @@ __global__ void __launch_bounds__(kThreads)
         for (int jj = threadIdx.x; jj < c.w; jj += blockDim.x) drow[2 * s.dk + c.j0 + jj] = du[jj];
       }
       __syncthreads();
-      if (!split) {
-        PhiBackwardBlock(s.spec.phi, c.row, s.dk, a.omega, dphq, drow, pg, pdg, pr, c.scratch);
-        PhiBackwardBlock(s.spec.phi, c.row + s.dk, s.dk, a.omega, dphk, drow + s.dk, pg, pdg, pr,
-                         c.scratch);
-      } else {
-        float* p = partials + t * PartialFloats(s.dp);
-        for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
-          p[r] = dphq[r];
-          p[s.dp + r] = dphk[r];
+      // The tile's dφq, dφk (and row part; tile 0: φq, φk, 1/den) for
+      // FinishBackward.
+      const int64_t row = (b * a.time + t) * s.heads + h;
+      for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
+        dphi_q[row * s.dp + r] = dphq[r];
+        dphi_k[row * s.dp + r] = dphk[r];
+        if (norm_values) {
+          phi_q[row * s.dp + r] = c.phq[r];
+          phi_k[row * s.dp + r] = c.phk[r];
         }
-        if (threadIdx.x == 0) {
-          p[2 * s.dp] = dbeta;
-          p[2 * s.dp + 1] = ydot;
-        }
-        __syncthreads();
       }
+      if (split && threadIdx.x == 0) {
+        if (s.delta) row_part[row] = dbeta;
+        if (s.norm) row_part[row] = ydot;
+        if (norm_values) inv_den[row] = normalised ? 1.0f / den : 0.0f;
+      }
+      __syncthreads();
     }
   }
   __syncthreads();
@@ -1189,114 +1193,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// With several tiles: per (sequence, head), adds the tiles' sums in tile
-// order, adds the normaliser's terms (z rebuilt per chunk from tile 0's
-// checkpoints and stepped back inside it, as the tiles do) and runs the
-// feature-map backward into the q and k parts of dqkvb, and β's. grid:
-// batch·heads.
-__global__ void __launch_bounds__(kThreads)
-    ReduceKernel(Args a, float* dqkvb, StateView dstate, const float* scratch_all, int64_t chunk) {
-  extern __shared__ float smem[];
-  const Shape& s = a.s;
-  const int h = blockIdx.x % s.heads;
-  const int64_t b = blockIdx.x / s.heads;
-  float* row = smem;
-  float* phq = row + s.head_width;
-  float* phk = phq + s.dp;
-  float* z = phk + s.dp;
-  float* dz = z + s.dp;
-  float* dphq = dz + s.dp;
-  float* dphk = dphq + s.dp;
-  float* scratch = dphk + s.dp;
-  float* pg = scratch + 32;
-  float* pdg = pg + s.dp;
-  float* pr = pdg + s.dp;
-  const int64_t slot = a.slots[b];
-  const float* rows = a.qkvb + b * a.time * s.row_width + h * s.head_width;
-  const int64_t pf = PartialFloats(s.dp);
-  const int64_t block_floats = BlockScratchFloats(s, a.time, chunk);
-  const float* partials = scratch_all + static_cast<int64_t>(gridDim.x) * s.tiles * block_floats +
-                          static_cast<int64_t>(blockIdx.x) * s.tiles * a.time * pf;
-  const int64_t tile_floats = a.time * pf;
-  // Tile 0's checkpoints of z at chunk starts (BackwardKernel's pass 1).
-  const int64_t ckpt_floats = static_cast<int64_t>(s.dp) * s.tw + s.dp;
-  const float* ckpt_z = scratch_all + static_cast<int64_t>(blockIdx.x) * s.tiles * block_floats +
-                        static_cast<int64_t>(s.dp) * s.tw;
-
-  float* gdz = dstate.base && s.norm ? HeadZ(dstate, slot, s, h) : nullptr;
-  if (s.norm) {
-    for (int r = threadIdx.x; r < s.dp; r += blockDim.x) dz[r] = gdz ? gdz[r] : 0.0f;
-  }
-  const int64_t chunks = (a.time + chunk - 1) / chunk;
-  for (int64_t ch = chunks - 1; ch >= 0; --ch) {
-    const int64_t t0 = ch * chunk, t1 = min(a.time, (ch + 1) * chunk);
-    if (s.norm) {
-      // z at the chunk's end from its start, as the tiles recompute it: z is
-      // stepped back only inside one chunk, never over the whole sequence.
-      __syncthreads();
-      for (int r = threadIdx.x; r < s.dp; r += blockDim.x) z[r] = ckpt_z[ch * ckpt_floats + r];
-      AddKeys(a, rows + t0 * s.row_width, t1 - t0, row, phk, z, scratch);
-    }
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      __syncthreads();
-      LoadRow(s, rows + t * s.row_width, row);
-      if (s.norm) {  // φq, φk for the normaliser (the feature-map backward recomputes its own)
-        PhiBlock(s.spec.phi, row, s.dk, a.omega, phq, scratch, s.spec.phi.sum_norm);
-        PhiBlock(s.spec.phi, row + s.dk, s.dk, a.omega, phk, scratch, s.spec.phi.sum_norm);
-      }
-      const float* pt = partials + t * pf;
-      for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
-        float aq = 0.0f, ak = 0.0f;
-        for (int k = 0; k < s.tiles; ++k) {
-          aq += pt[k * tile_floats + r];
-          ak += pt[k * tile_floats + s.dp + r];
-        }
-        dphq[r] = aq;
-        dphk[r] = ak;
-      }
-      float dbeta = 0.0f, ydot = 0.0f;
-      for (int k = 0; k < s.tiles; ++k) {
-        dbeta += pt[k * tile_floats + 2 * s.dp];
-        ydot += pt[k * tile_floats + 2 * s.dp + 1];
-      }
-      if (s.norm) {
-        float den_part = 0.0f;
-        for (int r = threadIdx.x; r < s.dp; r += blockDim.x) den_part += z[r] * phq[r];
-        const float den = BlockSum(den_part, scratch);
-        const float dden = den > 0.0f ? -ydot / den : 0.0f;
-        for (int r = threadIdx.x; r < s.dp; r += blockDim.x) {
-          if (den > 0.0f) {
-            dphq[r] += z[r] * dden;
-            dz[r] += phq[r] * dden;
-          }
-          dphk[r] += dz[r];
-          z[r] -= phk[r];
-        }
-      }
-      float* drow = dqkvb + (b * a.time + t) * s.row_width + h * s.head_width;
-      if (s.delta && threadIdx.x == 0) {
-        const float beta = math::Sigmoid(row[2 * s.dk + s.dh]);
-        drow[2 * s.dk + s.dh] = dbeta * beta * (1.0f - beta);
-      }
-      __syncthreads();
-      PhiBackwardBlock(s.spec.phi, row, s.dk, a.omega, dphq, drow, pg, pdg, pr, scratch);
-      PhiBackwardBlock(s.spec.phi, row + s.dk, s.dk, a.omega, dphk, drow + s.dk, pg, pdg, pr,
-                       scratch);
-    }
-  }
-  __syncthreads();
-  if (gdz) {
-    for (int r = threadIdx.x; r < s.dp; r += blockDim.x) gdz[r] = dz[r];
-  }
-}
-
 int64_t BackwardExtraFloats(const Shape& s) {
-  return static_cast<int64_t>(s.dp) * s.tw + 3 * s.dp + 3 * s.tw +
-         PhiBackwardShared(s.spec.phi, s.dk);
-}
-
-int64_t ReduceFloats(const Shape& s) {
-  return s.head_width + 6 * s.dp + 32 + PhiBackwardShared(s.spec.phi, s.dk);
+  return static_cast<int64_t>(s.dp) * s.tw + 3 * s.dp + 3 * s.tw;
 }
 
 size_t SharedBytes(int64_t floats) { return static_cast<size_t>(floats) * sizeof(float); }
@@ -1327,8 +1225,7 @@ Shape PickShape(const FastWeightSpec& spec, bool backward) {
   const int64_t limit = SharedLimitFloats();
   auto fits = [&](const Shape& s) {
     const int64_t floats = backward ? CommonFloats(s) + BackwardExtraFloats(s) : CommonFloats(s);
-    return floats <= limit && (s.tiles == 1 || !backward || ReduceFloats(s) <= limit) &&
-           (s.tiles == 1 || backward || !s.norm || NormalizerFloats(s) <= limit);
+    return floats <= limit && (s.tiles == 1 || backward || !s.norm || NormalizerFloats(s) <= limit);
   };
   const int dh = static_cast<int>(spec.DValue());
   if (dh <= kThreads) {
@@ -1390,7 +1287,7 @@ ChunkShape PickChunkShape(const FastWeightSpec& spec, int64_t chunk, int64_t tim
 }
 
 // The backward: column tiles for every variant (with the normaliser, its terms
-// come after the tiles, in ChunkNormalizerBackwardKernel).
+// come after the tiles, in NormalizerBackwardKernel).
 ChunkShape PickChunkBackwardShape(const FastWeightSpec& spec, int64_t chunk, int64_t time) {
   return PickChunk(spec, chunk, time, true, ChunkBackwardFloats);
 }
@@ -1454,12 +1351,40 @@ int64_t FastWeightBackwardScratch(const FastWeightSpec& spec, int64_t batch, int
                                   int64_t chunk) {
   const ChunkShape cs = PickChunkBackwardShape(spec, chunk, time);
   chunk = std::max<int64_t>(1, std::min(chunk, time));
-  if (cs.chunk > 0) return MakeChunkScratch(cs.s, cs.chunk, batch, time).total;
-  const Shape s = PickShape(spec, true);
-  const int64_t blocks = batch * s.heads * s.tiles;
-  return blocks * BlockScratchFloats(s, time, chunk) +
-         (s.tiles > 1 ? blocks * time * PartialFloats(s.dp) : 0);
+  if (cs.chunk > 0) return MakeBackwardScratch(cs.s, cs.chunk, batch, time).total;
+  return RecurrentScratchFloats(PickShape(spec, true), chunk, batch, time);
 }
+
+namespace {
+
+// After either backward kernel has written its tiles' dΦq, dΦk and row parts:
+// with several tiles, sums them in tile order (and adds the normaliser's
+// terms); then takes ∂L/∂Φq, ∂L/∂Φk (tile 0's part) through the feature map
+// into the q and k parts of dqkvb. Row (b·T + t)·heads + h of q (or k) is
+// head_width floats after the last.
+void FinishBackward(cudaStream_t stream, const FastWeightSpec& spec, const Args& a, int chunk,
+                    int64_t batch, float* dqkvb, const StateView& dstate, float* scratch) {
+  const BackwardScratch sc = MakeBackwardScratch(a.s, chunk, batch, a.time);
+  const int64_t rows = batch * a.time * a.s.heads;
+  if (a.s.tiles > 1) {
+    const int64_t blocks = std::min<int64_t>(Blocks(2 * rows * a.s.dp, kThreads), 65536);
+    TileSumKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, chunk, batch,
+                                                                               dqkvb, scratch);
+    FWP_CUDA_LAUNCHED("fast-weight backward tile sums");
+    if (a.s.norm) {
+      NormalizerBackwardKernel<<<static_cast<unsigned>(
+                                          Blocks(batch * a.s.heads * a.s.dp, kThreads)),
+                                      kThreads, 0, stream>>>(a, chunk, batch, dstate, scratch);
+      FWP_CUDA_LAUNCHED("fast-weight backward normaliser");
+    }
+  }
+  FeatureMapBackward(stream, spec.phi, a.qkvb, rows, spec.d_head, a.s.head_width, a.omega,
+                     scratch + sc.DphiQAt(), dqkvb, a.s.head_width);
+  FeatureMapBackward(stream, spec.phi, a.qkvb + spec.d_head, rows, spec.d_head, a.s.head_width,
+                     a.omega, scratch + sc.DphiKAt(), dqkvb + spec.d_head, a.s.head_width);
+}
+
+}  // namespace
 
 void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
                                 const float* qkvb, const float* favor_proj,
@@ -1476,33 +1401,10 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
     ChunkBackwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, cs.chunk, dy, dqkvb,
                                                                        dstate, scratch);
     FWP_CUDA_LAUNCHED("fast-weight sequence backward (chunkwise)");
-    const ChunkScratch sc = MakeChunkScratch(a.s, cs.chunk, batch, time);
-    const int64_t rows = batch * time * a.s.heads;
-    if (a.s.tiles > 1) {
-      const int64_t blocks = std::min<int64_t>(Blocks(2 * rows * a.s.dp, kThreads), 65536);
-      ChunkTileSumKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          a, cs.chunk, batch, dqkvb, scratch);
-      FWP_CUDA_LAUNCHED("fast-weight backward tile sums");
-      if (a.s.norm) {
-        ChunkNormalizerBackwardKernel<<<static_cast<unsigned>(
-                                            Blocks(batch * a.s.heads * a.s.dp, kThreads)),
-                                        kThreads, 0, stream>>>(a, cs.chunk, batch, dstate,
-                                                               scratch);
-        FWP_CUDA_LAUNCHED("fast-weight backward normaliser");
-      }
-    }
-    // ∂L/∂Φq, ∂L/∂Φk (tile 0's, after the checkpoints) through the feature
-    // map: row (b·T + t)·heads + h of q (or k) is head_width floats after the last.
-    const float* dphi_q = scratch + sc.DphiQAt();
-    const float* dphi_k = scratch + sc.DphiKAt();
-    FeatureMapBackward(stream, spec.phi, qkvb, rows, spec.d_head, a.s.head_width, favor_proj,
-                       dphi_q, dqkvb, a.s.head_width);
-    FeatureMapBackward(stream, spec.phi, qkvb + spec.d_head, rows, spec.d_head,
-                       a.s.head_width, favor_proj, dphi_k, dqkvb + spec.d_head,
-                       a.s.head_width);
+    FinishBackward(stream, spec, a, cs.chunk, batch, dqkvb, dstate, scratch);
     return;
   }
-  Args a{PickShape(spec, true), qkvb, favor_proj, slots, time, state};
+  const Args a{PickShape(spec, true), qkvb, favor_proj, slots, time, state};
   if (a.s.tiles == 0)
     Die("fast weights", "shape not supported (CheckAttention refuses it)", __FILE__, __LINE__);
   const size_t shared = SharedBytes(CommonFloats(a.s) + BackwardExtraFloats(a.s));
@@ -1510,13 +1412,7 @@ void FastWeightSequenceBackward(cudaStream_t stream, const FastWeightSpec& spec,
   BackwardKernel<<<Grid(a.s, batch), kThreads, shared, stream>>>(a, dy, dqkvb, dstate, chunk,
                                                                  scratch);
   FWP_CUDA_LAUNCHED("fast-weight sequence backward");
-  if (a.s.tiles > 1) {
-    const size_t rshared = SharedBytes(ReduceFloats(a.s));
-    AllowShared(ReduceKernel, rshared, "fast-weight backward reduction smem");
-    ReduceKernel<<<static_cast<unsigned>(batch * a.s.heads), kThreads, rshared, stream>>>(
-        a, dqkvb, dstate, scratch, chunk);
-    FWP_CUDA_LAUNCHED("fast-weight backward reduction");
-  }
+  FinishBackward(stream, spec, a, static_cast<int>(chunk), batch, dqkvb, dstate, scratch);
 }
 
 }  // namespace fwp::cuda
