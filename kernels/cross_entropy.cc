@@ -25,19 +25,17 @@ void SoftmaxCrossEntropy(const float* logits, const int32_t* targets, int64_t ro
     float max = x[0];
     for (int64_t j = 1; j < vocab; ++j) max = x[j] > max ? x[j] : max;
     const float target_logit = x[target];
-    double sum = 0.0;
+    double sum = 0.0;  // float exponentials (as the GPU's), summed in double
     for (int64_t j = 0; j < vocab; ++j) {
-      const double e = std::exp(static_cast<double>(x[j] - max));
+      const float e = std::exp(x[j] - max);
       sum += e;
-      if (dx) dx[j] = static_cast<float>(e);
+      if (dx) dx[j] = e;
     }
     losses[r] = static_cast<float>(std::log(sum) - (target_logit - max));
     if (dx) {
-      const double inv = 1.0 / sum;
-      for (int64_t j = 0; j < vocab; ++j) {
-        const double p = static_cast<double>(dx[j]) * inv;
-        dx[j] = static_cast<float>((p - (j == target ? 1.0 : 0.0)) * dloss);
-      }
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int64_t j = 0; j < vocab; ++j) dx[j] = dx[j] * inv * dloss;
+      dx[target] -= dloss;
     }
   });
 }
