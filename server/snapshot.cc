@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -51,11 +52,22 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<uint64_t> ModelFingerprint(const std::string& model_dir) {
+  // FNV-1a over both files' bytes, read a piece at a time: a model's weights
+  // are never held twice in memory to hash them.
   uint64_t hash = 0xcbf29ce484222325ull;
+  std::vector<char> piece(1 << 20);
   for (const char* name : {"config.json", "model.safetensors"}) {
-    auto bytes = ReadWholeFile(absl::StrCat(model_dir, "/", name));
-    if (!bytes.ok()) return bytes.status();
-    for (unsigned char c : *bytes) hash = (hash ^ c) * 0x100000001b3ull;
+    const std::string path = absl::StrCat(model_dir, "/", name);
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+    while (in) {
+      in.read(piece.data(), static_cast<std::streamsize>(piece.size()));
+      const std::streamsize got = in.gcount();
+      for (std::streamsize i = 0; i < got; ++i) {
+        hash = (hash ^ static_cast<unsigned char>(piece[i])) * 0x100000001b3ull;
+      }
+    }
+    if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
     hash = (hash ^ 0xff) * 0x100000001b3ull;  // file separator
   }
   return hash;

@@ -245,5 +245,34 @@ TEST(Snapshot, WritesAtomicallyAndReadsBackWithThePathInErrors) {
   EXPECT_EQ(files, 1);
 }
 
+TEST(Snapshot, ModelFingerprintIsFnv1aOfBothFilesReadPieceByPiece) {
+  // A weights file over two of the hash's 1 MiB read pieces, not a multiple
+  // of one: the fingerprint must be the bytes' FNV-1a whatever the pieces.
+  testing::TempDir dir;
+  std::string config = "{\"d_model\": 8}", weights(2 * (1 << 20) + 12345, '\0');
+  uint32_t x = 12345;
+  for (char& c : weights) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<char>(x >> 24);
+  }
+  std::ofstream(dir.path() + "/config.json", std::ios::binary) << config;
+  std::ofstream(dir.path() + "/model.safetensors", std::ios::binary) << weights;
+  uint64_t expected = 0xcbf29ce484222325ull;
+  for (const std::string* bytes : {&config, &weights}) {
+    for (unsigned char c : *bytes) expected = (expected ^ c) * 0x100000001b3ull;
+    expected = (expected ^ 0xff) * 0x100000001b3ull;
+  }
+  auto fingerprint = ModelFingerprint(dir.path());
+  ASSERT_TRUE(fingerprint.ok()) << fingerprint.status();
+  EXPECT_EQ(*fingerprint, expected);
+  weights[weights.size() - 1] ^= 1;  // one bit in the last piece
+  std::ofstream(dir.path() + "/model.safetensors", std::ios::binary) << weights;
+  EXPECT_NE(*ModelFingerprint(dir.path()), expected);
+  std::filesystem::remove(dir.path() + "/config.json");
+  auto missing = ModelFingerprint(dir.path());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("config.json"));
+}
+
 }  // namespace
 }  // namespace fwp::server
