@@ -24,7 +24,6 @@
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
 #include "fwp/v1/fwp.grpc.pb.h"
-#include "kernels/device.h"
 #include "kernels/random.h"
 #include "kernels/sampling.h"
 #include "model/model_dir.h"
@@ -74,8 +73,7 @@ int main(int argc, char** argv) {
   const int max_level = *std::max_element(levels.begin(), levels.end());
   const int tokens = absl::GetFlag(FLAGS_tokens);
   const int prompt_len = absl::GetFlag(FLAGS_prompt);
-  std::string backend_name = absl::GetFlag(FLAGS_backend);
-  if (backend_name == "auto") backend_name = fwp::CudaDeviceCount(nullptr) > 0 ? "cuda" : "cpu";
+  const std::string backend_name = fwp::ResolveBackendName(absl::GetFlag(FLAGS_backend));
 
   fwp::server::ServerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);

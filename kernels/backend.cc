@@ -5,10 +5,17 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/device.h"
 
 namespace fwp {
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name) {
+std::string ResolveBackendName(const std::string& name) {
+  if (name != "auto") return name;
+  return CudaDeviceCount(nullptr) > 0 ? "cuda" : "cpu";
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& given) {
+  const std::string name = ResolveBackendName(given);
   if (name == "cpu") return MakeCpuBackend();
   if (name == "cuda") return MakeCudaBackend(0);
   int device = 0;
@@ -16,7 +23,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name) {
     return MakeCudaBackend(device);
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown backend '", name, "': use cpu, cuda or cuda:N"));
+      absl::StrCat("unknown backend '", name, "': use auto, cpu, cuda or cuda:N"));
 }
 
 absl::StatusOr<void*> Backend::AllocateHost(size_t bytes) {

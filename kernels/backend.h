@@ -120,8 +120,12 @@ std::unique_ptr<Backend> MakeCpuBackend();
 // backend or the device cannot be used, with the reason.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device);
 
-// A backend by name, as command-line tools take it: "cpu", "cuda" (device 0)
-// or "cuda:N".
+// A backend name as command-line tools take it, with "auto" resolved: "cuda"
+// when a usable GPU is present, else "cpu". Other names are returned as given.
+std::string ResolveBackendName(const std::string& name);
+
+// A backend by name, as command-line tools take it: "auto", "cpu", "cuda"
+// (device 0) or "cuda:N".
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name);
 
 // A block of backend memory, freed when it goes out of scope. Move-only.

@@ -14,7 +14,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/device.h"
 #include "kernels/status_macros.h"
 #include "model/model_dir.h"
 #include "server/snapshot.h"
@@ -75,8 +74,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   server->impl_ = std::make_unique<Impl>();
   Impl& impl = *server->impl_;
 
-  std::string backend = options.backend;
-  if (backend == "auto") backend = CudaDeviceCount(nullptr) > 0 ? "cuda" : "cpu";
+  const std::string backend = ResolveBackendName(options.backend);
   FWP_ASSIGN_OR_RETURN(impl.backend, MakeBackend(backend));
   impl.backend_name = backend;
   FWP_ASSIGN_OR_RETURN(impl.model, LoadModelDir(options.model_dir, *impl.backend));

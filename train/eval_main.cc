@@ -31,7 +31,8 @@ ABSL_FLAG(std::string, split, "valid", "train, valid or test");
 ABSL_FLAG(std::string, context, "window", "window or stream");
 ABSL_FLAG(int64_t, seq, 128, "window length (--context window)");
 ABSL_FLAG(int64_t, batch, 16, "windows per forward pass");
-ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, backend, "auto",
+          "auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, retrieval, "", "a retrieval memory saved by fwp-retrieval --save: score it");
 ABSL_FLAG(int64_t, sequences, 100, "test sequences for --retrieval");
 ABSL_FLAG(uint64_t, seed, 12345, "seed of the --retrieval test sequences");

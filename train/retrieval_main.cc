@@ -24,7 +24,8 @@ ABSL_FLAG(int64_t, to, 20, "largest S");
 ABSL_FLAG(int64_t, by, 20, "step of S");
 ABSL_FLAG(int64_t, max_steps, 100000, "step budget per S");
 ABSL_FLAG(uint64_t, seed, 1, "seed");
-ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, backend, "auto",
+          "auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, csv, "", "append results to this CSV file");
 ABSL_FLAG(std::string, save, "", "directory to save each trained memory in");
 ABSL_FLAG(int64_t, eval_every, 100, "steps between evaluations");

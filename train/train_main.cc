@@ -26,7 +26,8 @@ ABSL_FLAG(std::string, config, "", "model config.json (new runs)");
 ABSL_FLAG(std::string, data, "data/brown", "prepared data: train.tok, valid.tok, tokenizer.model");
 ABSL_FLAG(std::string, out, "", "checkpoint directory");
 ABSL_FLAG(bool, resume, false, "continue the run in --out");
-ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, backend, "auto",
+          "auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N");
 ABSL_FLAG(int64_t, batch, 16, "sequences per step");
 ABSL_FLAG(int64_t, seq, 128, "tokens per sequence");
 ABSL_FLAG(int64_t, steps, 1000, "optimiser steps in all");
@@ -90,7 +91,8 @@ int main(int argc, char** argv) {
                                   absl::GetFlag(FLAGS_steps));
     if (!t.ok()) return Fail(t.status());
     trainer = std::move(*t);
-    std::printf("resuming %s at step %lld\n", out.c_str(), (long long)trainer->step());
+    std::printf("resuming %s at step %lld on %s\n", out.c_str(), (long long)trainer->step(),
+                backend->Name());
   } else {
     if (absl::GetFlag(FLAGS_config).empty()) {
       return Fail(absl::InvalidArgumentError("a new run needs --config (or --resume)"));

@@ -37,6 +37,13 @@ TEST(Backend, IsChosenByName) {
   if (!cuda.ok()) {
     EXPECT_EQ(cuda.status().code(), absl::StatusCode::kUnavailable);
   }
+  // auto: the GPU when one is usable, else the CPU, never an error.
+  const bool gpu = CudaDeviceCount(nullptr) > 0;
+  EXPECT_EQ(ResolveBackendName("auto"), gpu ? "cuda" : "cpu");
+  EXPECT_EQ(ResolveBackendName("cuda:1"), "cuda:1");
+  auto automatic = MakeBackend("auto");
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  EXPECT_STREQ((*automatic)->Name(), gpu ? "cuda:0" : "cpu");
 }
 
 }  // namespace
