@@ -1057,7 +1057,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // ∂L/∂(S_T, z_T) from the caller, or zero. With several tiles z's
-  // gradient is the reduction kernel's.
+  // gradient is NormalizerBackwardKernel's.
   float* gdS = dstate.base ? HeadS(dstate, slot, s, h) : nullptr;
   float* gdz = dstate.base && !split ? HeadZ(dstate, slot, s, h) : nullptr;
   if (gdS) {
