@@ -30,6 +30,14 @@ std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usag
   absl::FlagsUsageConfig config;
   config.contains_helpshort_flags = [](absl::string_view f) { return IsOurFlagFile(std::string_view(f.data(), f.size())); };
   config.contains_help_flags = [](absl::string_view f) { return IsOurFlagFile(std::string_view(f.data(), f.size())); };
+  // "Flags from train/train_main.cc", not the build machine's whole path.
+  config.normalize_filename = [](absl::string_view f) {
+    if (!IsOurFlagFile(std::string_view(f.data(), f.size()))) return std::string(f);
+    const size_t last = f.rfind('/');
+    const size_t dir = last == absl::string_view::npos || last == 0 ? absl::string_view::npos
+                                                                     : f.rfind('/', last - 1);
+    return std::string(dir == absl::string_view::npos ? f : f.substr(dir + 1));
+  };
   absl::SetFlagsUsageConfig(config);
   absl::SetProgramUsageMessage(absl::string_view(usage.data(), usage.size()));
   std::vector<std::string> args = UnderscoreFlagNames(argc, argv);
