@@ -204,6 +204,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   if (options.stream_buffer < 1) {
     return absl::InvalidArgumentError("--stream_buffer must be ≥ 1");
   }
+  if (options.host_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--host_bytes must be ≥ 0, got ", options.host_bytes));
+  }
   if (!options.snapshot_dir.empty()) {
     std::error_code error;
     std::filesystem::create_directories(options.snapshot_dir, error);
@@ -387,6 +391,16 @@ void Engine::DeleteSession(std::string principal, std::string id,
                            std::function<void(absl::Status)> done) {
   Post([this, principal = std::move(principal), id = std::move(id), done = std::move(done)] {
     auto session = Lookup(principal, id);
+    if (!session.ok() && session.status().code() == absl::StatusCode::kDataLoss &&
+        sessions_.find(id) == sessions_.end()) {
+      // A snapshot no server can read belongs to no one any more (its owner
+      // cannot be checked): deleting it is the only thing left to do with it.
+      std::error_code error;
+      std::filesystem::remove(SnapshotPath(id), error);
+      return done(error ? absl::InternalError(absl::StrCat("cannot remove ", SnapshotPath(id),
+                                                           ": ", error.message()))
+                        : absl::OkStatus());
+    }
     if (!session.ok()) return done(session.status());
     if ((*session)->busy) {
       // Delete wins: the request running on it is cancelled, and the session
@@ -484,6 +498,16 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
              FileExists(SnapshotPath(id))) {
     // Written by an earlier run of this server or by another replica.
     auto snapshot = ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id);
+    if (snapshot.ok()) {
+      // A well-formed file of this model may still hold tokens this server
+      // would refuse in a request (written by hand, or under other limits).
+      if (auto s = ValidatePrompt(snapshot->pending, static_cast<int32_t>(vocab_),
+                                  options_.max_prompt_tokens, "pending tokens",
+                                  /*allow_empty=*/true);
+          !s.ok()) {
+        snapshot = absl::DataLossError(absl::StrCat(SnapshotPath(id), ": ", s.message()));
+      }
+    }
     if (!snapshot.ok()) {
       return absl::DataLossError(absl::StrCat("session ", id, " cannot be restored: ",
                                               snapshot.status().message()));
@@ -501,7 +525,8 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
   if (session == nullptr || session->ephemeral) {
     return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
   }
-  if (session->owner != principal) {
+  // An empty principal is a server without --auth_tokens_file: no owners.
+  if (!principal.empty() && session->owner != principal) {
     return absl::PermissionDeniedError(
         absl::StrCat("session ", id, " belongs to another token"));
   }

@@ -75,10 +75,14 @@ int main(int argc, char** argv) {
   e.stream_buffer = static_cast<size_t>(std::max<int64_t>(absl::GetFlag(FLAGS_stream_buffer), 0));
   options.service.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   options.service.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  if (!(absl::GetFlag(FLAGS_grace_s) >= 0.0 && absl::GetFlag(FLAGS_grace_s) <= 86400.0)) {
+    std::fprintf(stderr, "fwp-server: --grace_s must be in [0, 86400] seconds\n");
+    return 1;
+  }
   if (options.service.default_max_tokens < 1 ||
       options.service.default_max_tokens > e.limits.max_tokens) {
     std::fprintf(stderr, "fwp-server: --default_max_tokens must be in [1, --max_tokens_limit]\n");
-    return 2;
+    return 1;
   }
 
   auto server = fwp::server::Server::Start(options);

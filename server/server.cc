@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/status_macros.h"
@@ -67,9 +69,32 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) 
   return buffer.str();
 }
 
+// The listening flags, checked before anything is loaded: gRPC and the
+// kernel would take a port above 65535 modulo 2^16 without a word.
+absl::Status CheckListenOptions(const ServerOptions& options) {
+  const size_t colon = options.address.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || !absl::SimpleAtoi(options.address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--address must be host:port with a port in [0, 65535], got \"", options.address, "\""));
+  }
+  if (options.metrics_port < -1 || options.metrics_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics_port must be -1 (off) or a port in [0, 65535], got ", options.metrics_port));
+  }
+  if (options.service.max_request_bytes < 1 ||
+      options.service.max_request_bytes > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_request_bytes must be in [1, 2^30], got ", options.service.max_request_bytes));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  FWP_RETURN_IF_ERROR(CheckListenOptions(options));
   std::unique_ptr<Server> server(new Server());
   server->impl_ = std::make_unique<Impl>();
   Impl& impl = *server->impl_;
@@ -132,6 +157,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.address, credentials, &server->port_);
+  // No SO_REUSEPORT (gRPC's default on Linux): a second server on a port in
+  // use must fail, not share the port and take half of the first's calls.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(impl.service.get());
   // Oversized requests reach the handler and get INVALID_ARGUMENT naming
   // the limit; gRPC's own cap sits above it.
@@ -147,6 +175,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     Metrics* metrics = &server->metrics_;
     impl.http.Get("/metrics", [metrics](const httplib::Request&, httplib::Response& response) {
       response.set_content(metrics->Render(), "text/plain; version=0.0.4");
+    });
+    // httplib's default also sets SO_REUSEPORT: SO_REUSEADDR only, for the
+    // same reason as the gRPC port.
+    impl.http.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     });
     if (options.metrics_port == 0) {
       server->metrics_port_ = impl.http.bind_to_any_port(options.metrics_address);

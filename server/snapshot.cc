@@ -1,6 +1,12 @@
 #include "server/snapshot.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
 
 #include <cstring>
 #include <fstream>
@@ -18,6 +24,11 @@ constexpr char kMagic[8] = {'F', 'W', 'P', 'S', 'N', 'A', 'P', '\0'};
 constexpr uint32_t kVersion = 1;
 constexpr uint32_t kHeaderBytes = 64;
 constexpr size_t kIdBytes = 32;
+// Bounds on the header's counts: what no session reaches (2^48 tokens fed),
+// and what a snapshot may hold besides its state.
+constexpr int64_t kMaxPosition = int64_t{1} << 48;
+constexpr uint32_t kMaxPending = 1u << 24;
+constexpr uint32_t kMaxOwnerBytes = 4096;
 
 template <typename T>
 void Put(std::string& out, size_t offset, T value) {
@@ -41,11 +52,42 @@ uint32_t Crc32(const char* data, size_t size) {
   return static_cast<uint32_t>(crc);
 }
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
+// A snapshot file's bytes. The engine thread reads it, so what is not a
+// snapshot must not stall it: a FIFO (opened without blocking) or a
+// directory is refused, as is a file larger than any snapshot of this model
+// before it is read.
+absl::StatusOr<std::string> ReadSnapshotFile(const std::string& path, int64_t state_bytes) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string why = absl::StrCat(path, ": cannot open: ", std::strerror(err));
+    return err == ENOENT ? absl::NotFoundError(why) : absl::DataLossError(why);
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::DataLossError(absl::StrCat(path, ": not a regular file"));
+  }
+  const int64_t most = kHeaderBytes + kIdBytes + int64_t{4} * kMaxPending + kMaxOwnerBytes +
+                       std::max<int64_t>(state_bytes, 0);
+  if (st.st_size > most) {
+    return absl::DataLossError(absl::StrCat(path, ": ", st.st_size,
+                                            " bytes, more than a snapshot of this model can "
+                                            "hold (at most ", most, ")"));
+  }
+  std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < bytes.size()) {
+    const ssize_t n = read(fd, bytes.data() + got, bytes.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::DataLossError(absl::StrCat(path, ": read error: ", std::strerror(errno)));
+    if (n == 0) break;  // shrank while read: the decoder names the short file
+    got += static_cast<size_t>(n);
+  }
+  bytes.resize(got);
   return bytes;
 }
 
@@ -128,7 +170,8 @@ absl::StatusOr<SessionSnapshot> DecodeSnapshot(const std::string& in, uint64_t f
     return absl::DataLossError(absl::StrCat("snapshot holds a state of ", bytes,
                                             " bytes; this model's is ", state_bytes));
   }
-  if (s.position < 0 || pending > (1u << 24) || owner > 4096) {
+  if (s.position < 0 || s.position > kMaxPosition || pending > kMaxPending ||
+      owner > kMaxOwnerBytes) {
     return absl::DataLossError("snapshot header fields are out of range");
   }
   const size_t payload = kIdBytes + size_t{pending} * 4 + owner + static_cast<size_t>(bytes);
@@ -164,7 +207,7 @@ absl::Status WriteSnapshot(const std::string& path, const SessionSnapshot& snaps
 absl::StatusOr<SessionSnapshot> ReadSnapshot(const std::string& path, uint64_t fingerprint,
                                              int64_t state_bytes,
                                              const std::string& expected_id) {
-  auto bytes = ReadWholeFile(path);
+  auto bytes = ReadSnapshotFile(path, state_bytes);
   if (!bytes.ok()) return bytes.status();
   auto snapshot = DecodeSnapshot(*bytes, fingerprint, state_bytes, expected_id);
   if (!snapshot.ok()) {

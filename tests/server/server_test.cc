@@ -3,8 +3,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
+
+#include <sys/stat.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -743,8 +746,91 @@ TEST(ServerRestart, ResumesSnapshottedSessionsAndRefusesCorruptOrForeignOnes) {
   auto alien = Generate(*r.stub, Greedy({70}, 4, foreign));
   EXPECT_EQ(alien.status.error_code(), grpc::StatusCode::DATA_LOSS);
   EXPECT_THAT(alien.status.error_message(), HasSubstr("another model"));
+  // A well-formed snapshot whose pending token is outside the vocabulary.
+  const std::string outside = "00000000000000000000000000000003";
+  snapshot.session_id = outside;
+  snapshot.pending = {99999};
+  ASSERT_TRUE(WriteSnapshot(dir.path() + "/" + outside + ".fwps", snapshot,
+                            ModelFingerprint(DefaultModelDir()).value())
+                  .ok());
+  auto strange = Generate(*r.stub, Greedy({70}, 4, outside));
+  EXPECT_EQ(strange.status.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(strange.status.error_message(), HasSubstr("pending tokens token 0 is 99999"));
+  // Made under --auth_tokens_file by "alice", served without it: no owners.
+  const std::string owned = "00000000000000000000000000000007";
+  snapshot.session_id = owned;
+  snapshot.pending = {70};
+  snapshot.owner = "alice";
+  ASSERT_TRUE(WriteSnapshot(dir.path() + "/" + owned + ".fwps", snapshot,
+                            ModelFingerprint(DefaultModelDir()).value())
+                  .ok());
+  EXPECT_TRUE(GetSession(*r.stub, owned, &info).ok());
+  // Paths that are not snapshot files: a directory, a FIFO (which must not
+  // block the engine thread: a deadline bounds the call) and a sparse file
+  // larger than any snapshot of this model (refused before it is read).
+  const std::string directory = "00000000000000000000000000000004";
+  const std::string fifo = "00000000000000000000000000000005";
+  const std::string huge = "00000000000000000000000000000006";
+  std::filesystem::create_directory(dir.path() + "/" + directory + ".fwps");
+  ASSERT_EQ(mkfifo((dir.path() + "/" + fifo + ".fwps").c_str(), 0600), 0);
+  {
+    std::ofstream(dir.path() + "/" + huge + ".fwps", std::ios::binary) << saved.substr(0, 64);
+    std::filesystem::resize_file(dir.path() + "/" + huge + ".fwps", int64_t{1} << 31);
+  }
+  for (const auto& [bad_id, why] : {std::pair{directory, "not a regular file"},
+                                    std::pair{fifo, "not a regular file"},
+                                    std::pair{huge, "more than a snapshot of this model"}}) {
+    v1::SessionInfo unused;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::GetSessionRequest get;
+    get.set_session_id(bad_id);
+    const grpc::Status status = r.stub->GetSession(&context, get, &unused);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::DATA_LOSS) << bad_id;
+    EXPECT_THAT(status.error_message(), HasSubstr(why)) << bad_id;
+  }
+  // An unreadable snapshot belongs to no one: deleting it removes the file.
+  for (const std::string& gone : {corrupt, huge}) {
+    grpc::ClientContext context;
+    v1::DeleteSessionRequest del;
+    del.set_session_id(gone);
+    v1::DeleteSessionResponse unused;
+    EXPECT_TRUE(r.stub->DeleteSession(&context, del, &unused).ok()) << gone;
+    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/" + gone + ".fwps")) << gone;
+  }
   // The server keeps serving.
   EXPECT_TRUE(Generate(*r.stub, Greedy({70}, 2)).status.ok());
+}
+
+TEST(ServerStart, RefusesPortsOutOfRangeAndAPortInUse) {
+  ServerOptions options = TestOptions();
+  options.address = "127.0.0.1:99999";
+  auto bad = Server::Start(options);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--address"));
+  options.address = "127.0.0.1:0";
+  options.metrics_port = 70000;
+  bad = Server::Start(options);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--metrics_port"));
+  options.metrics_port = -1;
+  options.service.max_request_bytes = -5;
+  bad = Server::Start(options);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--max_request_bytes"));
+  // A second server on the first one's ports fails instead of sharing them.
+  ServerOptions first = TestOptions();
+  first.metrics_port = 0;
+  Running r = StartServer(first);
+  ASSERT_NE(r.server, nullptr);
+  ServerOptions second = TestOptions();
+  second.address = "127.0.0.1:" + std::to_string(r.server->port());
+  EXPECT_FALSE(Server::Start(second).ok());
+  second.address = "127.0.0.1:0";
+  second.metrics_address = "0.0.0.0";
+  second.metrics_port = r.server->metrics_port();
+  auto metrics_clash = Server::Start(second);
+  EXPECT_FALSE(metrics_clash.ok());
+  EXPECT_THAT(std::string(metrics_clash.status().message()), HasSubstr("metrics"));
 }
 
 // ---- Overload, drain, health, auth, metrics --------------------------------
