@@ -167,7 +167,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       static_cast<int>(std::min<int64_t>(options.service.max_request_bytes * 2 + 1024, INT32_MAX)));
   impl.grpc_server = builder.BuildAndStart();
   if (!impl.grpc_server || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.address,
+        options.tls_cert.empty()
+            ? " (port in use, or the host is not an address of this machine)"
+            : " (port in use, the host is not this machine's, or gRPC refused --tls_cert/"
+              "--tls_key: a certificate chain and its private key in PEM)"));
   }
   impl.grpc_server->GetHealthCheckService()->SetServingStatus(true);
 
