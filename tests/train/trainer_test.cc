@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "kernels/random.h"
 #include "model/model_dir.h"
@@ -112,6 +113,24 @@ TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
                                  Stream(500, 2), 0);
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("trainer.json"), std::string::npos);
+}
+
+// A corrupt header count must be refused, not trusted: 4·n overflows for
+// n near 2^62 and would otherwise pass the size check and allocate n tokens.
+TEST(TokenFile, RefusesAHeaderCountThatDoesNotMatchTheFile) {
+  const std::string path = ::testing::TempDir() + "fwp_huge_count.tok";
+  TokenFile f = Stream(20, 1);
+  ASSERT_TRUE(WriteTokenFile(path, f).ok());
+  ASSERT_TRUE(ReadTokenFile(path).ok());
+  for (uint64_t n : {(uint64_t{1} << 62) + 20, uint64_t{21}, ~uint64_t{0}}) {
+    std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(8);
+    io.write(reinterpret_cast<const char*>(&n), 8);
+    io.close();
+    auto read = ReadTokenFile(path);
+    ASSERT_FALSE(read.ok()) << n;
+    EXPECT_NE(read.status().message().find("header says"), std::string::npos) << read.status();
+  }
 }
 
 }  // namespace
