@@ -98,4 +98,20 @@ sed -i 's/"steps": 4/"steps": 6/' "$dir/run2/trainer.json"
 out=$("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run2" --resume)
 grep -q "at step 4 of 6" <<<"$out" || { echo "plain resume: $out"; exit 1; }
 grep -q '"step": 6' "$dir/run2/trainer.json" || { echo "plain resume did not reach 6"; exit 1; }
+# fwp-eval on the run above: bad flags, too-short splits, bad stats.json.
+eval=("$bin/fwp-eval" --backend cpu --model "$dir/run" --data "$dir/data")
+refuses "--seq" "${eval[@]}" --seq 0
+refuses "--seq" "${eval[@]}" --seq -5
+refuses "--batch" "${eval[@]}" --batch -1
+refuses "fewer than" "${eval[@]}" --split test --seq 8 --context window
+refuses "fewer than" "${eval[@]}" --split test --context stream
+refuses "fewer than" "${eval[@]}" --split train --seq 100000
+refuses "--split must be" "${eval[@]}" --split ../data/valid
+refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
+echo '{"valid": 5}' > "$dir/data/stats.json"
+refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
+echo '{"valid": {"bytes": 0}}' > "$dir/data/stats.json"
+refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
+echo '{"valid": {"bytes": 1000}}' > "$dir/data/stats.json"
+"${eval[@]}" --seq 8 | grep -q "bits/byte" || { echo "fwp-eval gave no bits/byte"; exit 1; }
 echo ok
