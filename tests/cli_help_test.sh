@@ -114,4 +114,13 @@ echo '{"valid": {"bytes": 0}}' > "$dir/data/stats.json"
 refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
 echo '{"valid": {"bytes": 1000}}' > "$dir/data/stats.json"
 "${eval[@]}" --seq 8 | grep -q "bits/byte" || { echo "fwp-eval gave no bits/byte"; exit 1; }
+# fwp-retrieval's range and sizes.
+ret=("$bin/fwp-retrieval" --backend cpu --max_steps 1 --eval_every 1 --batch 2)
+refuses "--by" "${ret[@]}" --from 4 --to 8 --by 0
+refuses "--by" "${ret[@]}" --from 4 --to 8 --by -2
+refuses "--to" "${ret[@]}" --from 8 --to 4
+refuses "--from" "${ret[@]}" --from 100000000 --to 100000000
+for nu in 0 -3 100000; do refuses "--nu" "${ret[@]}" --from 4 --to 4 --nu $nu; done
+for lr in nan 0 -1; do refuses "--lr" "${ret[@]}" --from 4 --to 4 --lr $lr; done
+refuses "--csv" "${ret[@]}" --from 4 --to 4 --csv "$dir/afile/results.csv"
 echo ok
