@@ -71,8 +71,6 @@ void Plot(const std::string& out) {
   if (std::system(cmd.c_str()) == 0) std::printf("plotted %s/loss.png\n", out.c_str());
 }
 
-// Settings a resumed run takes from its trainer.json and config.json; given
-// again, they would silently do nothing (or break the exact continuation).
 // Whether `args` (fwp::UnderscoreFlagNames of argv) sets --name: absl's
 // IsSpecifiedOnCommandLine is not public in the abseil we build against.
 bool Given(const std::vector<std::string>& args, const std::string& name) {
@@ -87,39 +85,27 @@ bool Given(const std::vector<std::string>& args, const std::string& name) {
   return false;
 }
 
+// Settings a resumed run takes from its trainer.json and config.json; given
+// again, they would silently do nothing (or break the exact continuation).
 absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
                                const fwp::TrainerConfig& run, const std::string& out) {
   const fwp::OptimizerConfig& o = run.optimizer;
-  const struct {
-    bool given;
-    const char* flag;
-    std::string value;
-  } fixed[] = {
-      {Given(args, "config"), "config",
-       out + "/config.json"},
-      {Given(args, "batch"), "batch",
-       absl::StrCat(run.batch)},
-      {Given(args, "seq"), "seq",
-       absl::StrCat(run.seq)},
-      {Given(args, "lr"), "lr",
-       absl::StrCat(o.lr)},
-      {Given(args, "min_lr_ratio"),
-       "min_lr_ratio", absl::StrCat(o.min_lr_ratio)},
-      {Given(args, "warmup"), "warmup",
-       absl::StrCat(o.warmup_steps)},
-      {Given(args, "weight_decay"),
-       "weight_decay", absl::StrCat(o.weight_decay)},
-      {Given(args, "clip"), "clip",
-       absl::StrCat(o.clip_norm)},
-      {Given(args, "seed"), "seed",
-       absl::StrCat(run.seed)},
-      {Given(args, "carry_state"),
-       "carry_state", run.carry_state ? "true" : "false"},
+  const std::pair<const char*, std::string> fixed[] = {
+      {"config", out + "/config.json"},
+      {"batch", absl::StrCat(run.batch)},
+      {"seq", absl::StrCat(run.seq)},
+      {"lr", absl::StrCat(o.lr)},
+      {"min_lr_ratio", absl::StrCat(o.min_lr_ratio)},
+      {"warmup", absl::StrCat(o.warmup_steps)},
+      {"weight_decay", absl::StrCat(o.weight_decay)},
+      {"clip", absl::StrCat(o.clip_norm)},
+      {"seed", absl::StrCat(run.seed)},
+      {"carry_state", run.carry_state ? "true" : "false"},
   };
-  for (const auto& f : fixed) {
-    if (f.given) {
-      return absl::InvalidArgumentError(absl::StrCat("--", f.flag, " cannot change on --resume: ",
-                                                     out, " runs with ", f.flag, " ", f.value));
+  for (const auto& [flag, value] : fixed) {
+    if (Given(args, flag)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " cannot change on --resume: ",
+                                                     out, " runs with ", flag, " ", value));
     }
   }
   return absl::OkStatus();
