@@ -63,6 +63,7 @@ train=("$bin/fwp-train" --backend cpu --config "$dir/tiny.json" --data "$dir/dat
 touch "$dir/afile"
 refuses "cannot create $dir/afile/sub" "${train[@]}" --out "$dir/afile/sub"
 refuses "cannot create $dir/afile" "${train[@]}" --out "$dir/afile"
+refuses "--out: cannot create $dir/afile/sub" "$bin/fwp-prepare" --out "$dir/afile/sub"
 refuses "--lr must be" "${train[@]}" --out "$dir/x" --lr nan
 refuses "--min_lr_ratio" "${train[@]}" --out "$dir/x" --min_lr_ratio 1.5
 refuses "--warmup" "${train[@]}" --out "$dir/x" --warmup -1
