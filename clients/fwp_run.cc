@@ -13,6 +13,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
 #include "kernels/random.h"
@@ -44,11 +45,34 @@ int Fail(const absl::Status& status) {
 
 int Run() {
   using Clock = std::chrono::steady_clock;
+  fwp::SamplingParams params;
+  params.temperature = absl::GetFlag(FLAGS_temperature);
+  params.top_k = absl::GetFlag(FLAGS_top_k);
+  params.top_p = absl::GetFlag(FLAGS_top_p);
+  params.min_p = absl::GetFlag(FLAGS_min_p);
+  // The server's rules, named as flags, before a model is loaded or written.
+  if (auto s = fwp::ValidateSamplingParams(params, "--"); !s.ok()) return Fail(s);
+  if (absl::GetFlag(FLAGS_max_tokens) < 1) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--max_tokens must be ≥ 1, got ", absl::GetFlag(FLAGS_max_tokens))));
+  }
   auto backend = fwp::MakeCpuBackend();
   fwp::LoadedModel loaded;
   if (!absl::GetFlag(FLAGS_random_init).empty()) {
     auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_random_init));
     if (!config.ok()) return Fail(config.status());
+    // A model directory whose tokenizer and embedding disagree would load
+    // and then emit ids the tokenizer cannot decode (or never emit some).
+    if (!absl::GetFlag(FLAGS_tokenizer).empty()) {
+      auto tokenizer = fwp::Tokenizer::Load(absl::GetFlag(FLAGS_tokenizer));
+      if (!tokenizer.ok()) return Fail(tokenizer.status());
+      if ((*tokenizer)->vocab_size() != config->vocab_size) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat(
+            "--random_init ", absl::GetFlag(FLAGS_random_init), " has vocab_size ",
+            config->vocab_size, " but --tokenizer ", absl::GetFlag(FLAGS_tokenizer), " has ",
+            (*tokenizer)->vocab_size())));
+      }
+    }
     const fwp::HostWeights weights = fwp::RandomWeights(*config, absl::GetFlag(FLAGS_seed));
     if (!absl::GetFlag(FLAGS_save).empty()) {
       auto status = fwp::WriteModelDir(absl::GetFlag(FLAGS_save), *config, weights,
@@ -109,11 +133,6 @@ int Run() {
   if (!status.ok()) return Fail(status);
   auto t1 = Clock::now();
 
-  fwp::SamplingParams params;
-  params.temperature = absl::GetFlag(FLAGS_temperature);
-  params.top_k = absl::GetFlag(FLAGS_top_k);
-  params.top_p = absl::GetFlag(FLAGS_top_p);
-  params.min_p = absl::GetFlag(FLAGS_min_p);
   fwp::Rng rng(absl::GetFlag(FLAGS_sample_seed));
   std::unique_ptr<fwp::StreamDecoder> stream;
   if (tokenizer) {

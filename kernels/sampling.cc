@@ -6,8 +6,26 @@
 #include <numeric>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/shared_math.h"
 #include "kernels/thread_pool.h"
+
+namespace fwp {
+
+absl::Status ValidateSamplingParams(const SamplingParams& s, absl::string_view prefix) {
+  const auto bad = [prefix](auto... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(prefix, parts...));
+  };
+  if (!(s.temperature >= 0.0f) || !std::isfinite(s.temperature)) {
+    return bad("temperature must be a finite number ≥ 0, got ", s.temperature);
+  }
+  if (s.top_k < 0) return bad("top_k must be ≥ 0, got ", s.top_k);
+  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) return bad("top_p must be in (0, 1], got ", s.top_p);
+  if (!(s.min_p >= 0.0f && s.min_p < 1.0f)) return bad("min_p must be in [0, 1), got ", s.min_p);
+  return absl::OkStatus();
+}
+
+}  // namespace fwp
 
 namespace fwp::cpu {
 namespace {

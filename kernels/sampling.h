@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "kernels/random.h"
 #include "kernels/shared_math.h"
 
@@ -20,6 +22,11 @@ struct SamplingParams {
   // Greedy rows take the argmax and draw nothing from their Rng.
   bool greedy() const { return math::GreedySampling(temperature, top_k); }
 };
+
+// INVALID_ARGUMENT naming the bad field as `prefix` + its name (the server
+// passes "sampling." for its request fields, fwp-run "--" for its flags),
+// or OK: temperature finite ≥ 0, top_k ≥ 0, top_p in (0, 1], min_p in [0, 1).
+absl::Status ValidateSamplingParams(const SamplingParams& params, absl::string_view prefix);
 
 // One row of a batched draw: its parameters and its uniform draw in [0, 1)
 // (taken from the request's Rng by the caller, so a row's token depends on

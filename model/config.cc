@@ -252,6 +252,14 @@ absl::Status Config::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "config field 'norm_eps' must be a positive number, got ", norm_eps));
   }
+  // Each field has its own bound, but their product can still ask for
+  // terabytes; refuse here rather than in bad_alloc at the first allocation.
+  constexpr int64_t kMaxParameters = int64_t{1} << 34;
+  if (ParameterCount() > kMaxParameters) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config has ", ParameterCount(), " parameters, more than the 2^34 fwp takes: "
+        "lower vocab_size, d_model, n_layers or d_ff"));
+  }
   return absl::OkStatus();
 }
 

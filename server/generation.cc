@@ -14,17 +14,7 @@ absl::Status ValidateGenerationParams(const GenerationParams& p,
   const auto bad = [](auto... parts) {
     return absl::InvalidArgumentError(absl::StrCat(parts...));
   };
-  const SamplingParams& s = p.sampling;
-  if (!(s.temperature >= 0.0f) || !std::isfinite(s.temperature)) {
-    return bad("sampling.temperature must be a finite number ≥ 0, got ", s.temperature);
-  }
-  if (s.top_k < 0) return bad("sampling.top_k must be ≥ 0, got ", s.top_k);
-  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
-    return bad("sampling.top_p must be in (0, 1], got ", s.top_p);
-  }
-  if (!(s.min_p >= 0.0f && s.min_p < 1.0f)) {
-    return bad("sampling.min_p must be in [0, 1), got ", s.min_p);
-  }
+  if (absl::Status s = ValidateSamplingParams(p.sampling, "sampling."); !s.ok()) return s;
   if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) {
     return bad("sampling.repetition_penalty must be > 0, got ", p.repetition_penalty);
   }

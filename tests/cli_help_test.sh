@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every program's --help names its own flags (absl's default shows none of
-# ours), and a dashed flag name parses like the underscored one.
+# ours), a dashed flag name parses like the underscored one, and the offline
+# tools refuse bad flags and inputs with a message naming them (rc 1, no abort).
 set -euo pipefail
 bin=$1
 check() {  # program, a flag it defines
@@ -25,4 +26,102 @@ check fwp-bench-server levels
 # --eval-every is --eval_every.
 out=$("$bin/fwp-retrieval" --max-steps 2 --eval-every 1 --from 4 --to 4 --batch 2 2>&1)
 grep -Eq '^delta\+dpfp1 +1 +4 +2 ' <<<"$out" || { echo "dashed flags not applied:"; echo "$out"; exit 1; }
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+refuses() {  # text the message must hold, then the command
+  local want=$1 out rc=0
+  shift
+  out=$("$@" 2>&1) || rc=$?
+  if [ "$rc" -ne 1 ] || ! grep -qF -- "$want" <<<"$out"; then
+    echo "expected rc 1 and '$want' from: $*"; echo "got rc $rc:"; echo "$out" | tail -5; exit 1
+  fi
+}
+# A tiny prepared data dir: token files written by hand (train/token_file.h).
+tokfile() {  # path, token count; tokens i mod 50, vocabulary 8192
+  local n=$2 i
+  {
+    printf 'FWPTOK01'
+    for i in 0 1 2 3 4 5 6 7; do printf "\\x$(printf %02x $(( (n >> (8 * i)) & 255 )))"; done
+    printf '\x00\x20\x00\x00\x00\x00\x00\x00'
+    for ((i = 0; i < n; ++i)); do printf "\\x$(printf %02x $((i % 50)))\\x00\\x00\\x00"; done
+  } > "$1"
+}
+mkdir "$dir/data"
+tokfile "$dir/data/train.tok" 400
+tokfile "$dir/data/valid.tok" 100
+tokfile "$dir/data/test.tok" 1
+cp "$root/models/default/tokenizer.model" "$dir/data/"
+echo '{"test": {"bytes": 10}, "valid": {"bytes": "many"}}' > "$dir/data/stats.json"
+cat > "$dir/tiny.json" <<'JSON'
+{"vocab_size": 8192, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_head": 8,
+ "d_ff": 32, "update": "delta", "feature_map": {"kind": "dpfp", "nu": 1}}
+JSON
+train=("$bin/fwp-train" --backend cpu --config "$dir/tiny.json" --data "$dir/data" --batch 2
+       --seq 8 --eval_windows 2 --eval_every 0 --warmup 0)
+touch "$dir/afile"
+refuses "cannot create $dir/afile/sub" "${train[@]}" --out "$dir/afile/sub"
+refuses "cannot create $dir/afile" "${train[@]}" --out "$dir/afile"
+refuses "--out: cannot create $dir/afile/sub" "$bin/fwp-prepare" --out "$dir/afile/sub"
+refuses "--lr must be" "${train[@]}" --out "$dir/x" --lr nan
+refuses "--min_lr_ratio" "${train[@]}" --out "$dir/x" --min_lr_ratio 1.5
+refuses "--warmup" "${train[@]}" --out "$dir/x" --warmup -1
+refuses "--clip" "${train[@]}" --out "$dir/x" --clip inf
+refuses "--weight_decay" "${train[@]}" --out "$dir/x" --weight_decay -1
+refuses "--steps" "${train[@]}" --out "$dir/x" --steps -2
+refuses "--batch × --seq" "${train[@]}" --out "$dir/x" --batch 100000 --seq 100000
+refuses "--batch" "${train[@]}" --out "$dir/x" --batch 4611686018427387904 --seq 4
+refuses "loss is not finite at step" "${train[@]}" --out "$dir/nan" --lr 1e30 --clip 0 --steps 20
+mkdir "$dir/notok" && cp "$dir/data/"*.tok "$dir/notok/"
+refuses "has no tokenizer.model" "${train[@]}" --data "$dir/notok" --out "$dir/x"
+[ ! -e "$dir/x" ] || { echo "a refused run created its --out"; exit 1; }
+# Resume: the run's own steps by default, log rows past the checkpoint cut,
+# fixed settings refused, a finished run said to be so.
+"${train[@]}" --out "$dir/run" --steps 4 --checkpoint_every 2 > /dev/null
+refuses "holds a run at step 4" "${train[@]}" --out "$dir/run" --steps 4
+resume=("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run" --resume)
+refuses "nothing to do" "${resume[@]}"
+refuses "nothing to do" "${resume[@]}" --steps 3
+for flag in "lr 0.5" "batch 4" "seq 4" "warmup 1" "seed 2" "min_lr_ratio 0.5" "weight_decay 0" \
+            "clip 0" "carry_state" "config $dir/tiny.json"; do
+  refuses "--${flag%% *} cannot change on --resume" "${resume[@]}" --steps 6 --$flag
+done
+echo "5,0,0,0,0,-1,-1" >> "$dir/run/log.csv"  # a row logged after the last checkpoint
+out=$("${resume[@]}" --steps 6)
+grep -q "final rate" <<<"$out" || { echo "extension's rate not reported: $out"; exit 1; }
+[ "$(cut -d, -f1 "$dir/run/log.csv" | tr '\n' ' ')" = "step 1 2 3 4 5 6 " ] ||
+  { echo "log.csv after resume:"; cat "$dir/run/log.csv"; exit 1; }
+grep -q '"steps": 6' "$dir/run/trainer.json" || { echo "trainer.json not at 6 steps"; exit 1; }
+# A 6-step run stopped at step 4 (as if killed): a plain --resume finishes it.
+"${train[@]}" --out "$dir/run2" --steps 4 > /dev/null
+sed -i 's/"steps": 4/"steps": 6/' "$dir/run2/trainer.json"
+out=$("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run2" --resume)
+grep -q "at step 4 of 6" <<<"$out" || { echo "plain resume: $out"; exit 1; }
+grep -q '"step": 6' "$dir/run2/trainer.json" || { echo "plain resume did not reach 6"; exit 1; }
+# fwp-eval on the run above: bad flags, too-short splits, bad stats.json.
+eval=("$bin/fwp-eval" --backend cpu --model "$dir/run" --data "$dir/data")
+refuses "--seq" "${eval[@]}" --seq 0
+refuses "--seq" "${eval[@]}" --seq -5
+refuses "--batch" "${eval[@]}" --batch -1
+refuses "fewer than" "${eval[@]}" --split test --seq 8 --context window
+refuses "fewer than" "${eval[@]}" --split test --context stream
+refuses "fewer than" "${eval[@]}" --split train --seq 100000
+refuses "--split must be" "${eval[@]}" --split ../data/valid
+refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
+echo '{"valid": 5}' > "$dir/data/stats.json"
+refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
+echo '{"valid": {"bytes": 0}}' > "$dir/data/stats.json"
+refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
+echo '{"valid": {"bytes": 1000}}' > "$dir/data/stats.json"
+"${eval[@]}" --seq 8 | grep -q "bits/byte" || { echo "fwp-eval gave no bits/byte"; exit 1; }
+# fwp-retrieval's range and sizes.
+ret=("$bin/fwp-retrieval" --backend cpu --max_steps 1 --eval_every 1 --batch 2)
+refuses "--by" "${ret[@]}" --from 4 --to 8 --by 0
+refuses "--by" "${ret[@]}" --from 4 --to 8 --by -2
+refuses "--to" "${ret[@]}" --from 8 --to 4
+refuses "--from" "${ret[@]}" --from 100000000 --to 100000000
+for nu in 0 -3 100000; do refuses "--nu" "${ret[@]}" --from 4 --to 4 --nu $nu; done
+for lr in nan 0 -1; do refuses "--lr" "${ret[@]}" --from 4 --to 4 --lr $lr; done
+refuses "--csv" "${ret[@]}" --from 4 --to 4 --csv "$dir/afile/results.csv"
 echo ok

@@ -23,4 +23,18 @@ if out=$("$run" --random-init "$dir/bad.json" --prompt_ids 1 2>&1); then
   echo "bad config accepted"; exit 1
 fi
 echo "$out" | grep -q "d_modle" || { echo "error does not name the field: $out"; exit 1; }
+# Sampling flags follow the server's rules, named as flags.
+for bad in "temperature nan" "temperature -1" "top_p 0" "top_p 1.5" "top_k -1" "max_tokens 0"; do
+  if out=$("$run" --random-init "$dir/config.json" --prompt_ids 1 --${bad% *} ${bad#* } 2>&1); then
+    echo "--$bad accepted"; exit 1
+  fi
+  grep -q -- "--${bad% *} must" <<<"$out" || { echo "--$bad: $out"; exit 1; }
+done
+# A tokenizer whose vocabulary is not the config's: refused before --save writes.
+tokenizer="$(dirname "$0")/../models/default/tokenizer.model"
+if out=$("$run" --random-init "$dir/config.json" --tokenizer "$tokenizer" --save "$dir/mismatch" 2>&1); then
+  echo "vocab mismatch accepted"; exit 1
+fi
+grep -q "vocab_size 50" <<<"$out" || { echo "mismatch: $out"; exit 1; }
+[ ! -e "$dir/mismatch" ] || { echo "a refused --save wrote $dir/mismatch"; exit 1; }
 echo ok

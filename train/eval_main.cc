@@ -14,6 +14,7 @@
 // fraction of queries whose largest output is the right value.
 #include <cmath>
 #include <cstdio>
+#include <new>
 #include <fstream>
 #include <sstream>
 
@@ -29,7 +30,7 @@ ABSL_FLAG(std::string, model, "models/default", "model directory");
 ABSL_FLAG(std::string, data, "data/brown", "prepared data directory (token files, stats.json)");
 ABSL_FLAG(std::string, split, "valid", "train, valid or test");
 ABSL_FLAG(std::string, context, "window", "window or stream");
-ABSL_FLAG(int64_t, seq, 128, "window length (--context window)");
+ABSL_FLAG(int64_t, seq, 128, "window length (--context window), ≥ 1");
 ABSL_FLAG(int64_t, batch, 16, "windows per forward pass");
 ABSL_FLAG(std::string, backend, "auto",
           "auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N");
@@ -42,6 +43,28 @@ namespace {
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "fwp-eval: %s\n", std::string(s.message()).c_str());
   return 1;
+}
+
+// Bytes of `split` from <data>/stats.json, for bits per byte; 0 when the
+// file is absent or does not list the split (the line then omits it).
+absl::StatusOr<double> SplitBytes(const std::string& data, const std::string& split) {
+  const std::string path = data + "/stats.json";
+  std::ifstream in(path);
+  if (!in) return 0.0;
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto stats = nlohmann::json::parse(text.str(), nullptr, false);
+  if (stats.is_discarded() || !stats.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  if (!stats.contains(split)) return 0.0;
+  const auto& entry = stats[split];
+  if (!entry.is_object() || !entry.contains("bytes") || !entry["bytes"].is_number() ||
+      !(entry["bytes"].get<double>() > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": field '", split, ".bytes' must be a positive number"));
+  }
+  return entry["bytes"].get<double>();
 }
 
 int EvaluateRetrieval(fwp::Backend& backend, const std::string& path) {
@@ -65,7 +88,7 @@ int EvaluateRetrieval(fwp::Backend& backend, const std::string& path) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
       "perplexity and bits per byte of a model on a split, or a retrieval memory's accuracy\n"
       "\n"
@@ -77,10 +100,31 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_retrieval).empty()) {
     return EvaluateRetrieval(*backend, absl::GetFlag(FLAGS_retrieval));
   }
+  // A name, not a path: --split ../x/valid would read another directory's
+  // tokens and score them against this one's stats.json.
+  const std::string split = absl::GetFlag(FLAGS_split);
+  if (split != "train" && split != "valid" && split != "test") {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--split must be train, valid or test, not '", split, "'")));
+  }
+  const std::string context = absl::GetFlag(FLAGS_context);
+  if (context != "window" && context != "stream") {
+    return Fail(absl::InvalidArgumentError("--context must be window or stream"));
+  }
+  const int64_t T = absl::GetFlag(FLAGS_seq), B = absl::GetFlag(FLAGS_batch);
+  constexpr int64_t kMaxTokensPerPass = int64_t{1} << 31;
+  if (T < 1 || T > kMaxTokensPerPass) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--seq must be in [1, 2^31], not ", T)));
+  }
+  if (B < 1 || B > kMaxTokensPerPass / T) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--batch must be ≥ 1 with --batch × --seq ≤ 2^31 tokens, not ", B)));
+  }
+  auto bytes = SplitBytes(absl::GetFlag(FLAGS_data), split);
+  if (!bytes.ok()) return Fail(bytes.status());
   auto loaded = fwp::LoadModelDir(absl::GetFlag(FLAGS_model), *backend);
   if (!loaded.ok()) return Fail(loaded.status());
   fwp::Model& model = *loaded->model;
-  const std::string split = absl::GetFlag(FLAGS_split);
   auto data = fwp::ReadTokenFile(absl::StrCat(absl::GetFlag(FLAGS_data), "/", split, ".tok"));
   if (!data.ok()) return Fail(data.status());
   const auto& tokens = data->tokens;
@@ -88,11 +132,15 @@ int main(int argc, char** argv) {
   if (data->vocab_size > V) {
     return Fail(absl::InvalidArgumentError("the data's vocabulary is larger than the model's"));
   }
+  const int64_t needed = context == "window" ? T + 1 : 2;
+  if (static_cast<int64_t>(tokens.size()) < needed) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        split, " split has ", tokens.size(), " tokens, fewer than the ", needed,
+        " one prediction needs", context == "window" ? " (--seq + 1)" : "")));
+  }
   double nats = 0;
   int64_t count = 0;
-  const std::string context = absl::GetFlag(FLAGS_context);
   if (context == "window") {
-    const int64_t T = absl::GetFlag(FLAGS_seq), B = absl::GetFlag(FLAGS_batch);
     const int64_t windows = (static_cast<int64_t>(tokens.size()) - 1) / T;
     for (int64_t w0 = 0; w0 < windows; w0 += B) {
       const int64_t nb = std::min(B, windows - w0);
@@ -127,22 +175,23 @@ int main(int argc, char** argv) {
         ++count;
       }
     }
-  } else {
-    return Fail(absl::InvalidArgumentError("--context must be window or stream"));
   }
   const double loss = nats / count;
   std::printf("%s: %lld tokens scored, loss %.4f nats/token, perplexity %.2f", split.c_str(),
               (long long)count, loss, std::exp(loss));
-  std::ifstream stats_in(absl::GetFlag(FLAGS_data) + "/stats.json");
-  if (stats_in) {
-    std::stringstream text;
-    text << stats_in.rdbuf();
-    const auto stats = nlohmann::json::parse(text.str(), nullptr, false);
-    if (!stats.is_discarded() && stats.contains(split)) {
-      const double bytes = stats[split]["bytes"].get<double>();
-      std::printf(", %.4f bits/byte", nats / std::log(2.0) / bytes);
-    }
-  }
+  if (*bytes > 0) std::printf(", %.4f bits/byte", nats / std::log(2.0) / *bytes);
   std::printf(" (context %s)\n", context.c_str());
   return 0;
+}
+
+// The last net under the size checks: an allocation that still fails (a
+// model or task too big for this machine) ends with a message, not abort().
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "%s: out of memory: the model, batch or data does not fit this machine\n",
+                 "fwp-eval");
+    return 1;
+  }
 }

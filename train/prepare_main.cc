@@ -41,10 +41,15 @@ int main(int argc, char** argv) {
       "\n"
       "  fwp-prepare --corpus data/raw/package --out data/brown [--vocab 8192]");
   const std::string corpus = absl::GetFlag(FLAGS_corpus), out = absl::GetFlag(FLAGS_out);
+  std::error_code made;
+  std::filesystem::create_directories(out, made);
+  if (made) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--out: cannot create ", out, ": ", made.message())));
+  }
   auto names = fwp::ListBrownDocuments(corpus);
   if (!names.ok()) return Fail(names.status());
   const fwp::BrownSplit split = fwp::SplitBrown(*names);
-  std::filesystem::create_directories(out);
 
   struct Split {
     const char* name;

@@ -41,6 +41,9 @@ struct RetrievalTask::Parameters {
 
 namespace {
 
+// e, the embedding width: 2.2·S as in the paper's code.
+int64_t EmbedSize(int64_t S) { return static_cast<int64_t>(2 * S * 1.1); }
+
 absl::Status Init(Backend& backend, Tensor& t, int64_t size,
                   const std::function<float()>& draw) {
   t.size = size;
@@ -82,8 +85,19 @@ absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Create(
   if (config.phi.kind == FeatureMapKind::kFavor) {
     return absl::InvalidArgumentError("the retrieval task runs dpfp, elu1, relu or identity, not favor");
   }
-  if (config.pairs < 2 || config.d_key < 1 || config.batch < 1) {
-    return absl::InvalidArgumentError("retrieval needs pairs ≥ 2, d_key ≥ 1, batch ≥ 1");
+  if (config.pairs < 2 || config.pairs > kMaxRetrievalPairs || config.d_key < 1 ||
+      config.batch < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("retrieval needs pairs in [2, ",
+                                                   kMaxRetrievalPairs, "], d_key ≥ 1, batch ≥ 1"));
+  }
+  if (config.phi.kind == FeatureMapKind::kDpfp &&
+      (config.phi.nu < 1 || config.phi.nu > kMaxDpfpNu)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DPFP ν must be in [1, ", kMaxDpfpNu, "], not ", config.phi.nu));
+  }
+  if (!std::isfinite(config.lr) || config.lr <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("retrieval lr must be finite and > 0, not ",
+                                                   config.lr));
   }
   std::unique_ptr<RetrievalTask> task(new RetrievalTask(backend, config));
   const int64_t S = config.pairs, d = config.d_key;
@@ -97,7 +111,7 @@ absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Create(
   spec.d_value = S;
   spec.scale = 1.0f;
   FWP_RETURN_IF_ERROR(backend.CheckAttention(spec));
-  task->embed_ = static_cast<int64_t>(2 * S * 1.1);
+  task->embed_ = EmbedSize(S);
   const int64_t e = task->embed_;
   // Initialisation as in the paper's code (torch defaults elsewhere).
   Rng& rng = task->rng_;
@@ -362,9 +376,9 @@ absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Load(Backend& back
   config.seed = seed;
   FWP_ASSIGN_OR_RETURN(int64_t setting, number("setting", 1, 2));
   config.setting = static_cast<int>(setting);
-  FWP_ASSIGN_OR_RETURN(config.pairs, number("pairs", 2, 1 << 20));
+  FWP_ASSIGN_OR_RETURN(config.pairs, number("pairs", 2, kMaxRetrievalPairs));
   FWP_ASSIGN_OR_RETURN(config.d_key, number("d_key", 1, 1 << 16));
-  FWP_ASSIGN_OR_RETURN(int64_t nu, number("nu", 1, 16));
+  FWP_ASSIGN_OR_RETURN(int64_t nu, number("nu", 1, kMaxDpfpNu));
   config.phi.nu = static_cast<int>(nu);
   FWP_ASSIGN_OR_RETURN(std::string update, field("update"));
   FWP_ASSIGN_OR_RETURN(std::string phi, field("feature_map"));
@@ -376,16 +390,14 @@ absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Load(Backend& back
   }
   config.update = *rule;
   config.phi.kind = *kind;
-  FWP_ASSIGN_OR_RETURN(auto task, Create(backend, config));
-  FWP_ASSIGN_OR_RETURN(task->step_, number("steps", 0, int64_t{1} << 40));
-  const auto layout = Parameters::Layout(config.pairs, config.d_key, task->embed_);
-  const auto tensors = task->params_->All();
+  // The file's tensors must fit its metadata before Create allocates a
+  // task of that size: a corrupt 'pairs' would otherwise fail in bad_alloc.
+  const auto layout = Parameters::Layout(config.pairs, config.d_key, EmbedSize(config.pairs));
   if (file->tensors().size() != layout.size()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": holds ", file->tensors().size(),
                                                    " tensors, a retrieval model ", layout.size()));
   }
-  for (size_t i = 0; i < layout.size(); ++i) {
-    const auto& [name, shape] = layout[i];
+  for (const auto& [name, shape] : layout) {
     const TensorInfo* info = file->Find(name);
     if (info == nullptr || info->shape != shape) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -393,7 +405,12 @@ absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Load(Backend& back
           " (S = ", config.pairs, ", d_key = ", config.d_key, " needs [",
           absl::StrJoin(shape, ", "), "])"));
     }
-    FWP_ASSIGN_OR_RETURN(std::vector<float> values, file->ReadF32(name));
+  }
+  FWP_ASSIGN_OR_RETURN(auto task, Create(backend, config));
+  FWP_ASSIGN_OR_RETURN(task->step_, number("steps", 0, int64_t{1} << 40));
+  const auto tensors = task->params_->All();
+  for (size_t i = 0; i < layout.size(); ++i) {
+    FWP_ASSIGN_OR_RETURN(std::vector<float> values, file->ReadF32(layout[i].first));
     backend.CopyToDevice(tensors[i]->data.data(), values.data(), values.size() * sizeof(float));
   }
   return task;

@@ -33,6 +33,13 @@
 
 namespace fwp {
 
+// The largest S a task takes: the paper goes to 600, and the memory grows
+// as S² (a d_key × S value matrix per sequence, an S × 2.2S embedding), so
+// far larger values are typos that would otherwise die in bad_alloc.
+inline constexpr int64_t kMaxRetrievalPairs = 100000;
+// DPFP's ν: the paper uses 1 to 3; d_φ = 2·ν·d_key.
+inline constexpr int kMaxDpfpNu = 16;
+
 struct RetrievalConfig {
   int setting = 1;  // 1: capacity (no replacement, length S); 2: updates (replacement, 2S)
   int64_t pairs = 20;  // S

@@ -7,21 +7,24 @@
 // (and appends to --csv) the final and best evaluation loss and accuracy;
 // --save DIR keeps each trained memory as DIR/<rule>+<map>-setting<k>-S<S>.safetensors
 // (fwp-eval --retrieval FILE scores it again on fresh sequences).
+#include <cmath>
 #include <cstdio>
+#include <new>
 #include <filesystem>
 #include <fstream>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "cli/flags.h"
 #include "train/retrieval.h"
 
 ABSL_FLAG(int, setting, 1, "1: capacity (distinct keys), 2: updates (keys with replacement)");
 ABSL_FLAG(std::string, update, "delta", "delta or sum");
 ABSL_FLAG(std::string, phi, "dpfp", "dpfp, elu1, relu or identity");
-ABSL_FLAG(int, nu, 1, "DPFP ν");
-ABSL_FLAG(int64_t, from, 20, "smallest S");
-ABSL_FLAG(int64_t, to, 20, "largest S");
-ABSL_FLAG(int64_t, by, 20, "step of S");
+ABSL_FLAG(int, nu, 1, "DPFP ν, 1 to 16");
+ABSL_FLAG(int64_t, from, 20, "smallest S (≥ 2)");
+ABSL_FLAG(int64_t, to, 20, "largest S (≤ 100000)");
+ABSL_FLAG(int64_t, by, 20, "step of S (≥ 1)");
 ABSL_FLAG(int64_t, max_steps, 100000, "step budget per S");
 ABSL_FLAG(uint64_t, seed, 1, "seed");
 ABSL_FLAG(std::string, backend, "auto",
@@ -38,7 +41,16 @@ ABSL_FLAG(bool, progress, false, "print every evaluation");
 ABSL_FLAG(double, max_seconds, 0,
           "also stop each S at its first evaluation after this many seconds (0: no limit)");
 
-int main(int argc, char** argv) {
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "fwp-retrieval: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
       "the paper's synthetic associative retrieval experiments\n"
       "\n"
@@ -76,6 +88,35 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fwp-retrieval: --eval_every, --eval_sequences and --max_steps must be ≥ 1\n");
     return 1;
   }
+  const int64_t from = absl::GetFlag(FLAGS_from), to = absl::GetFlag(FLAGS_to),
+                by = absl::GetFlag(FLAGS_by);
+  if (from < 2 || from > fwp::kMaxRetrievalPairs) {
+    return Fail(absl::StrCat("--from must be in [2, ", fwp::kMaxRetrievalPairs, "], not ", from));
+  }
+  if (to < from || to > fwp::kMaxRetrievalPairs) {
+    return Fail(absl::StrCat("--to must be in [--from = ", from, ", ", fwp::kMaxRetrievalPairs,
+                             "], not ", to));
+  }
+  if (by < 1) return Fail(absl::StrCat("--by must be ≥ 1, not ", by));
+  if (config.phi.nu < 1 || config.phi.nu > fwp::kMaxDpfpNu) {
+    return Fail(absl::StrCat("--nu must be in [1, ", fwp::kMaxDpfpNu, "], not ", config.phi.nu));
+  }
+  if (!std::isfinite(config.lr) || config.lr <= 0) {
+    return Fail(absl::StrCat("--lr must be finite and > 0, not ", absl::GetFlag(FLAGS_lr)));
+  }
+  if (config.batch < 1) return Fail(absl::StrCat("--batch must be ≥ 1, not ", config.batch));
+  if (config.d_key < 1 || config.d_key > (1 << 16)) {
+    return Fail(absl::StrCat("--d_key must be in [1, 65536], not ", config.d_key));
+  }
+  if (config.patience < 0) return Fail(absl::StrCat("--patience must be ≥ 0, not ", config.patience));
+  // Opened before the first S trains (hours, at large S), so that a path
+  // it cannot write fails now rather than dropping the results.
+  const std::string csv_path = absl::GetFlag(FLAGS_csv);
+  std::ofstream csv;
+  if (!csv_path.empty()) {
+    csv.open(csv_path, std::ios::app);
+    if (!csv) return Fail(absl::StrCat("--csv: cannot write ", csv_path));
+  }
   const std::string save_dir = absl::GetFlag(FLAGS_save);
   if (!save_dir.empty()) {
     std::error_code error;
@@ -90,7 +131,7 @@ int main(int argc, char** argv) {
                            (phi == "dpfp" ? std::to_string(config.phi.nu) : "");
   std::printf("%-12s %7s %5s %8s %11s %9s %11s %9s\n", "memory", "setting", "S", "steps",
               "final loss", "final acc", "best loss", "best acc");
-  for (int64_t S = absl::GetFlag(FLAGS_from); S <= absl::GetFlag(FLAGS_to); S += absl::GetFlag(FLAGS_by)) {
+  for (int64_t S = from; S <= to; S += by) {
     config.pairs = S;
     auto task = fwp::RetrievalTask::Create(*backend, config);
     if (!task.ok()) {
@@ -124,12 +165,25 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    if (!absl::GetFlag(FLAGS_csv).empty()) {
-      std::ofstream(absl::GetFlag(FLAGS_csv), std::ios::app)
-          << name << ',' << config.setting << ',' << S << ',' << result->steps << ','
+    if (csv.is_open()) {
+      csv << name << ',' << config.setting << ',' << S << ',' << result->steps << ','
           << result->last.loss << ',' << result->last.accuracy << ',' << result->best.loss << ','
           << result->best.accuracy << '\n';
+      csv.flush();
+      if (!csv) return Fail(absl::StrCat("--csv: writing ", csv_path, " failed"));
     }
   }
   return 0;
+}
+
+// The last net under the size checks: an allocation that still fails (a
+// model or task too big for this machine) ends with a message, not abort().
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "%s: out of memory: the model, batch or data does not fit this machine\n",
+                 "fwp-retrieval");
+    return 1;
+  }
 }

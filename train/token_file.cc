@@ -40,7 +40,10 @@ absl::StatusOr<TokenFile> ReadTokenFile(const std::string& path) {
   uint32_t v = 0;
   std::memcpy(&n, bytes.data() + 8, 8);
   std::memcpy(&v, bytes.data() + 16, 4);
-  if (bytes.size() != kHeader + 4 * n) {
+  // n comes from the file: compare it with the payload's size without
+  // computing 4·n, which a corrupt count would overflow.
+  const uint64_t payload = bytes.size() - kHeader;
+  if (payload % 4 != 0 || n != payload / 4) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": header says ", n, " tokens but the file holds ",
                                                    (bytes.size() - kHeader) / 4.0, ": truncated?"));
   }

@@ -10,8 +10,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
+#include <new>
 #include <filesystem>
 #include <fstream>
 
@@ -19,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/flags.h"
 #include "model/config.h"
+#include "model/atomic_file.h"
 #include "model/weights.h"
 #include "train/trainer.h"
 
@@ -30,7 +33,10 @@ ABSL_FLAG(std::string, backend, "auto",
           "auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N");
 ABSL_FLAG(int64_t, batch, 16, "sequences per step");
 ABSL_FLAG(int64_t, seq, 128, "tokens per sequence");
-ABSL_FLAG(int64_t, steps, 1000, "optimiser steps in all");
+ABSL_FLAG(int64_t, steps, 0,
+          "optimiser steps in all (0: 1000 for a new run, the run's own with --resume); "
+          "extending a resumed run keeps its learning-rate schedule, so the extra steps "
+          "run at the schedule's final rate");
 ABSL_FLAG(double, lr, 1e-3, "peak learning rate");
 ABSL_FLAG(double, min_lr_ratio, 0.1, "final learning rate as a fraction of --lr");
 ABSL_FLAG(int64_t, warmup, 100, "linear warm-up steps");
@@ -65,9 +71,62 @@ void Plot(const std::string& out) {
   if (std::system(cmd.c_str()) == 0) std::printf("plotted %s/loss.png\n", out.c_str());
 }
 
+// Whether `args` (fwp::UnderscoreFlagNames of argv) sets --name: absl's
+// IsSpecifiedOnCommandLine is not public in the abseil we build against.
+bool Given(const std::vector<std::string>& args, const std::string& name) {
+  for (const std::string& a : args) {
+    if (a == "--") break;
+    const size_t dashes = a.rfind("--", 0) == 0 ? 2 : a.rfind("-", 0) == 0 ? 1 : 0;
+    if (dashes == 0) continue;
+    std::string_view flag = std::string_view(a).substr(dashes);
+    flag = flag.substr(0, flag.find('='));
+    if (flag == name || flag == "no" + name) return true;
+  }
+  return false;
+}
+
+// Settings a resumed run takes from its trainer.json and config.json; given
+// again, they would silently do nothing (or break the exact continuation).
+absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
+                               const fwp::TrainerConfig& run, const std::string& out) {
+  const fwp::OptimizerConfig& o = run.optimizer;
+  const std::pair<const char*, std::string> fixed[] = {
+      {"config", out + "/config.json"},
+      {"batch", absl::StrCat(run.batch)},
+      {"seq", absl::StrCat(run.seq)},
+      {"lr", absl::StrCat(o.lr)},
+      {"min_lr_ratio", absl::StrCat(o.min_lr_ratio)},
+      {"warmup", absl::StrCat(o.warmup_steps)},
+      {"weight_decay", absl::StrCat(o.weight_decay)},
+      {"clip", absl::StrCat(o.clip_norm)},
+      {"seed", absl::StrCat(run.seed)},
+      {"carry_state", run.carry_state ? "true" : "false"},
+  };
+  for (const auto& [flag, value] : fixed) {
+    if (Given(args, flag)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " cannot change on --resume: ",
+                                                     out, " runs with ", flag, " ", value));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A resumed run appends to log.csv from the checkpoint's step on; rows a
+// crashed run logged after its last checkpoint would otherwise appear twice.
+absl::Status CutLog(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return absl::OkStatus();
+  std::string kept, line;
+  for (bool header = true; std::getline(in, line); header = false) {
+    if (!header && (line.empty() || std::strtoll(line.c_str(), nullptr, 10) > step)) continue;
+    kept += line + "\n";
+  }
+  return fwp::WriteFileAtomically(path, kept);
+}
+
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
       "train an FWP language model on prepared token files\n"
       "\n"
@@ -75,34 +134,17 @@ int main(int argc, char** argv) {
       "  fwp-train --out runs/default --resume [--steps N]");
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
-  auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
-  if (!made.ok()) return Fail(made.status());
-  std::unique_ptr<fwp::Backend> backend = std::move(*made);
-  backend->SetBatchInvariant(false);  // training needs no per-row invariance: cuBLAS
-  const std::string data = absl::GetFlag(FLAGS_data);
-  auto train = fwp::ReadTokenFile(data + "/train.tok");
-  if (!train.ok()) return Fail(train.status());
-  auto valid = fwp::ReadTokenFile(data + "/valid.tok");
-  if (!valid.ok()) return Fail(valid.status());
-
-  std::unique_ptr<fwp::Trainer> trainer;
-  if (absl::GetFlag(FLAGS_resume)) {
-    auto t = fwp::Trainer::Resume(*backend, out, std::move(*train), std::move(*valid),
-                                  absl::GetFlag(FLAGS_steps));
-    if (!t.ok()) return Fail(t.status());
-    trainer = std::move(*t);
-    std::printf("resuming %s at step %lld on %s\n", out.c_str(), (long long)trainer->step(),
-                backend->Name());
-  } else {
+  const bool resume = absl::GetFlag(FLAGS_resume);
+  const int64_t steps = absl::GetFlag(FLAGS_steps);
+  if (steps < 0) return Fail(absl::InvalidArgumentError("--steps must be ≥ 1 (or 0: the default)"));
+  fwp::TrainerConfig tc;
+  if (!resume) {
     if (absl::GetFlag(FLAGS_config).empty()) {
       return Fail(absl::InvalidArgumentError("a new run needs --config (or --resume)"));
     }
-    auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_config));
-    if (!config.ok()) return Fail(config.status());
-    fwp::TrainerConfig tc;
     tc.batch = absl::GetFlag(FLAGS_batch);
     tc.seq = absl::GetFlag(FLAGS_seq);
-    tc.steps = absl::GetFlag(FLAGS_steps);
+    tc.steps = steps > 0 ? steps : 1000;
     tc.eval_every = absl::GetFlag(FLAGS_eval_every);
     tc.eval_windows = absl::GetFlag(FLAGS_eval_windows);
     tc.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
@@ -114,13 +156,63 @@ int main(int argc, char** argv) {
     tc.optimizer.total_steps = tc.steps;
     tc.optimizer.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
     tc.optimizer.clip_norm = static_cast<float>(absl::GetFlag(FLAGS_clip));
-    std::filesystem::create_directories(out);
+    if (auto s = fwp::CheckTrainerConfig(tc); !s.ok()) return Fail(s);
+    if (auto at = fwp::CheckpointStep(out); !absl::IsNotFound(at.status())) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          out, " holds a run", at.ok() ? absl::StrCat(" at step ", *at) : std::string(),
+          ": --resume to continue it, or choose another --out")));
+    }
+  }
+  const std::string data = absl::GetFlag(FLAGS_data);
+  // A new run copies the tokenizer into every checkpoint: missing, it
+  // would fail only at the first one, after the training time is spent.
+  if (!resume && !std::filesystem::is_regular_file(data + "/tokenizer.model")) {
+    return Fail(absl::NotFoundError(absl::StrCat("--data ", data, " has no tokenizer.model")));
+  }
+  auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
+  if (!made.ok()) return Fail(made.status());
+  std::unique_ptr<fwp::Backend> backend = std::move(*made);
+  backend->SetBatchInvariant(false);  // training needs no per-row invariance: cuBLAS
+  auto train = fwp::ReadTokenFile(data + "/train.tok");
+  if (!train.ok()) return Fail(train.status());
+  auto valid = fwp::ReadTokenFile(data + "/valid.tok");
+  if (!valid.ok()) return Fail(valid.status());
+
+  std::unique_ptr<fwp::Trainer> trainer;
+  if (resume) {
+    auto t = fwp::Trainer::Resume(*backend, out, std::move(*train), std::move(*valid), steps);
+    if (!t.ok()) return Fail(t.status());
+    trainer = std::move(*t);
+    if (auto s = CheckNoFixedFlags(fwp::UnderscoreFlagNames(argc, argv), trainer->config(), out); !s.ok()) return Fail(s);
+    if (auto s = CutLog(out + "/log.csv", trainer->step()); !s.ok()) return Fail(s);
+    std::printf("resuming %s at step %lld of %lld on %s\n", out.c_str(),
+                (long long)trainer->step(), (long long)trainer->config().steps, backend->Name());
+    const int64_t schedule = trainer->config().optimizer.total_steps;
+    if (trainer->config().steps > schedule) {
+      const fwp::OptimizerConfig& o = trainer->config().optimizer;
+      std::printf("the learning-rate schedule ends at step %lld: the extension to step %lld runs "
+                  "at its final rate, min_lr_ratio × lr = %g\n",
+                  (long long)schedule, (long long)trainer->config().steps,
+                  static_cast<double>(o.min_lr_ratio) * o.lr);
+    }
+  } else {
+    auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_config));
+    if (!config.ok()) return Fail(config.status());
+    std::error_code error;
+    std::filesystem::create_directories(out, error);
+    if (error) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--out: cannot create ", out, ": ", error.message())));
+    }
     auto t = fwp::Trainer::Create(*backend, *config, fwp::RandomWeights(*config, tc.seed), tc,
                                   std::move(*train), std::move(*valid), out,
                                   data + "/tokenizer.model");
     if (!t.ok()) return Fail(t.status());
     trainer = std::move(*t);
-    std::ofstream(out + "/log.csv") << "step,lr,loss,grad_norm,tokens_per_s,valid_loss,valid_ppl\n";
+    if (!(std::ofstream(out + "/log.csv")
+          << "step,lr,loss,grad_norm,tokens_per_s,valid_loss,valid_ppl\n")) {
+      return Fail(absl::PermissionDeniedError(absl::StrCat("cannot write ", out, "/log.csv")));
+    }
     std::printf("training %lld parameters on %s for %lld steps\n",
                 (long long)config->ParameterCount(), backend->Name(), (long long)tc.steps);
   }
@@ -155,4 +247,16 @@ int main(int argc, char** argv) {
   if (!status.ok()) return Fail(status);
   Plot(out);
   return 0;
+}
+
+// The last net under the size checks: an allocation that still fails (a
+// model or task too big for this machine) ends with a message, not abort().
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "%s: out of memory: the model, batch or data does not fit this machine\n",
+                 "fwp-train");
+    return 1;
+  }
 }

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -90,13 +91,55 @@ absl::Status CheckData(const TokenFile& file, const char* name, const Config& co
 
 }  // namespace
 
+absl::Status CheckTrainerConfig(const TrainerConfig& c) {
+  const OptimizerConfig& o = c.optimizer;
+  auto bad = [](absl::string_view flag, absl::string_view rule, auto value) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " must be ", rule, ", not ", value));
+  };
+  // Bounds before products: batch·seq must not overflow, and a step of more
+  // than 2^31 tokens is a typo, not a run (activations alone would be TBs).
+  constexpr int64_t kMaxTokensPerStep = int64_t{1} << 31;
+  if (c.batch < 1 || c.batch > kMaxTokensPerStep) return bad("--batch", "in [1, 2^31]", c.batch);
+  if (c.seq < 1 || c.seq > kMaxTokensPerStep) return bad("--seq", "in [1, 2^31]", c.seq);
+  if (c.batch * c.seq > kMaxTokensPerStep) {
+    return absl::InvalidArgumentError(absl::StrCat("--batch × --seq is ", c.batch * c.seq,
+                                                   " tokens per step, more than 2^31"));
+  }
+  if (c.steps < 1) return bad("--steps", "≥ 1", c.steps);
+  if (c.eval_every < 0) return bad("--eval_every", "≥ 0", c.eval_every);
+  if (c.eval_windows < 0) return bad("--eval_windows", "≥ 0", c.eval_windows);
+  if (c.checkpoint_every < 0) return bad("--checkpoint_every", "≥ 0", c.checkpoint_every);
+  if (!std::isfinite(o.lr) || o.lr <= 0) return bad("--lr", "finite and > 0", o.lr);
+  if (!(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1)) {
+    return bad("--min_lr_ratio", "in [0, 1]", o.min_lr_ratio);
+  }
+  if (o.warmup_steps < 0) return bad("--warmup", "≥ 0", o.warmup_steps);
+  if (o.total_steps < 1) return bad("the schedule's total_steps", "≥ 1", o.total_steps);
+  if (!std::isfinite(o.weight_decay) || o.weight_decay < 0) {
+    return bad("--weight_decay", "finite and ≥ 0", o.weight_decay);
+  }
+  if (!std::isfinite(o.clip_norm) || o.clip_norm < 0) return bad("--clip", "finite and ≥ 0", o.clip_norm);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> CheckpointStep(const std::string& out_dir) {
+  const std::string path = out_dir + "/trainer.json";
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("no checkpoint: cannot open ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  const json j = json::parse(text.str(), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no integer field 'step'"));
+  }
+  return j["step"].get<int64_t>();
+}
+
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     Backend& backend, const Config& config, const HostWeights& weights,
     const TrainerConfig& trainer, TokenFile train, TokenFile valid, std::string out_dir,
     std::string tokenizer_path) {
-  if (trainer.batch < 1 || trainer.seq < 1 || trainer.steps < 0) {
-    return absl::InvalidArgumentError("batch and seq must be positive, steps non-negative");
-  }
+  FWP_RETURN_IF_ERROR(CheckTrainerConfig(trainer));
   FWP_RETURN_IF_ERROR(CheckData(train, "train", config, trainer.seq));
   FWP_RETURN_IF_ERROR(CheckData(valid, "valid", config, trainer.seq));
   std::unique_ptr<Trainer> t(new Trainer());
@@ -131,6 +174,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                       std::move(valid), out_dir,
                                       std::filesystem::exists(tokenizer) ? tokenizer : ""));
   FWP_RETURN_IF_ERROR(t->optimizer_->Load(out_dir + "/optimizer.safetensors"));
+  if (t->step() >= trainer.steps) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        out_dir, " is at step ", t->step(), " of ", trainer.steps,
+        ": nothing to do (--steps above ", t->step(), " extends the run)"));
+  }
   if (t->carry_) {
     const std::string path = out_dir + "/carry.safetensors";
     FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
@@ -238,9 +286,21 @@ absl::Status Trainer::SaveCheckpoint() {
 absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) {
   while (optimizer_->step() < config_.steps) {
     FWP_ASSIGN_OR_RETURN(StepReport r, Step());
+    // A diverged run must not go on (nor checkpoint NaN weights) and end
+    // as if it had trained.
+    if (!std::isfinite(r.loss)) {
+      return absl::InternalError(absl::StrCat("loss is not finite at step ", r.step,
+                                              ": lower --lr (", config_.optimizer.lr,
+                                              ") or --clip, or check the data"));
+    }
     const bool last = r.step == config_.steps;
     if ((config_.eval_every > 0 && r.step % config_.eval_every == 0) || last) {
       FWP_ASSIGN_OR_RETURN(Model::Loss valid, Evaluate());
+      if (!std::isfinite(valid.mean)) {
+        return absl::InternalError(absl::StrCat("valid loss is not finite at step ", r.step,
+                                                ": lower --lr (", config_.optimizer.lr,
+                                                ") or --clip, or check the data"));
+      }
       r.valid_loss = valid.mean;
     }
     if ((config_.checkpoint_every > 0 && r.step % config_.checkpoint_every == 0) || last) {

@@ -47,6 +47,14 @@ struct StepReport {
   double valid_loss = -1;  // < 0: not evaluated at this step
 };
 
+// Why `c` cannot train, naming the fwp-train flag of the field at fault
+// (--lr for optimizer.lr, --clip for optimizer.clip_norm, ...); OK when it can.
+absl::Status CheckTrainerConfig(const TrainerConfig& c);
+
+// The step of the checkpoint in `out_dir` (its trainer.json); NotFound when
+// the directory holds no run.
+absl::StatusOr<int64_t> CheckpointStep(const std::string& out_dir);
+
 class Trainer {
  public:
   // A new run in `out_dir` from `weights`.
@@ -55,7 +63,9 @@ class Trainer {
       const TrainerConfig& trainer, TokenFile train, TokenFile valid, std::string out_dir,
       std::string tokenizer_path);
   // Continues the run checkpointed in `out_dir`; `steps` > 0 replaces the
-  // total step count (the schedule keeps its own total).
+  // total step count. The learning-rate schedule keeps its own total
+  // (optimizer.total_steps), so steps past it run at the schedule's final
+  // rate. Refused when the run is already at (or past) its total.
   static absl::StatusOr<std::unique_ptr<Trainer>> Resume(Backend& backend,
                                                          const std::string& out_dir,
                                                          TokenFile train, TokenFile valid,
@@ -64,7 +74,8 @@ class Trainer {
   // One optimiser step.
   absl::StatusOr<StepReport> Step();
   // Steps until `config().steps`, evaluating and checkpointing on schedule;
-  // `report` is called after every step.
+  // `report` is called after every step. A train or valid loss that is not
+  // finite stops the run with an error (before that step is checkpointed).
   absl::Status Run(const std::function<void(const StepReport&)>& report);
   // Mean loss on the valid split (windows of `seq` tokens, fresh states).
   absl::StatusOr<Model::Loss> Evaluate();

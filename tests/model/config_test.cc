@@ -59,6 +59,15 @@ TEST(Config, IdentityFeaturesAreNotSumNormalisedByDefault) {
   EXPECT_FALSE(config->feature_map.sum_norm);
 }
 
+// Every field within its own bound, the whole far beyond any machine:
+// refused by validation, not by bad_alloc when the weights are allocated.
+TEST(Config, RefusesAHugeParameterCount) {
+  const std::string error = ErrorWith(R"("vocab_size": 8192, "d_model": 256)",
+                                      R"("vocab_size": 16777216, "d_model": 65536)");
+  EXPECT_NE(error.find("parameters"), std::string::npos) << error;
+  EXPECT_NE(error.find("2^34"), std::string::npos) << error;
+}
+
 TEST(Config, RefusesBadFieldsNamingThem) {
   EXPECT_EQ(ErrorWith("\"d_model\"", "\"d_modle\""),
             "unknown config field 'd_modle' (did you mean 'd_model'?)");

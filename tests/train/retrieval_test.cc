@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -154,6 +156,12 @@ TEST(Retrieval, SavedMemoryLoadsBackAndBadFilesAreRefused) {
   auto meta = metadata;
   meta["pairs"] = "13";
   EXPECT_THAT(refused(meta, tensors), testing::HasSubstr("has the wrong shape"));
+  // A huge S is refused by the shape check before a task that size is
+  // allocated (an 88 GB embedding at S = 99999), and past the bound at once.
+  meta["pairs"] = "99999";
+  EXPECT_THAT(refused(meta, tensors), testing::HasSubstr("has the wrong shape"));
+  meta["pairs"] = "100000000";
+  EXPECT_THAT(refused(meta, tensors), testing::HasSubstr("not a number in [2, 100000]"));
   meta = metadata;
   meta["update"] = "hebbian";
   EXPECT_THAT(refused(meta, tensors), testing::HasSubstr("unknown update rule 'hebbian'"));
@@ -173,6 +181,23 @@ TEST(Retrieval, RefusesAnUnknownSetting) {
   RetrievalConfig config;
   config.setting = 3;
   EXPECT_FALSE(RetrievalTask::Create(*backend, config).ok());
+}
+
+TEST(Retrieval, RefusesSizesAndRatesOutOfRange) {
+  auto backend = MakeCpuBackend();
+  auto error = [&](auto spoil) {
+    RetrievalConfig config;
+    spoil(config);
+    auto task = RetrievalTask::Create(*backend, config);
+    EXPECT_FALSE(task.ok());
+    return task.ok() ? std::string() : std::string(task.status().message());
+  };
+  EXPECT_THAT(error([](RetrievalConfig& c) { c.pairs = kMaxRetrievalPairs + 1; }),
+              testing::HasSubstr("pairs in [2, 100000]"));
+  EXPECT_THAT(error([](RetrievalConfig& c) { c.phi.nu = 0; }), testing::HasSubstr("ν"));
+  EXPECT_THAT(error([](RetrievalConfig& c) { c.phi.nu = 100000; }), testing::HasSubstr("ν"));
+  EXPECT_THAT(error([](RetrievalConfig& c) { c.lr = std::nanf(""); }), testing::HasSubstr("lr"));
+  EXPECT_THAT(error([](RetrievalConfig& c) { c.lr = -1; }), testing::HasSubstr("lr"));
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "kernels/random.h"
 #include "model/model_dir.h"
@@ -112,6 +114,86 @@ TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
                                  Stream(500, 2), 0);
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("trainer.json"), std::string::npos);
+}
+
+TEST(Trainer, RefusesBadSettingsNamingTheFlag) {
+  const std::pair<std::function<void(TrainerConfig&)>, std::string> cases[] = {
+      {[](TrainerConfig& c) { c.optimizer.lr = std::nanf(""); }, "--lr"},
+      {[](TrainerConfig& c) { c.optimizer.lr = 0; }, "--lr"},
+      {[](TrainerConfig& c) { c.optimizer.min_lr_ratio = 1.5f; }, "--min_lr_ratio"},
+      {[](TrainerConfig& c) { c.optimizer.min_lr_ratio = std::nanf(""); }, "--min_lr_ratio"},
+      {[](TrainerConfig& c) { c.optimizer.warmup_steps = -1; }, "--warmup"},
+      {[](TrainerConfig& c) { c.optimizer.clip_norm = INFINITY; }, "--clip"},
+      {[](TrainerConfig& c) { c.optimizer.weight_decay = -0.1f; }, "--weight_decay"},
+      {[](TrainerConfig& c) { c.steps = 0; }, "--steps"},
+      {[](TrainerConfig& c) { c.batch = int64_t{1} << 62; }, "--batch"},
+      {[](TrainerConfig& c) { c.batch = c.seq = 1 << 20; }, "--batch × --seq"},
+  };
+  for (const auto& [spoil, flag] : cases) {
+    TrainerConfig c = Settings(2);
+    spoil(c);
+    const absl::Status s = CheckTrainerConfig(c);
+    EXPECT_EQ(s.message().rfind(flag, 0), 0u) << flag << ": " << s;
+  }
+  EXPECT_TRUE(CheckTrainerConfig(Settings(2)).ok());
+}
+
+TEST(Trainer, StopsWhenTheLossIsNotFinite) {
+  auto backend = MakeCpuBackend();
+  const Config config = TinyConfig();
+  TrainerConfig settings = Settings(20);
+  settings.optimizer.lr = 1e30f;
+  settings.optimizer.warmup_steps = 0;
+  settings.optimizer.clip_norm = 0;
+  const std::string out = ::testing::TempDir() + "fwp_trainer_nan";
+  std::filesystem::remove_all(out);
+  auto t = Trainer::Create(*backend, config, RandomWeights(config, 1), settings, Stream(3000, 1),
+                           Stream(500, 2), out, "");
+  ASSERT_TRUE(t.ok()) << t.status();
+  int64_t reported = 0;
+  const absl::Status s = (*t)->Run([&](const StepReport&) { ++reported; });
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("loss is not finite at step " + std::to_string(reported + 1)),
+            std::string::npos) << s;
+  EXPECT_LT(reported, 20);
+}
+
+TEST(Trainer, ResumeOfAFinishedRunSaysSo) {
+  auto backend = MakeCpuBackend();
+  const Config config = TinyConfig();
+  const std::string out = ::testing::TempDir() + "fwp_trainer_finished";
+  std::filesystem::remove_all(out);
+  auto t = Trainer::Create(*backend, config, RandomWeights(config, 1), Settings(2),
+                           Stream(3000, 1), Stream(500, 2), out, "");
+  ASSERT_TRUE(t.ok());
+  RunFor(**t);
+  EXPECT_EQ(*CheckpointStep(out), 2);
+  for (int64_t steps : {0, 1, 2}) {
+    auto r = Trainer::Resume(*backend, out, Stream(3000, 1), Stream(500, 2), steps);
+    ASSERT_FALSE(r.ok()) << steps;
+    EXPECT_NE(r.status().message().find("nothing to do"), std::string::npos) << r.status();
+  }
+  auto more = Trainer::Resume(*backend, out, Stream(3000, 1), Stream(500, 2), 3);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_EQ((*more)->config().optimizer.total_steps, 12);  // the schedule keeps its total
+}
+
+// A corrupt header count must be refused, not trusted: 4·n overflows for
+// n near 2^62 and would otherwise pass the size check and allocate n tokens.
+TEST(TokenFile, RefusesAHeaderCountThatDoesNotMatchTheFile) {
+  const std::string path = ::testing::TempDir() + "fwp_huge_count.tok";
+  TokenFile f = Stream(20, 1);
+  ASSERT_TRUE(WriteTokenFile(path, f).ok());
+  ASSERT_TRUE(ReadTokenFile(path).ok());
+  for (uint64_t n : {(uint64_t{1} << 62) + 20, uint64_t{21}, ~uint64_t{0}}) {
+    std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(8);
+    io.write(reinterpret_cast<const char*>(&n), 8);
+    io.close();
+    auto read = ReadTokenFile(path);
+    ASSERT_FALSE(read.ok()) << n;
+    EXPECT_NE(read.status().message().find("header says"), std::string::npos) << read.status();
+  }
 }
 
 }  // namespace
