@@ -1,5 +1,8 @@
 #include "cli/flags.h"
 
+#include <cstdio>
+#include <new>
+
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
@@ -24,6 +27,17 @@ bool IsOurFlagFile(std::string_view file) {
   // their own include roots.
   return file.find("absl/") == std::string_view::npos &&
          file.find("/usr/") == std::string_view::npos;
+}
+
+int RunMain(const char* program, int (*main)(int, char**), int argc, char** argv) {
+  try {
+    return main(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "%s: out of memory: the model, batch or data does not fit this machine\n",
+                 program);
+    return 1;
+  }
 }
 
 std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usage) {

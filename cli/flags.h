@@ -23,4 +23,9 @@ std::vector<std::string> UnderscoreFlagNames(int argc, char** argv);
 // Whether --help shows the flags defined in `file` (ours, not a library's).
 bool IsOurFlagFile(std::string_view file);
 
+// main(argc, argv) with the last net under a program's size checks: an
+// allocation that still fails (a model, batch or data too big for this
+// machine) ends with "<program>: out of memory: ..." and exit 1, not abort().
+int RunMain(const char* program, int (*main)(int, char**), int argc, char** argv);
+
 }  // namespace fwp

@@ -176,10 +176,12 @@ int Run() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
                   "generate a continuation of a prompt on the CPU, token by token\n\n"
                   "  fwp-run --model DIR --prompt TEXT | --random-init CONFIG [--tokenizer T] "
                   "[--prompt_ids 1,2,3] [--save DIR]");
   return Run();
 }
+
+int main(int argc, char** argv) { return fwp::RunMain("fwp-run", Main, argc, argv); }

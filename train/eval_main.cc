@@ -88,7 +88,7 @@ int EvaluateRetrieval(fwp::Backend& backend, const std::string& path) {
 
 }  // namespace
 
-int Main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
       "perplexity and bits per byte of a model on a split, or a retrieval memory's accuracy\n"
       "\n"
@@ -184,14 +184,4 @@ int Main(int argc, char** argv) {
   return 0;
 }
 
-// The last net under the size checks: an allocation that still fails (a
-// model or task too big for this machine) ends with a message, not abort().
-int main(int argc, char** argv) {
-  try {
-    return Main(argc, argv);
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "%s: out of memory: the model, batch or data does not fit this machine\n",
-                 "fwp-eval");
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return fwp::RunMain("fwp-eval", Main, argc, argv); }

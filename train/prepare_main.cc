@@ -35,7 +35,7 @@ int Fail(const absl::Status& s) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
       "the Brown Corpus to a 90/5/5 split, a SentencePiece tokenizer and token files\n"
       "\n"
@@ -108,3 +108,5 @@ int main(int argc, char** argv) {
   std::printf("wrote %s\n", out.c_str());
   return 0;
 }
+
+int main(int argc, char** argv) { return fwp::RunMain("fwp-prepare", Main, argc, argv); }

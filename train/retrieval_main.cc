@@ -50,7 +50,7 @@ int Fail(const std::string& message) {
 
 }  // namespace
 
-int Main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
       "the paper's synthetic associative retrieval experiments\n"
       "\n"
@@ -176,14 +176,4 @@ int Main(int argc, char** argv) {
   return 0;
 }
 
-// The last net under the size checks: an allocation that still fails (a
-// model or task too big for this machine) ends with a message, not abort().
-int main(int argc, char** argv) {
-  try {
-    return Main(argc, argv);
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "%s: out of memory: the model, batch or data does not fit this machine\n",
-                 "fwp-retrieval");
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return fwp::RunMain("fwp-retrieval", Main, argc, argv); }

@@ -126,7 +126,7 @@ absl::Status CutLog(const std::string& path, int64_t step) {
 
 }  // namespace
 
-int Main(int argc, char** argv) {
+static int Main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
       "train an FWP language model on prepared token files\n"
       "\n"
@@ -249,14 +249,4 @@ int Main(int argc, char** argv) {
   return 0;
 }
 
-// The last net under the size checks: an allocation that still fails (a
-// model or task too big for this machine) ends with a message, not abort().
-int main(int argc, char** argv) {
-  try {
-    return Main(argc, argv);
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "%s: out of memory: the model, batch or data does not fit this machine\n",
-                 "fwp-train");
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return fwp::RunMain("fwp-train", Main, argc, argv); }
