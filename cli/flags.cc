@@ -22,6 +22,30 @@ std::vector<std::string> UnderscoreFlagNames(int argc, char** argv) {
   return args;
 }
 
+std::vector<std::string> RepeatedFlagValues(const std::vector<std::string>& args,
+                                            std::string_view name) {
+  std::vector<std::string> values;
+  auto split = [&](std::string_view list) {
+    for (size_t begin = 0;;) {
+      const size_t comma = list.find(',', begin);
+      std::string_view piece = list.substr(begin, comma - begin);
+      if (!piece.empty()) values.emplace_back(piece);
+      if (comma == std::string_view::npos) break;
+      begin = comma + 1;
+    }
+  };
+  const std::string bare = "--" + std::string(name), with_value = bare + "=";
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--") break;
+    if (args[i].rfind(with_value, 0) == 0) {
+      split(std::string_view(args[i]).substr(with_value.size()));
+    } else if (args[i] == bare && i + 1 < args.size()) {
+      split(args[++i]);
+    }
+  }
+  return values;
+}
+
 bool IsOurFlagFile(std::string_view file) {
   // Flags are named by their source path as compiled; libraries' live under
   // their own include roots.

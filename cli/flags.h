@@ -20,6 +20,12 @@ std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usag
 // argv with "--some-flag[=v]" spelled "--some_flag[=v]"; "--" ends the flags.
 std::vector<std::string> UnderscoreFlagNames(int argc, char** argv);
 
+// Every value of a flag that may be given several times (--set a=1 --set
+// b=2,c=3), in order, each split at commas; `args` is UnderscoreFlagNames'
+// output. absl would keep only the last occurrence of a list flag.
+std::vector<std::string> RepeatedFlagValues(const std::vector<std::string>& args,
+                                            std::string_view name);
+
 // Whether --help shows the flags defined in `file` (ours, not a library's).
 bool IsOurFlagFile(std::string_view file);
 

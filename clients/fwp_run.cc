@@ -3,6 +3,7 @@
 //   fwp-run --model models/default --prompt "The jury said" --max_tokens 64
 //   fwp-run --random-init config.json --seed 1 --prompt_ids 1,2,3
 //   fwp-run --random-init config.json --tokenizer tok.model --save out/dir
+//   fwp-run --random-init config.json --set n_layers=2,update=sum --prompt_ids 1,2,3
 //
 // The prompt is prefilled in one call (chunked parallel form), then each new
 // token takes one recurrent Step. Text streams as it becomes whole characters.
@@ -22,6 +23,8 @@
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, model.safetensors, tokenizer.model)");
 ABSL_FLAG(std::string, random_init, "", "config.json of a model to make with seeded random weights");
+ABSL_FLAG(std::vector<std::string>, set, {},
+          "with --random-init: config fields over the file's, field=value (as fwp-train's --set)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random weights (--random-init)");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer.model to use with --random-init");
 ABSL_FLAG(std::string, save, "", "with --random-init: write the model directory here and exit");
@@ -43,7 +46,7 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-int Run() {
+int Run(const std::vector<std::string>& settings) {
   using Clock = std::chrono::steady_clock;
   fwp::SamplingParams params;
   params.temperature = absl::GetFlag(FLAGS_temperature);
@@ -59,7 +62,7 @@ int Run() {
   auto backend = fwp::MakeCpuBackend();
   fwp::LoadedModel loaded;
   if (!absl::GetFlag(FLAGS_random_init).empty()) {
-    auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_random_init));
+    auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_random_init), settings);
     if (!config.ok()) return Fail(config.status());
     // A model directory whose tokenizer and embedding disagree would load
     // and then emit ids the tokenizer cannot decode (or never emit some).
@@ -93,6 +96,9 @@ int Run() {
       if (!tokenizer.ok()) return Fail(tokenizer.status());
       loaded.tokenizer = std::move(*tokenizer);
     }
+  } else if (!settings.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--set changes the config of --random-init; a --model directory's config is its weights'"));
   } else if (!absl::GetFlag(FLAGS_model).empty()) {
     auto dir = fwp::LoadModelDir(absl::GetFlag(FLAGS_model), *backend);
     if (!dir.ok()) return Fail(dir.status());
@@ -181,7 +187,7 @@ static int Main(int argc, char** argv) {
                   "generate a continuation of a prompt on the CPU, token by token\n\n"
                   "  fwp-run --model DIR --prompt TEXT | --random-init CONFIG [--tokenizer T] "
                   "[--prompt_ids 1,2,3] [--save DIR]");
-  return Run();
+  return Run(fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set"));
 }
 
 int main(int argc, char** argv) { return fwp::RunMain("fwp-run", Main, argc, argv); }

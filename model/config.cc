@@ -198,6 +198,43 @@ absl::Status Positive(const char* name, int64_t value, int64_t max) {
   return absl::OkStatus();
 }
 
+// Writes each "a.b=value" of `settings` into `root` (Config::FromFile).
+absl::Status ApplySettings(absl::Span<const std::string> settings, json& root) {
+  for (const std::string& setting : settings) {
+    const size_t equals = setting.find('=');
+    if (equals == 0 || equals == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--set '", setting, "' is not field=value (e.g. n_layers=8)"));
+    }
+    const std::string path = setting.substr(0, equals), text = setting.substr(equals + 1);
+    json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (value.is_discarded()) value = text;
+    json* node = &root;
+    for (size_t begin = 0;;) {
+      const size_t dot = path.find('.', begin);
+      const std::string key = path.substr(begin, dot - begin);
+      if (key.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--set '", setting, "': '", path, "' has an empty field name"));
+      }
+      if (dot == std::string::npos) {
+        (*node)[key] = std::move(value);
+        break;
+      }
+      json& child = (*node)[key];
+      if (child.is_string()) child = json{{"kind", child}};  // "elu1" is {"kind": "elu1"}
+      if (!child.is_object() && !child.is_null()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--set '", setting, "': '", path.substr(0, dot), "' is ", child.dump(),
+            ", not an object with fields"));
+      }
+      node = &child;
+      begin = dot + 1;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 FastWeightSpec Config::Attention() const {
@@ -311,14 +348,30 @@ absl::StatusOr<Config> Config::FromJson(const std::string& text) {
 }
 
 absl::StatusOr<Config> Config::FromFile(const std::string& path) {
+  return FromFile(path, {});
+}
+
+absl::StatusOr<Config> Config::FromFile(const std::string& path,
+                                        absl::Span<const std::string> settings) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open config ", path));
   std::stringstream text;
   text << in.rdbuf();
-  auto config = FromJson(text.str());
+  std::string where = path;
+  json root = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  absl::StatusOr<Config> config;
+  if (settings.empty() || !root.is_object()) {
+    config = FromJson(text.str());  // its own message for text that is no JSON object
+  } else {
+    // The settings go into the JSON, so that FromJson's checks (and its
+    // messages) judge the result: a file may lack a field --set gives.
+    where = absl::StrCat(path, " with --set ", absl::StrJoin(settings, ","));
+    absl::Status applied = ApplySettings(settings, root);
+    config = applied.ok() ? FromJson(root.dump()) : absl::StatusOr<Config>(applied);
+  }
   if (!config.ok()) {
     return absl::Status(config.status().code(),
-                        absl::StrCat(path, ": ", config.status().message()));
+                        absl::StrCat(where, ": ", config.status().message()));
   }
   return config;
 }

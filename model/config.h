@@ -19,6 +19,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kernels/activation.h"
 #include "kernels/fast_weight.h"
 #include "kernels/feature_map.h"
@@ -53,6 +54,15 @@ struct Config {
 
   static absl::StatusOr<Config> FromJson(const std::string& text);
   static absl::StatusOr<Config> FromFile(const std::string& path);
+  // The file's config with `settings` written over it before it is checked,
+  // each "field=value" (fwp-train's and fwp-run's --set): "n_layers=8",
+  // "update=sum", "feature_map.nu=2". A value that parses as JSON is taken
+  // as JSON (8, true, 1e-5, "sum"), any other as a string (sum); a field is
+  // added if the file lacks it. A bare name for feature_map replaces the
+  // whole map ("feature_map=elu1" drops dpfp's "nu"). The result is checked
+  // as any config.json is, so an unknown or misspelt field is refused.
+  static absl::StatusOr<Config> FromFile(const std::string& path,
+                                         absl::Span<const std::string> settings);
   std::string ToJson() const;  // parses back to an equal Config
 };
 

@@ -93,6 +93,9 @@ class Model {
   // after the last token are written back into it: consecutive segments of
   // long streams (truncated backpropagation through time; gradients do not
   // flow into the carried state).
+  //
+  // `gradient_scale` multiplies the gradients added (not the loss returned):
+  // 1/k for each of k equal micro-batches summed into one step's gradient.
   struct Loss {
     double mean = 0.0;
     int64_t count = 0;
@@ -100,7 +103,8 @@ class Model {
   absl::StatusOr<Loss> ForwardBackward(absl::Span<const int32_t> tokens,
                                        absl::Span<const int32_t> targets, int64_t batch,
                                        std::vector<Buffer>* grads,
-                                       StatePool* carry = nullptr);
+                                       StatePool* carry = nullptr,
+                                       float gradient_scale = 1.0f);
 
   // The fast-weight op's chunk length for Prefill (≥ 1; default 64).
   int64_t chunk_size() const { return chunk_size_; }

@@ -15,7 +15,7 @@ namespace fwp {
 absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tokens,
                                                   absl::Span<const int32_t> targets,
                                                   int64_t batch, std::vector<Buffer>* grads,
-                                                  StatePool* carry) {
+                                                  StatePool* carry, float gradient_scale) {
   const Config& c = config_;
   if (batch <= 0 || tokens.empty() || tokens.size() % batch != 0 ||
       targets.size() != tokens.size()) {
@@ -149,7 +149,7 @@ absl::StatusOr<Model::Loss> Model::ForwardBackward(absl::Span<const int32_t> tok
                      c.norm_eps, w.xn_final.f32());
   const float* head = c.tied_embeddings ? embed_.f32() : lm_head_.f32();
   backend_.Matmul(w.xn_final.f32(), head, nullptr, w.logits.f32(), n, V, D, false);
-  const float dloss = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
+  const float dloss = count > 0 ? gradient_scale / static_cast<float>(count) : 0.0f;
   backend_.SoftmaxCrossEntropy(w.logits.f32(), static_cast<const int32_t*>(w.targets.data()), n,
                                V, w.losses.f32(), grads ? w.logits.f32() : nullptr, dloss);
   auto mean_loss = [&]() -> Loss {

@@ -71,8 +71,14 @@ refuses "--clip" "${train[@]}" --out "$dir/x" --clip inf
 refuses "--weight_decay" "${train[@]}" --out "$dir/x" --weight_decay -1
 refuses "--steps" "${train[@]}" --out "$dir/x" --steps -2
 refuses "--batch × --seq" "${train[@]}" --out "$dir/x" --batch 100000 --seq 100000
+refuses "--accum must be in" "${train[@]}" --out "$dir/x" --accum 0
 refuses "--batch" "${train[@]}" --out "$dir/x" --batch 4611686018427387904 --seq 4
 refuses "loss is not finite at step" "${train[@]}" --out "$dir/nan" --lr 1e30 --clip 0 --steps 20
+out=$("${train[@]}" --out "$dir/set" --steps 2 --accum 2 --set n_layers=2,feature_map=elu1 --set d_ff=24)
+grep -q "for 2 steps of 4 sequences (2 passes of 2)" <<<"$out" || { echo "accum not reported: $out"; exit 1; }
+grep -q '"n_layers": 2' "$dir/set/config.json" && grep -q '"d_ff": 24' "$dir/set/config.json" &&
+  grep -q '"kind": "elu1"' "$dir/set/config.json" || { echo "--set not in the run:"; cat "$dir/set/config.json"; exit 1; }
+refuses "with --set d_ff=0: config field 'd_ff' must be in" "${train[@]}" --out "$dir/x" --set d_ff=0
 mkdir "$dir/notok" && cp "$dir/data/"*.tok "$dir/notok/"
 refuses "has no tokenizer.model" "${train[@]}" --data "$dir/notok" --out "$dir/x"
 [ ! -e "$dir/x" ] || { echo "a refused run created its --out"; exit 1; }
@@ -84,7 +90,7 @@ resume=("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run" --res
 refuses "nothing to do" "${resume[@]}"
 refuses "nothing to do" "${resume[@]}" --steps 3
 for flag in "lr 0.5" "batch 4" "seq 4" "warmup 1" "seed 2" "min_lr_ratio 0.5" "weight_decay 0" \
-            "clip 0" "carry_state" "config $dir/tiny.json"; do
+            "clip 0" "carry_state" "config $dir/tiny.json" "set n_layers=2" "accum 2"; do
   refuses "--${flag%% *} cannot change on --resume" "${resume[@]}" --steps 6 --$flag
 done
 echo "5,0,0,0,0,-1,-1" >> "$dir/run/log.csv"  # a row logged after the last checkpoint

@@ -23,6 +23,23 @@ if out=$("$run" --random-init "$dir/bad.json" --prompt_ids 1 2>&1); then
   echo "bad config accepted"; exit 1
 fi
 echo "$out" | grep -q "d_modle" || { echo "error does not name the field: $out"; exit 1; }
+# --set writes config fields over the file's: the saved config has them,
+# the tokens change with them, and a bad one is refused naming the field.
+"$run" --random-init "$dir/config.json" --set n_layers=3 --set update=sum,feature_map=elu1 \
+  --save "$dir/set" > /dev/null
+grep -q '"n_layers": 3' "$dir/set/config.json" && grep -q '"update": "sum"' "$dir/set/config.json" &&
+  grep -q '"kind": "elu1"' "$dir/set/config.json" || { echo "--set not saved:"; cat "$dir/set/config.json"; exit 1; }
+d=$("$run" --random-init "$dir/config.json" --set d_model=32 --seed 3 --prompt_ids 1,2,3 --max_tokens 12 --temperature 1 --sample_seed 5)
+[ "$a" != "$d" ] || { echo "--set d_model=32 gave the same tokens"; exit 1; }
+if out=$("$run" --random-init "$dir/config.json" --set n_layer=3 --prompt_ids 1 2>&1); then
+  echo "--set n_layer accepted"; exit 1
+fi
+grep -q "with --set n_layer=3: unknown config field 'n_layer' (did you mean 'n_layers'?)" <<<"$out" ||
+  { echo "--set n_layer: $out"; exit 1; }
+if out=$("$run" --model "$dir/model" --set n_layers=3 --prompt_ids 1 2>&1); then
+  echo "--set with --model accepted"; exit 1
+fi
+grep -q -- "--set changes the config of --random-init" <<<"$out" || { echo "--set --model: $out"; exit 1; }
 # Sampling flags follow the server's rules, named as flags.
 for bad in "temperature nan" "temperature -1" "top_p 0" "top_p 1.5" "top_k -1" "max_tokens 0"; do
   if out=$("$run" --random-init "$dir/config.json" --prompt_ids 1 --${bad% *} ${bad#* } 2>&1); then

@@ -3,6 +3,7 @@
 //   fwp-train --config models/default.json --data data/brown --out runs/default
 //             --batch 16 --seq 128 --steps 4000 --lr 2e-3
 //   fwp-train --out runs/default --resume [--steps 6000]
+//   fwp-train --config models/default.json --set n_layers=8,feature_map.nu=2 ...
 //
 // Prints a progress line (loss, tokens/s, ETA) on a terminal, always appends
 // to <out>/log.csv, and at the end plots <out>/loss.png with gnuplot when it
@@ -16,6 +17,7 @@
 #include <new>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -26,12 +28,18 @@
 #include "train/trainer.h"
 
 ABSL_FLAG(std::string, config, "", "model config.json (new runs)");
+ABSL_FLAG(std::vector<std::string>, set, {},
+          "config fields over --config's, field=value, repeatable or comma-separated: "
+          "--set n_layers=8,update=sum --set feature_map.nu=2 (feature_map=elu1 replaces the map)");
 ABSL_FLAG(std::string, data, "data/brown", "prepared data: train.tok, valid.tok, tokenizer.model");
 ABSL_FLAG(std::string, out, "", "checkpoint directory");
 ABSL_FLAG(bool, resume, false, "continue the run in --out");
 ABSL_FLAG(std::string, backend, "auto",
           "auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N");
-ABSL_FLAG(int64_t, batch, 16, "sequences per step");
+ABSL_FLAG(int64_t, batch, 16, "sequences per forward/backward pass");
+ABSL_FLAG(int64_t, accum, 1,
+          "passes whose gradients each step sums (a step sees --batch × --accum sequences "
+          "in the memory of --batch)");
 ABSL_FLAG(int64_t, seq, 128, "tokens per sequence");
 ABSL_FLAG(int64_t, steps, 0,
           "optimiser steps in all (0: 1000 for a new run, the run's own with --resume); "
@@ -92,8 +100,10 @@ absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
   const fwp::OptimizerConfig& o = run.optimizer;
   const std::pair<const char*, std::string> fixed[] = {
       {"config", out + "/config.json"},
+      {"set", out + "/config.json"},
       {"batch", absl::StrCat(run.batch)},
       {"seq", absl::StrCat(run.seq)},
+      {"accum", absl::StrCat(run.accum)},
       {"lr", absl::StrCat(o.lr)},
       {"min_lr_ratio", absl::StrCat(o.min_lr_ratio)},
       {"warmup", absl::StrCat(o.warmup_steps)},
@@ -144,6 +154,7 @@ static int Main(int argc, char** argv) {
     }
     tc.batch = absl::GetFlag(FLAGS_batch);
     tc.seq = absl::GetFlag(FLAGS_seq);
+    tc.accum = absl::GetFlag(FLAGS_accum);
     tc.steps = steps > 0 ? steps : 1000;
     tc.eval_every = absl::GetFlag(FLAGS_eval_every);
     tc.eval_windows = absl::GetFlag(FLAGS_eval_windows);
@@ -196,7 +207,9 @@ static int Main(int argc, char** argv) {
                   static_cast<double>(o.min_lr_ratio) * o.lr);
     }
   } else {
-    auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_config));
+    auto config = fwp::Config::FromFile(
+        absl::GetFlag(FLAGS_config),
+        fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set"));
     if (!config.ok()) return Fail(config.status());
     std::error_code error;
     std::filesystem::create_directories(out, error);
@@ -213,8 +226,11 @@ static int Main(int argc, char** argv) {
           << "step,lr,loss,grad_norm,tokens_per_s,valid_loss,valid_ppl\n")) {
       return Fail(absl::PermissionDeniedError(absl::StrCat("cannot write ", out, "/log.csv")));
     }
-    std::printf("training %lld parameters on %s for %lld steps\n",
-                (long long)config->ParameterCount(), backend->Name(), (long long)tc.steps);
+    std::printf("training %lld parameters on %s for %lld steps of %lld sequences%s\n",
+                (long long)config->ParameterCount(), backend->Name(), (long long)tc.steps,
+                (long long)(tc.batch * tc.accum),
+                tc.accum > 1 ? absl::StrCat(" (", tc.accum, " passes of ", tc.batch, ")").c_str()
+                             : "");
   }
   const bool tty = isatty(fileno(stdout));
   std::ofstream log(out + "/log.csv", std::ios::app);

@@ -25,6 +25,7 @@ json ToJson(const TrainerConfig& c, int64_t step) {
   return {{"step", step},
           {"batch", c.batch},
           {"seq", c.seq},
+          {"accum", c.accum},
           {"steps", c.steps},
           {"eval_every", c.eval_every},
           {"eval_windows", c.eval_windows},
@@ -53,6 +54,7 @@ absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
     TrainerConfig c;
     c.batch = j.at("batch");
     c.seq = j.at("seq");
+    c.accum = j.value("accum", int64_t{1});  // runs from before accumulation
     c.steps = j.at("steps");
     c.eval_every = j.at("eval_every");
     c.eval_windows = j.at("eval_windows");
@@ -103,8 +105,11 @@ absl::Status CheckTrainerConfig(const TrainerConfig& c) {
   if (c.seq < 1 || c.seq > kMaxTokensPerStep) return bad("--seq", "in [1, 2^31]", c.seq);
   if (c.batch * c.seq > kMaxTokensPerStep) {
     return absl::InvalidArgumentError(absl::StrCat("--batch × --seq is ", c.batch * c.seq,
-                                                   " tokens per step, more than 2^31"));
+                                                   " tokens per pass, more than 2^31"));
   }
+  // Accumulation costs time, not memory: its bound only keeps products sane.
+  constexpr int64_t kMaxAccum = int64_t{1} << 20;
+  if (c.accum < 1 || c.accum > kMaxAccum) return bad("--accum", "in [1, 2^20]", c.accum);
   if (c.steps < 1) return bad("--steps", "≥ 1", c.steps);
   if (c.eval_every < 0) return bad("--eval_every", "≥ 0", c.eval_every);
   if (c.eval_windows < 0) return bad("--eval_windows", "≥ 0", c.eval_windows);
@@ -148,10 +153,17 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   FWP_ASSIGN_OR_RETURN(t->model_, Model::Create(backend, config, weights));
   FWP_ASSIGN_OR_RETURN(t->optimizer_, Optimizer::Create(*t->model_, trainer.optimizer));
   if (trainer.carry_state) {
-    if ((static_cast<int64_t>(train.tokens.size()) - 1) / trainer.batch < trainer.seq) {
-      return absl::InvalidArgumentError("carry_state needs at least one window per stream");
+    const int64_t streams = trainer.batch * trainer.accum;
+    if ((static_cast<int64_t>(train.tokens.size()) - 1) / streams < trainer.seq) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "carry_state needs at least one window per stream: ", streams,
+          " streams (--batch × --accum) of ", trainer.seq, " tokens do not fit in ",
+          train.tokens.size(), " training tokens"));
     }
-    FWP_ASSIGN_OR_RETURN(t->carry_, t->model_->NewStatePool(static_cast<int32_t>(trainer.batch)));
+    for (int64_t m = 0; m < trainer.accum; ++m) {
+      FWP_ASSIGN_OR_RETURN(auto pool, t->model_->NewStatePool(static_cast<int32_t>(trainer.batch)));
+      t->carry_.push_back(std::move(pool));
+    }
   }
   t->train_ = std::move(train);
   t->valid_ = std::move(valid);
@@ -179,21 +191,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
         out_dir, " is at step ", t->step(), " of ", trainer.steps,
         ": nothing to do (--steps above ", t->step(), " extends the run)"));
   }
-  if (t->carry_) {
+  if (!t->carry_.empty()) {
     const std::string path = out_dir + "/carry.safetensors";
     FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
-    const int64_t floats = t->carry_->slot_bytes() / 4;
+    const int64_t floats = t->carry_[0]->slot_bytes() / 4;
+    const int64_t streams = trainer.batch * trainer.accum;
     FWP_ASSIGN_OR_RETURN(std::vector<float> states, file->ReadF32("states"));
     const TensorInfo* positions = file->Find("positions");
-    if (static_cast<int64_t>(states.size()) != trainer.batch * floats || positions == nullptr ||
-        positions->dtype != DType::kI64 || positions->NumElements() != trainer.batch) {
+    if (static_cast<int64_t>(states.size()) != streams * floats || positions == nullptr ||
+        positions->dtype != DType::kI64 || positions->NumElements() != streams) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": carried states do not fit the run"));
     }
     const auto bytes = file->Bytes(*positions);
-    for (int32_t b = 0; b < trainer.batch; ++b) {
+    for (int64_t s = 0; s < streams; ++s) {
       int64_t position;
-      std::memcpy(&position, bytes.data() + 8 * b, 8);
-      t->carry_->CopyFromHost(b, states.data() + b * floats, position);
+      std::memcpy(&position, bytes.data() + 8 * s, 8);
+      t->carry_[s / trainer.batch]->CopyFromHost(static_cast<int32_t>(s % trainer.batch),
+                                                 states.data() + s * floats, position);
     }
   }
   return t;
@@ -202,7 +216,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
 absl::StatusOr<StepReport> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t step = optimizer_->step() + 1;
-  const int64_t B = config_.batch, T = config_.seq;
+  const int64_t B = config_.batch, T = config_.seq, M = config_.accum;
   std::vector<int32_t> tokens(B * T), targets(B * T);
   auto take = [&](int64_t b, uint64_t offset) {
     for (int64_t t = 0; t < T; ++t) {
@@ -210,30 +224,40 @@ absl::StatusOr<StepReport> Trainer::Step() {
       targets[b * T + t] = train_.tokens[offset + t + 1];
     }
   };
-  if (carry_) {
-    // Stream b covers [b·L, (b+1)·L); step s reads its window (s−1) mod W.
-    const int64_t stream = (static_cast<int64_t>(train_.tokens.size()) - 1) / B;
-    const int64_t window = (step - 1) % (stream / T);
-    if (window == 0) {
-      for (int32_t b = 0; b < B; ++b) carry_->Reset(b);
-    }
-    for (int64_t b = 0; b < B; ++b) take(b, b * stream + window * T);
-  } else {
-    Rng rng(config_.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step));
-    const uint64_t span = train_.tokens.size() - T;  // window starts in [0, span)
-    for (int64_t b = 0; b < B; ++b) take(b, rng.Next() % span);
-  }
+  // Stream s (of B·M) covers [s·L, (s+1)·L); step k reads its window (k−1) mod W.
+  const int64_t stream = (static_cast<int64_t>(train_.tokens.size()) - 1) / (B * M);
+  const int64_t window = carry_.empty() ? 0 : (step - 1) % (stream / T);
+  // Micro-batch m takes the m-th B of the step's B·M window offsets.
+  Rng rng(config_.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step));
+  const uint64_t span = train_.tokens.size() - T;  // window starts in [0, span)
   optimizer_->ZeroGrads();
-  FWP_ASSIGN_OR_RETURN(Model::Loss loss, model_->ForwardBackward(tokens, targets, B,
-                                                                 &optimizer_->grads(), carry_.get()));
+  double loss_sum = 0, last_mean = 0;
+  int64_t loss_count = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    StatePool* carry = carry_.empty() ? nullptr : carry_[m].get();
+    if (carry != nullptr) {
+      if (window == 0) {
+        for (int32_t b = 0; b < B; ++b) carry->Reset(b);
+      }
+      for (int64_t b = 0; b < B; ++b) take(b, (m * B + b) * stream + window * T);
+    } else {
+      for (int64_t b = 0; b < B; ++b) take(b, rng.Next() % span);
+    }
+    FWP_ASSIGN_OR_RETURN(Model::Loss loss,
+                         model_->ForwardBackward(tokens, targets, B, &optimizer_->grads(), carry,
+                                                 1.0f / static_cast<float>(M)));
+    loss_sum += loss.mean * loss.count;
+    loss_count += loss.count;
+    last_mean = loss.mean;
+  }
   StepReport report;
   report.step = step;
   report.lr = LearningRate(optimizer_->config(), step);
-  report.loss = loss.mean;
+  report.loss = M == 1 ? last_mean : loss_sum / std::max<int64_t>(loss_count, 1);
   report.grad_norm = optimizer_->Step();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  report.tokens_per_second = B * T / seconds;
+  report.tokens_per_second = B * M * T / seconds;
   return report;
 }
 
@@ -263,19 +287,23 @@ absl::StatusOr<Model::Loss> Trainer::Evaluate() {
 absl::Status Trainer::SaveCheckpoint() {
   FWP_RETURN_IF_ERROR(WriteModelDir(out_dir_, model_config_, model_->Weights(), tokenizer_path_));
   FWP_RETURN_IF_ERROR(optimizer_->Save(out_dir_ + "/optimizer.safetensors"));
-  if (carry_) {
-    const int64_t floats = carry_->slot_bytes() / 4;
-    std::vector<float> states(config_.batch * floats);
-    std::vector<int64_t> positions(config_.batch);
-    for (int32_t b = 0; b < config_.batch; ++b) {
-      carry_->CopyToHost(b, states.data() + b * floats);
-      positions[b] = carry_->position(b);
+  if (!carry_.empty()) {
+    // [batch × accum streams, state floats], stream s in pool s / batch.
+    const int64_t floats = carry_[0]->slot_bytes() / 4;
+    const int64_t streams = config_.batch * config_.accum;
+    std::vector<float> states(streams * floats);
+    std::vector<int64_t> positions(streams);
+    for (int64_t s = 0; s < streams; ++s) {
+      const StatePool& pool = *carry_[s / config_.batch];
+      const auto slot = static_cast<int32_t>(s % config_.batch);
+      pool.CopyToHost(slot, states.data() + s * floats);
+      positions[s] = pool.position(slot);
     }
     FWP_RETURN_IF_ERROR(WriteSafetensors(
         out_dir_ + "/carry.safetensors",
-        {{"states", DType::kF32, {config_.batch, floats},
+        {{"states", DType::kF32, {streams, floats},
           {reinterpret_cast<const uint8_t*>(states.data()), states.size() * 4}},
-         {"positions", DType::kI64, {config_.batch},
+         {"positions", DType::kI64, {streams},
           {reinterpret_cast<const uint8_t*>(positions.data()), positions.size() * 8}}},
         {}));
   }

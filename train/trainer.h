@@ -1,5 +1,5 @@
-// Trainer: the loop of fwp-train. Each step draws `batch` windows of `seq`
-// tokens at offsets from an Rng seeded by (seed, step), so a run resumed
+// Trainer: the loop of fwp-train. Each step draws batch × accum windows of
+// `seq` tokens at offsets from an Rng seeded by (seed, step), so a run resumed
 // from a checkpoint draws exactly the batches the uninterrupted run would
 // have; with the optimiser moments and the float32 weights restored, the
 // CPU losses match the uninterrupted run bit for bit.
@@ -23,14 +23,19 @@
 namespace fwp {
 
 struct TrainerConfig {
-  int64_t batch = 16;
+  int64_t batch = 16;  // sequences per forward/backward pass (micro-batch)
   int64_t seq = 128;
+  // Gradient accumulation: each step sums the gradients of `accum`
+  // micro-batches of `batch` sequences, so a step sees batch × accum
+  // sequences (the same windows, and nearly the same step, as one batch of
+  // batch × accum) in the memory of `batch`.
+  int64_t accum = 1;
   int64_t steps = 1000;
   int64_t eval_every = 200;        // 0: only at the end
   int64_t eval_windows = 0;        // 0: the whole valid split
   int64_t checkpoint_every = 500;  // 0: only at the end
   uint64_t seed = 1;
-  // Truncated BPTT: the batch is `batch` contiguous streams through the
+  // Truncated BPTT: the batch is batch × accum contiguous streams through the
   // train split, each step the next window of each, the fast-weight states
   // carried from one step to the next (and reset when the streams wrap), so
   // the model learns to use a state older than one window.
@@ -92,7 +97,9 @@ class Trainer {
   Config model_config_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Optimizer> optimizer_;
-  std::unique_ptr<StatePool> carry_;  // carry_state: [batch] slots
+  // carry_state: accum pools of [batch] slots; micro-batch m carries
+  // streams m·batch … (m+1)·batch − 1.
+  std::vector<std::unique_ptr<StatePool>> carry_;
   TokenFile train_, valid_;
   std::string out_dir_, tokenizer_path_;
 };

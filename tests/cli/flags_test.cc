@@ -16,6 +16,16 @@ TEST(Flags, DashedFlagNamesAreUnderscoredAndNothingElse) {
   EXPECT_EQ(got, want);
 }
 
+TEST(Flags, RepeatedFlagValuesKeepsEveryOccurrenceInOrder) {
+  // Both spellings, lists split at commas, an empty --set= adds nothing, a
+  // longer flag name is another flag, and "--" ends the flags.
+  const std::vector<std::string> args = {"fwp-x", "--set=a=1,b=2", "--setx=no", "--set", "c=3",
+                                         "--set=", "--", "--set=d=4"};
+  const std::vector<std::string> want = {"a=1", "b=2", "c=3"};
+  EXPECT_EQ(RepeatedFlagValues(args, "set"), want);
+  EXPECT_TRUE(RepeatedFlagValues({"fwp-x", "--sets=a=1"}, "set").empty());
+}
+
 TEST(Flags, HelpShowsOurFilesNotTheLibraries) {
   EXPECT_TRUE(IsOurFlagFile("work/main/train/retrieval_main.cc"));
   EXPECT_TRUE(IsOurFlagFile("/src/fwp/clients/client_common.cc"));

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "absl/strings/str_replace.h"
 #include "nlohmann/json.hpp"
 
@@ -57,6 +59,69 @@ TEST(Config, IdentityFeaturesAreNotSumNormalisedByDefault) {
   auto config = Config::FromJson(text);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_FALSE(config->feature_map.sum_norm);
+}
+
+// fwp-train's and fwp-run's --set: fields written over the file's before
+// the result is checked.
+TEST(Config, SettingsOverrideTheFilesFields) {
+  const std::string path = ::testing::TempDir() + "fwp_config_settings.json";
+  std::ofstream(path) << kExample;
+  auto config = Config::FromFile(
+      path, {"n_layers=8", "update=sum", "feature_map.nu=3", "tied_embeddings=true",
+             "norm_eps=1e-5", "positions=\"none\""});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->n_layers, 8);
+  EXPECT_EQ(config->update, UpdateRule::kSum);
+  EXPECT_EQ(config->feature_map.nu, 3);
+  EXPECT_TRUE(config->tied_embeddings);
+  EXPECT_FLOAT_EQ(config->norm_eps, 1e-5f);
+  EXPECT_EQ(config->positions, Positions::kNone);
+  EXPECT_EQ(config->d_model, 256);  // the file's, untouched
+  // A bare name replaces the map (dpfp's nu would be unknown to elu1); a
+  // field within a shorthand map makes it an object.
+  auto elu = Config::FromFile(path, {"feature_map=elu1"});
+  ASSERT_TRUE(elu.ok()) << elu.status();
+  EXPECT_EQ(elu->feature_map.kind, FeatureMapKind::kElu1);
+  EXPECT_EQ(elu->Attention().DPhi(), 64);
+  auto dpfp = Config::FromFile(path, {"feature_map=dpfp", "feature_map.nu=2"});
+  ASSERT_TRUE(dpfp.ok()) << dpfp.status();
+  EXPECT_EQ(dpfp->feature_map.nu, 2);
+  // Later settings win; no settings is the file itself.
+  EXPECT_EQ(Config::FromFile(path, {"n_layers=2", "n_layers=3"})->n_layers, 3);
+  EXPECT_EQ(Config::FromFile(path, {})->ToJson(), Config::FromJson(kExample)->ToJson());
+  // A file that lacks a required field, given by --set.
+  const std::string partial = ::testing::TempDir() + "fwp_config_partial.json";
+  std::ofstream(partial) << absl::StrReplaceAll(kExample, {{R"("vocab_size": 8192,)", ""}});
+  EXPECT_FALSE(Config::FromFile(partial).ok());
+  auto given = Config::FromFile(partial, {"vocab_size=1000"});
+  ASSERT_TRUE(given.ok()) << given.status();
+  EXPECT_EQ(given->vocab_size, 1000);
+}
+
+TEST(Config, RefusesBadSettingsNamingThem) {
+  const std::string path = ::testing::TempDir() + "fwp_config_bad_settings.json";
+  std::ofstream(path) << kExample;
+  auto error = [&](std::vector<std::string> settings) {
+    auto config = Config::FromFile(path, settings);
+    EXPECT_FALSE(config.ok()) << "accepted " << settings[0];
+    return std::string(config.status().message());
+  };
+  const std::pair<std::string, std::string> cases[] = {
+      {"n_layer=8", "unknown config field 'n_layer' (did you mean 'n_layers'?)"},
+      {"n_layers", "--set 'n_layers' is not field=value"},
+      {"=3", "--set '=3' is not field=value"},
+      {"feature_map..nu=2", "has an empty field name"},
+      {"d_model.x=2", "'d_model' is 256, not an object"},
+      {"n_layers=eight", "config field 'n_layers' must be an integer, got \"eight\""},
+      {"n_layers=0", "config field 'n_layers' must be in [1, 1024], got 0"},
+      {"update=hebb", "config field 'update' must be one of"},
+      {"feature_map.kind=elu1", "unknown config field 'feature_map.nu'"},
+  };
+  for (const auto& [setting, want] : cases) {
+    const std::string message = error({setting});
+    EXPECT_NE(message.find(want), std::string::npos) << setting << ": " << message;
+    EXPECT_NE(message.find(path + " with --set " + setting), std::string::npos) << message;
+  }
 }
 
 // Every field within its own bound, the whole far beyond any machine:

@@ -35,9 +35,10 @@ TokenFile Stream(int64_t n, uint64_t seed) {
   return f;
 }
 
-TrainerConfig Settings(int64_t steps, bool carry = false) {
+TrainerConfig Settings(int64_t steps, bool carry = false, int64_t accum = 1) {
   TrainerConfig t;
   t.carry_state = carry;
+  t.accum = accum;
   t.batch = 4;
   t.seq = 16;
   t.steps = steps;
@@ -57,27 +58,28 @@ std::vector<double> RunFor(Trainer& trainer) {
   return losses;
 }
 
-class TrainerResume : public ::testing::TestWithParam<bool> {};
+class TrainerResume : public ::testing::TestWithParam<std::tuple<bool, int64_t>> {};
 
 TEST_P(TrainerResume, ContinuesExactly) {
-  const bool carry = GetParam();
+  const auto [carry, accum] = GetParam();
   auto backend = MakeCpuBackend();
   backend->SetBatchInvariant(false);  // as fwp-train runs: BLAS matmuls
   const Config config = TinyConfig();
   const HostWeights init = RandomWeights(config, 9);
-  const std::string whole = ::testing::TempDir() + "fwp_trainer_whole" + (carry ? "_carry" : "");
-  const std::string halves = ::testing::TempDir() + "fwp_trainer_halves" + (carry ? "_carry" : "");
+  const std::string tag = std::string(carry ? "_carry" : "") + "_accum" + std::to_string(accum);
+  const std::string whole = ::testing::TempDir() + "fwp_trainer_whole" + tag;
+  const std::string halves = ::testing::TempDir() + "fwp_trainer_halves" + tag;
   std::filesystem::remove_all(whole);
   std::filesystem::remove_all(halves);
 
-  auto a = Trainer::Create(*backend, config, init, Settings(12, carry), Stream(3000, 1), Stream(500, 2),
+  auto a = Trainer::Create(*backend, config, init, Settings(12, carry, accum), Stream(3000, 1), Stream(500, 2),
                            whole, "");
   ASSERT_TRUE(a.ok()) << a.status();
   const auto uninterrupted = RunFor(**a);
   ASSERT_EQ(uninterrupted.size(), 12u);
   EXPECT_LT(uninterrupted.back(), uninterrupted.front());
 
-  auto b = Trainer::Create(*backend, config, init, Settings(6, carry), Stream(3000, 1), Stream(500, 2),
+  auto b = Trainer::Create(*backend, config, init, Settings(6, carry, accum), Stream(3000, 1), Stream(500, 2),
                            halves, "");
   ASSERT_TRUE(b.ok());
   auto first_half = RunFor(**b);  // checkpoints at its last step
@@ -97,8 +99,78 @@ TEST_P(TrainerResume, ContinuesExactly) {
 }
 
 // Random windows, and contiguous streams with the state carried (truncated
-// BPTT, whose carried states are part of the checkpoint).
-INSTANTIATE_TEST_SUITE_P(Batches, TrainerResume, ::testing::Values(false, true),
+// BPTT, whose carried states are part of the checkpoint); one pass per step,
+// and gradients accumulated over two.
+INSTANTIATE_TEST_SUITE_P(Batches, TrainerResume,
+                         ::testing::Combine(::testing::Values(false, true),
+                                            ::testing::Values(int64_t{1}, int64_t{2})),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "CarriedState"
+                                                                      : "RandomWindows") +
+                                  "Accum" + std::to_string(std::get<1>(info.param));
+                         });
+
+// Two passes of 4 sequences per step are one batch of 8: the same windows
+// (or streams), the same losses and nearly the same weights (sums in
+// another order). One pass of 4 is another run.
+class TrainerAccumulation : public ::testing::TestWithParam<bool> {};
+
+TEST_P(TrainerAccumulation, TwoPassesOfFourAreOneBatchOfEight) {
+  const bool carry = GetParam();
+  auto backend = MakeCpuBackend();
+  backend->SetBatchInvariant(false);
+  const Config config = TinyConfig();
+  const HostWeights init = RandomWeights(config, 9);
+  // Losses and gradient norms (Adam alone would not see a gradient off by a
+  // constant factor).
+  auto run = [&](int64_t batch, int64_t accum, std::vector<double>* losses) {
+    TrainerConfig settings = Settings(8, carry, accum);
+    settings.batch = batch;
+    const std::string out = ::testing::TempDir() + "fwp_trainer_accum" + (carry ? "_carry" : "") +
+                            std::to_string(batch) + "x" + std::to_string(accum);
+    std::filesystem::remove_all(out);
+    auto t = Trainer::Create(*backend, config, init, settings, Stream(3000, 1), Stream(500, 2),
+                             out, "");
+    EXPECT_TRUE(t.ok()) << t.status();
+    EXPECT_TRUE((*t)->Run([&](const StepReport& r) {
+                   losses->push_back(r.loss);
+                   losses->push_back(r.grad_norm);
+                 }).ok());
+    auto file = SafetensorsFile::Open(out + "/model.safetensors");
+    EXPECT_TRUE(file.ok());
+    return *ReadWeights(**file, config);
+  };
+  std::vector<double> big, accumulated, small;
+  const HostWeights w_big = run(8, 1, &big);
+  const HostWeights w_accumulated = run(4, 2, &accumulated);
+  const HostWeights w_small = run(4, 1, &small);
+  ASSERT_EQ(big.size(), 16u);
+  ASSERT_EQ(accumulated.size(), 16u);
+  for (size_t i = 0; i < big.size(); ++i) {
+    EXPECT_NEAR(accumulated[i], big[i], 1e-5 * big[i])
+        << (i % 2 ? "gradient norm" : "loss") << " at step " << i / 2 + 1;
+  }
+  auto relative_difference = [](const HostWeights& a, const HostWeights& b) {
+    double diff = 0, norm = 0;
+    for (const auto& [name, tensor] : a) {
+      const std::vector<float>& other = b.at(name);
+      EXPECT_EQ(tensor.size(), other.size()) << name;
+      for (size_t i = 0; i < tensor.size() && i < other.size(); ++i) {
+        diff += (tensor[i] - other[i]) * double(tensor[i] - other[i]);
+        norm += tensor[i] * double(tensor[i]);
+      }
+    }
+    return std::sqrt(diff / norm);
+  };
+  const double accumulated_error = relative_difference(w_big, w_accumulated);
+  const double small_error = relative_difference(w_big, w_small);
+  EXPECT_LT(accumulated_error, 1e-6);
+  EXPECT_GT(small_error, 100 * accumulated_error) << "one pass of 4 should be another run";
+  std::printf("weights after 8 steps, relative to batch 8: 4×2 %.2e, 4×1 %.2e\n",
+              accumulated_error, small_error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Batches, TrainerAccumulation, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "CarriedState" : "RandomWindows"; });
 
 TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
@@ -128,6 +200,8 @@ TEST(Trainer, RefusesBadSettingsNamingTheFlag) {
       {[](TrainerConfig& c) { c.steps = 0; }, "--steps"},
       {[](TrainerConfig& c) { c.batch = int64_t{1} << 62; }, "--batch"},
       {[](TrainerConfig& c) { c.batch = c.seq = 1 << 20; }, "--batch × --seq"},
+      {[](TrainerConfig& c) { c.accum = 0; }, "--accum"},
+      {[](TrainerConfig& c) { c.accum = int64_t{1} << 40; }, "--accum"},
   };
   for (const auto& [spoil, flag] : cases) {
     TrainerConfig c = Settings(2);
