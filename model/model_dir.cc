@@ -30,6 +30,17 @@ absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, Backend& backen
   return loaded;
 }
 
+absl::StatusOr<HostModel> ReadHostModel(const std::string& dir) {
+  if (!std::filesystem::is_directory(dir)) {
+    return absl::NotFoundError(absl::StrCat("model directory ", dir, " does not exist"));
+  }
+  HostModel host;
+  FWP_ASSIGN_OR_RETURN(host.config, Config::FromFile(dir + "/config.json"));
+  FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/model.safetensors"));
+  FWP_ASSIGN_OR_RETURN(host.weights, ReadWeights(*file, host.config));
+  return host;
+}
+
 absl::Status WriteModelDir(const std::string& dir, const Config& config,
                            const HostWeights& weights,
                            const std::string& tokenizer_path) {

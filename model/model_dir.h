@@ -22,6 +22,15 @@ struct LoadedModel {
 
 absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, Backend& backend);
 
+// The config and float32 weights of a model directory, on the host (the
+// trainer's start: a checkpoint to resume, a model to fine-tune); the
+// tokenizer is not read.
+struct HostModel {
+  Config config;
+  HostWeights weights;
+};
+absl::StatusOr<HostModel> ReadHostModel(const std::string& dir);
+
 // Writes config.json and model.safetensors into `dir` (created if needed), and
 // copies `tokenizer_path` to tokenizer.model when it is not empty.
 absl::Status WriteModelDir(const std::string& dir, const Config& config,

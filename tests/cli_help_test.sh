@@ -63,7 +63,31 @@ train=("$bin/fwp-train" --backend cpu --config "$dir/tiny.json" --data "$dir/dat
 touch "$dir/afile"
 refuses "cannot create $dir/afile/sub" "${train[@]}" --out "$dir/afile/sub"
 refuses "cannot create $dir/afile" "${train[@]}" --out "$dir/afile"
-refuses "--out: cannot create $dir/afile/sub" "$bin/fwp-prepare" --out "$dir/afile/sub"
+# fwp-prepare on your own text: 40 documents apart by blank lines.
+words=(the jury said city of atlanta election produced no evidence that any irregularities
+       took place further in term end presentments grand charge over deserves praise)
+for ((d = 0; d < 40; ++d)); do
+  for ((l = 0; l < 6; ++l)); do
+    line=""
+    for ((w = 0; w < 12; ++w)); do line+="${words[(d * 7 + l * 5 + w * w) % ${#words[@]}]} "; done
+    echo "$line$d."
+  done
+  echo
+done > "$dir/corpus.txt"
+refuses "--out: cannot create $dir/afile/sub" "$bin/fwp-prepare" --text "$dir/corpus.txt" --out "$dir/afile/sub"
+"$bin/fwp-prepare" --text "$dir/corpus.txt" --out "$dir/mine" --vocab 400 > /dev/null
+grep -q '"documents": 36' "$dir/mine/stats.json" && grep -q '"vocab_size": 400' "$dir/mine/stats.json" ||
+  { echo "fwp-prepare --text:"; cat "$dir/mine/stats.json"; exit 1; }
+[ -s "$dir/mine/train.tok" ] && [ -s "$dir/mine/valid.tok" ] && [ -s "$dir/mine/test.tok" ]
+"$bin/fwp-prepare" --text "$dir/mine/train.txt" --out "$dir/again" --vocab 400 > /dev/null  # train.txt reads back
+grep -q '"documents": 34' "$dir/again/stats.json" || { echo "train.txt as --text:"; cat "$dir/again/stats.json"; exit 1; }
+"$bin/fwp-prepare" --text "$dir/corpus.txt" --out "$dir/mine2" --tokenizer "$root/models/default/tokenizer.model" > /dev/null
+cmp -s "$dir/mine2/tokenizer.model" "$root/models/default/tokenizer.model" || { echo "--tokenizer not copied"; exit 1; }
+head -30 "$dir/corpus.txt" > "$dir/short.txt"
+refuses "holds 5 documents" "$bin/fwp-prepare" --text "$dir/short.txt" --out "$dir/x"
+refuses "neither a file nor a directory" "$bin/fwp-prepare" --text "$dir/none" --out "$dir/x"
+refuses "$dir/afile" "$bin/fwp-prepare" --text "$dir/corpus.txt" --tokenizer "$dir/afile" --out "$dir/x"
+refuses "training the tokenizer (--vocab 100000)" "$bin/fwp-prepare" --text "$dir/corpus.txt" --out "$dir/v" --vocab 100000
 refuses "--lr must be" "${train[@]}" --out "$dir/x" --lr nan
 refuses "--min_lr_ratio" "${train[@]}" --out "$dir/x" --min_lr_ratio 1.5
 refuses "--warmup" "${train[@]}" --out "$dir/x" --warmup -1
@@ -82,6 +106,18 @@ refuses "with --set d_ff=0: config field 'd_ff' must be in" "${train[@]}" --out 
 mkdir "$dir/notok" && cp "$dir/data/"*.tok "$dir/notok/"
 refuses "has no tokenizer.model" "${train[@]}" --data "$dir/notok" --out "$dir/x"
 [ ! -e "$dir/x" ] || { echo "a refused run created its --out"; exit 1; }
+# Fine-tuning: --init's config and weights, --data tokenized by its tokenizer.
+out=$("$bin/fwp-train" --backend cpu --init "$root/models/default" --data "$dir/mine2" --out "$dir/ft" \
+      --steps 1 --batch 2 --seq 8 --eval_windows 1 --warmup 0 --lr 1e-4)
+grep -q "fine-tuning 5256704 parameters from $root/models/default" <<<"$out" || { echo "--init: $out"; exit 1; }
+cmp -s "$dir/ft/config.json" "$root/models/default/config.json" || { echo "--init's config not kept"; exit 1; }
+ft=("$bin/fwp-train" --backend cpu --init "$root/models/default" --steps 1 --batch 2 --seq 8 --out "$dir/x")
+refuses "was tokenized otherwise than --init" "${ft[@]}" --data "$dir/mine"
+refuses "drop --config" "${ft[@]}" --data "$dir/mine2" --config "$dir/tiny.json"
+refuses "--set cannot change --init's config" "${ft[@]}" --data "$dir/mine2" --set n_layers=2
+refuses "--resume continues the run" "$bin/fwp-train" --backend cpu --init "$root/models/default" --out "$dir/ft" --resume
+refuses "model directory $dir/none does not exist" "$bin/fwp-train" --backend cpu --init "$dir/none" --data "$dir/data" --out "$dir/x"
+refuses "a new run needs --config, or --init" "$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/x"
 # Resume: the run's own steps by default, log rows past the checkpoint cut,
 # fixed settings refused, a finished run said to be so.
 "${train[@]}" --out "$dir/run" --steps 4 --checkpoint_every 2 > /dev/null

@@ -54,21 +54,6 @@ absl::StatusOr<std::string> StripBrownTags(const std::string& document, const st
   return out;
 }
 
-BrownSplit SplitBrown(std::vector<std::string> names) {
-  std::sort(names.begin(), names.end());
-  BrownSplit split;
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (i % 20 == 18) {
-      split.valid.push_back(names[i]);
-    } else if (i % 20 == 19) {
-      split.test.push_back(names[i]);
-    } else {
-      split.train.push_back(names[i]);
-    }
-  }
-  return split;
-}
-
 absl::StatusOr<std::vector<std::string>> ListBrownDocuments(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -92,6 +77,20 @@ absl::StatusOr<std::vector<std::string>> ListBrownDocuments(const std::string& d
   }
   std::sort(names.begin(), names.end());
   return names;
+}
+
+absl::StatusOr<std::vector<Document>> ReadBrownCorpus(const std::string& dir) {
+  auto names = ListBrownDocuments(dir);
+  if (!names.ok()) return names.status();
+  std::vector<Document> documents;
+  for (const std::string& name : *names) {
+    auto raw = ReadWholeFile(dir + "/" + name);
+    if (!raw.ok()) return raw.status();
+    auto text = StripBrownTags(*raw, name);
+    if (!text.ok()) return text.status();
+    documents.push_back({name, std::move(*text)});
+  }
+  return documents;
 }
 
 }  // namespace fwp

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "train/corpus.h"
 
 namespace fwp {
 
@@ -17,15 +18,11 @@ namespace fwp {
 // document when it holds no word/TAG token at all.
 absl::StatusOr<std::string> StripBrownTags(const std::string& document, const std::string& name);
 
-struct BrownSplit {
-  std::vector<std::string> train, valid, test;  // document names
-};
-
-// Deterministic 90/5/5 split by document: sorted names, every 20th
-// document (index ≡ 18 mod 20) to valid, the next (≡ 19) to test.
-BrownSplit SplitBrown(std::vector<std::string> names);
-
 // The document files (two letters and two digits) in a corpus directory.
 absl::StatusOr<std::vector<std::string>> ListBrownDocuments(const std::string& dir);
+
+// The corpus directory's documents in name order (ca01 … cr09), tags
+// stripped: fwp-prepare's Brown input, split by SplitCorpus (train/corpus.h).
+absl::StatusOr<std::vector<Document>> ReadBrownCorpus(const std::string& dir);
 
 }  // namespace fwp

@@ -4,6 +4,7 @@
 //             --batch 16 --seq 128 --steps 4000 --lr 2e-3
 //   fwp-train --out runs/default --resume [--steps 6000]
 //   fwp-train --config models/default.json --set n_layers=8,feature_map.nu=2 ...
+//   fwp-train --init models/default --data data/mine --out runs/mine --lr 3e-4
 //
 // Prints a progress line (loss, tokens/s, ETA) on a terminal, always appends
 // to <out>/log.csv, and at the end plots <out>/loss.png with gnuplot when it
@@ -24,13 +25,18 @@
 #include "cli/flags.h"
 #include "model/config.h"
 #include "model/atomic_file.h"
+#include "model/model_dir.h"
 #include "model/weights.h"
+#include "train/corpus.h"
 #include "train/trainer.h"
 
 ABSL_FLAG(std::string, config, "", "model config.json (new runs)");
 ABSL_FLAG(std::vector<std::string>, set, {},
           "config fields over --config's, field=value, repeatable or comma-separated: "
           "--set n_layers=8,update=sum --set feature_map.nu=2 (feature_map=elu1 replaces the map)");
+ABSL_FLAG(std::string, init, "",
+          "a model directory to start from (fine-tuning) instead of random weights; its "
+          "config.json is the run's, and --data must use its tokenizer");
 ABSL_FLAG(std::string, data, "data/brown", "prepared data: train.tok, valid.tok, tokenizer.model");
 ABSL_FLAG(std::string, out, "", "checkpoint directory");
 ABSL_FLAG(bool, resume, false, "continue the run in --out");
@@ -147,10 +153,23 @@ static int Main(int argc, char** argv) {
   const bool resume = absl::GetFlag(FLAGS_resume);
   const int64_t steps = absl::GetFlag(FLAGS_steps);
   if (steps < 0) return Fail(absl::InvalidArgumentError("--steps must be ≥ 1 (or 0: the default)"));
+  const std::string init = absl::GetFlag(FLAGS_init);
+  const std::vector<std::string> settings =
+      fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set");
   fwp::TrainerConfig tc;
+  if (resume && !init.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--init starts a new run from a model; --resume continues the run in --out"));
+  }
   if (!resume) {
-    if (absl::GetFlag(FLAGS_config).empty()) {
-      return Fail(absl::InvalidArgumentError("a new run needs --config (or --resume)"));
+    if (absl::GetFlag(FLAGS_config).empty() == init.empty()) {
+      return Fail(absl::InvalidArgumentError(
+          init.empty() ? "a new run needs --config, or --init DIR to fine-tune a model (or --resume)"
+                       : "--init DIR takes its config from DIR/config.json: drop --config"));
+    }
+    if (!init.empty() && !settings.empty()) {
+      return Fail(absl::InvalidArgumentError(
+          "--set cannot change --init's config: its weights fix every shape"));
     }
     tc.batch = absl::GetFlag(FLAGS_batch);
     tc.seq = absl::GetFlag(FLAGS_seq);
@@ -180,6 +199,19 @@ static int Main(int argc, char** argv) {
   if (!resume && !std::filesystem::is_regular_file(data + "/tokenizer.model")) {
     return Fail(absl::NotFoundError(absl::StrCat("--data ", data, " has no tokenizer.model")));
   }
+  // Fine-tuning on text tokenized otherwise would train the model on ids
+  // that mean other pieces than they did.
+  if (!init.empty() && std::filesystem::exists(init + "/tokenizer.model")) {
+    auto ours = fwp::ReadWholeFile(data + "/tokenizer.model");
+    auto theirs = fwp::ReadWholeFile(init + "/tokenizer.model");
+    if (!ours.ok()) return Fail(ours.status());
+    if (!theirs.ok()) return Fail(theirs.status());
+    if (*ours != *theirs) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--data ", data, " was tokenized otherwise than --init ", init,
+          ": prepare it with fwp-prepare --tokenizer ", init, "/tokenizer.model")));
+    }
+  }
   auto made = fwp::MakeBackend(absl::GetFlag(FLAGS_backend));
   if (!made.ok()) return Fail(made.status());
   std::unique_ptr<fwp::Backend> backend = std::move(*made);
@@ -207,17 +239,23 @@ static int Main(int argc, char** argv) {
                   static_cast<double>(o.min_lr_ratio) * o.lr);
     }
   } else {
-    auto config = fwp::Config::FromFile(
-        absl::GetFlag(FLAGS_config),
-        fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set"));
-    if (!config.ok()) return Fail(config.status());
+    absl::StatusOr<fwp::HostModel> start;
+    if (init.empty()) {
+      auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_config), settings);
+      if (config.ok()) start = fwp::HostModel{*config, fwp::RandomWeights(*config, tc.seed)};
+      else start = config.status();
+    } else {
+      start = fwp::ReadHostModel(init);
+    }
+    if (!start.ok()) return Fail(start.status());
+    const fwp::Config* config = &start->config;
     std::error_code error;
     std::filesystem::create_directories(out, error);
     if (error) {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--out: cannot create ", out, ": ", error.message())));
     }
-    auto t = fwp::Trainer::Create(*backend, *config, fwp::RandomWeights(*config, tc.seed), tc,
+    auto t = fwp::Trainer::Create(*backend, *config, start->weights, tc,
                                   std::move(*train), std::move(*valid), out,
                                   data + "/tokenizer.model");
     if (!t.ok()) return Fail(t.status());
@@ -226,8 +264,9 @@ static int Main(int argc, char** argv) {
           << "step,lr,loss,grad_norm,tokens_per_s,valid_loss,valid_ppl\n")) {
       return Fail(absl::PermissionDeniedError(absl::StrCat("cannot write ", out, "/log.csv")));
     }
-    std::printf("training %lld parameters on %s for %lld steps of %lld sequences%s\n",
-                (long long)config->ParameterCount(), backend->Name(), (long long)tc.steps,
+    std::printf("%s %lld parameters%s on %s for %lld steps of %lld sequences%s\n",
+                init.empty() ? "training" : "fine-tuning", (long long)config->ParameterCount(),
+                init.empty() ? "" : (" from " + init).c_str(), backend->Name(), (long long)tc.steps,
                 (long long)(tc.batch * tc.accum),
                 tc.accum > 1 ? absl::StrCat(" (", tc.accum, " passes of ", tc.batch, ")").c_str()
                              : "");

@@ -178,11 +178,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                                          int64_t steps) {
   FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, FromJson(out_dir + "/trainer.json"));
   if (steps > 0) trainer.steps = steps;
-  FWP_ASSIGN_OR_RETURN(Config config, Config::FromFile(out_dir + "/config.json"));
-  FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(out_dir + "/model.safetensors"));
-  FWP_ASSIGN_OR_RETURN(HostWeights weights, ReadWeights(*file, config));
+  FWP_ASSIGN_OR_RETURN(HostModel checkpoint, ReadHostModel(out_dir));
   const std::string tokenizer = out_dir + "/tokenizer.model";
-  FWP_ASSIGN_OR_RETURN(auto t, Create(backend, config, weights, trainer, std::move(train),
+  FWP_ASSIGN_OR_RETURN(auto t, Create(backend, checkpoint.config, checkpoint.weights, trainer,
+                                      std::move(train),
                                       std::move(valid), out_dir,
                                       std::filesystem::exists(tokenizer) ? tokenizer : ""));
   FWP_RETURN_IF_ERROR(t->optimizer_->Load(out_dir + "/optimizer.safetensors"));
