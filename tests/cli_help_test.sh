@@ -111,6 +111,9 @@ out=$("$bin/fwp-train" --backend cpu --init "$root/models/default" --data "$dir/
       --steps 1 --batch 2 --seq 8 --eval_windows 1 --warmup 0 --lr 1e-4)
 grep -q "fine-tuning 5256704 parameters from $root/models/default" <<<"$out" || { echo "--init: $out"; exit 1; }
 cmp -s "$dir/ft/config.json" "$root/models/default/config.json" || { echo "--init's config not kept"; exit 1; }
+out=$("${train[@]}" --out "$dir/best" --steps 2 --eval_every 1 --keep_best)
+grep -q "step 1 .*best so far: saved to best/" <<<"$out" && [ -s "$dir/best/best/model.safetensors" ] ||
+  { echo "--keep_best: $out"; ls "$dir/best"; exit 1; }
 ft=("$bin/fwp-train" --backend cpu --init "$root/models/default" --steps 1 --batch 2 --seq 8 --out "$dir/x")
 refuses "was tokenized otherwise than --init" "${ft[@]}" --data "$dir/mine"
 refuses "drop --config" "${ft[@]}" --data "$dir/mine2" --config "$dir/tiny.json"
@@ -126,7 +129,7 @@ resume=("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run" --res
 refuses "nothing to do" "${resume[@]}"
 refuses "nothing to do" "${resume[@]}" --steps 3
 for flag in "lr 0.5" "batch 4" "seq 4" "warmup 1" "seed 2" "min_lr_ratio 0.5" "weight_decay 0" \
-            "clip 0" "carry_state" "config $dir/tiny.json" "set n_layers=2" "accum 2"; do
+            "clip 0" "carry_state" "config $dir/tiny.json" "set n_layers=2" "accum 2" "keep_best"; do
   refuses "--${flag%% *} cannot change on --resume" "${resume[@]}" --steps 6 --$flag
 done
 echo "5,0,0,0,0,-1,-1" >> "$dir/run/log.csv"  # a row logged after the last checkpoint

@@ -59,6 +59,9 @@ ABSL_FLAG(double, clip, 1.0, "gradient-norm clipping (0: off)");
 ABSL_FLAG(int64_t, eval_every, 200, "steps between evaluations on the valid split");
 ABSL_FLAG(int64_t, eval_windows, 0, "valid windows per evaluation (0: the whole split)");
 ABSL_FLAG(int64_t, checkpoint_every, 500, "steps between checkpoints");
+ABSL_FLAG(bool, keep_best, false,
+          "also write the model directory to <out>/best after each evaluation with the "
+          "lowest valid loss so far");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the initial weights and of the batches");
 ABSL_FLAG(bool, carry_state, false,
           "train on contiguous streams with the fast-weight state carried between steps");
@@ -117,6 +120,7 @@ absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
       {"clip", absl::StrCat(o.clip_norm)},
       {"seed", absl::StrCat(run.seed)},
       {"carry_state", run.carry_state ? "true" : "false"},
+      {"keep_best", run.keep_best ? "true" : "false"},
   };
   for (const auto& [flag, value] : fixed) {
     if (Given(args, flag)) {
@@ -180,6 +184,7 @@ static int Main(int argc, char** argv) {
     tc.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
     tc.seed = absl::GetFlag(FLAGS_seed);
     tc.carry_state = absl::GetFlag(FLAGS_carry_state);
+    tc.keep_best = absl::GetFlag(FLAGS_keep_best);
     tc.optimizer.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
     tc.optimizer.min_lr_ratio = static_cast<float>(absl::GetFlag(FLAGS_min_lr_ratio));
     tc.optimizer.warmup_steps = absl::GetFlag(FLAGS_warmup);
@@ -293,9 +298,9 @@ static int Main(int argc, char** argv) {
       std::fflush(stdout);
     }
     if (r.valid_loss >= 0) {
-      std::printf("%sstep %lld  train %.4f  valid %.4f (ppl %.2f)  %.0f tok/s  %.0fs\n",
+      std::printf("%sstep %lld  train %.4f  valid %.4f (ppl %.2f)  %.0f tok/s  %.0fs%s\n",
                   tty ? "\n" : "", (long long)r.step, smooth, r.valid_loss, std::exp(r.valid_loss),
-                  r.tokens_per_second, elapsed);
+                  r.tokens_per_second, elapsed, r.new_best ? "  best so far: saved to best/" : "");
       std::fflush(stdout);
     }
   });

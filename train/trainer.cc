@@ -20,9 +20,9 @@ namespace {
 
 using nlohmann::json;
 
-json ToJson(const TrainerConfig& c, int64_t step) {
+json ToJson(const TrainerConfig& c, int64_t step, int64_t best_step, double best_valid_loss) {
   const OptimizerConfig& o = c.optimizer;
-  return {{"step", step},
+  json j = {{"step", step},
           {"batch", c.batch},
           {"seq", c.seq},
           {"accum", c.accum},
@@ -42,9 +42,18 @@ json ToJson(const TrainerConfig& c, int64_t step) {
             {"eps", o.eps},
             {"weight_decay", o.weight_decay},
             {"clip_norm", o.clip_norm}}}};
+  j["keep_best"] = c.keep_best;
+  if (best_step > 0) j["best"] = {{"step", best_step}, {"valid_loss", best_valid_loss}};
+  return j;
 }
 
-absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
+// keep_best's record in trainer.json: {"step": 0, ...} when there is none.
+struct Best {
+  int64_t step = 0;
+  double valid_loss = 0;
+};
+
+absl::StatusOr<TrainerConfig> FromJson(const std::string& path, Best* best) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("no checkpoint: cannot open ", path));
   std::stringstream text;
@@ -61,6 +70,11 @@ absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
     c.checkpoint_every = j.at("checkpoint_every");
     c.seed = j.at("seed");
     c.carry_state = j.value("carry_state", false);
+    c.keep_best = j.value("keep_best", false);  // runs from before keep_best
+    if (j.contains("best")) {
+      best->step = j["best"].at("step");
+      best->valid_loss = j["best"].at("valid_loss");
+    }
     const json& o = j.at("optimizer");
     c.optimizer.lr = o.at("lr");
     c.optimizer.min_lr_ratio = o.at("min_lr_ratio");
@@ -176,7 +190,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                                          const std::string& out_dir,
                                                          TokenFile train, TokenFile valid,
                                                          int64_t steps) {
-  FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, FromJson(out_dir + "/trainer.json"));
+  Best best;
+  FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, FromJson(out_dir + "/trainer.json", &best));
   if (steps > 0) trainer.steps = steps;
   FWP_ASSIGN_OR_RETURN(HostModel checkpoint, ReadHostModel(out_dir));
   const std::string tokenizer = out_dir + "/tokenizer.model";
@@ -185,6 +200,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                       std::move(valid), out_dir,
                                       std::filesystem::exists(tokenizer) ? tokenizer : ""));
   FWP_RETURN_IF_ERROR(t->optimizer_->Load(out_dir + "/optimizer.safetensors"));
+  t->best_step_ = best.step;
+  t->best_valid_loss_ = best.valid_loss;
   if (t->step() >= trainer.steps) {
     return absl::FailedPreconditionError(absl::StrCat(
         out_dir, " is at step ", t->step(), " of ", trainer.steps,
@@ -306,8 +323,9 @@ absl::Status Trainer::SaveCheckpoint() {
           {reinterpret_cast<const uint8_t*>(positions.data()), positions.size() * 8}}},
         {}));
   }
-  return WriteFileAtomically(out_dir_ + "/trainer.json",
-                             ToJson(config_, optimizer_->step()).dump(2) + "\n");
+  return WriteFileAtomically(
+      out_dir_ + "/trainer.json",
+      ToJson(config_, optimizer_->step(), best_step_, best_valid_loss_).dump(2) + "\n");
 }
 
 absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) {
@@ -329,6 +347,15 @@ absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) 
                                                 ") or --clip, or check the data"));
       }
       r.valid_loss = valid.mean;
+      // Written before the checkpoint that records it, so trainer.json never
+      // names a best the directory does not hold.
+      if (config_.keep_best && (best_step_ == 0 || valid.mean < best_valid_loss_)) {
+        FWP_RETURN_IF_ERROR(WriteModelDir(out_dir_ + "/best", model_config_, model_->Weights(),
+                                          tokenizer_path_));
+        best_step_ = r.step;
+        best_valid_loss_ = valid.mean;
+        r.new_best = true;
+      }
     }
     if ((config_.checkpoint_every > 0 && r.step % config_.checkpoint_every == 0) || last) {
       FWP_RETURN_IF_ERROR(SaveCheckpoint());

@@ -40,6 +40,10 @@ struct TrainerConfig {
   // carried from one step to the next (and reset when the streams wrap), so
   // the model learns to use a state older than one window.
   bool carry_state = false;
+  // After each evaluation whose valid loss is the run's lowest so far, the
+  // model directory is also written to <out>/best (fine-tuning on little
+  // data overfits; the best weights are kept whatever the last ones are).
+  bool keep_best = false;
   OptimizerConfig optimizer;
 };
 
@@ -50,6 +54,7 @@ struct StepReport {
   double grad_norm = 0;
   double tokens_per_second = 0;
   double valid_loss = -1;  // < 0: not evaluated at this step
+  bool new_best = false;   // keep_best wrote these weights to <out>/best
 };
 
 // Why `c` cannot train, naming the fwp-train flag of the field at fault
@@ -87,6 +92,9 @@ class Trainer {
   absl::Status SaveCheckpoint();
 
   int64_t step() const { return optimizer_->step(); }
+  // keep_best: the lowest valid loss so far and its step (0: none yet).
+  double best_valid_loss() const { return best_valid_loss_; }
+  int64_t best_step() const { return best_step_; }
   const TrainerConfig& config() const { return config_; }
   Model& model() { return *model_; }
 
@@ -102,6 +110,8 @@ class Trainer {
   std::vector<std::unique_ptr<StatePool>> carry_;
   TokenFile train_, valid_;
   std::string out_dir_, tokenizer_path_;
+  double best_valid_loss_ = 0;
+  int64_t best_step_ = 0;
 };
 
 }  // namespace fwp

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -172,6 +173,60 @@ TEST_P(TrainerAccumulation, TwoPassesOfFourAreOneBatchOfEight) {
 
 INSTANTIATE_TEST_SUITE_P(Batches, TrainerAccumulation, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "CarriedState" : "RandomWindows"; });
+
+// A valid split unlike the training data (uniform tokens, no pattern): the
+// more the model learns the pattern, the worse it scores there, so the best
+// evaluation comes early and the last weights are not the best.
+TEST(Trainer, KeepBestWritesTheWeightsOfTheLowestValidLossAndResumeKeepsTheRecord) {
+  auto backend = MakeCpuBackend();
+  backend->SetBatchInvariant(false);
+  const Config config = TinyConfig();
+  TokenFile unlike;
+  unlike.vocab_size = 40;
+  Rng rng(77);
+  for (int i = 0; i < 500; ++i) unlike.tokens.push_back(static_cast<int32_t>(rng.Next() % 40));
+  TrainerConfig settings = Settings(12);
+  settings.eval_every = 2;
+  settings.checkpoint_every = 6;
+  settings.keep_best = true;
+  settings.optimizer.lr = 2e-2f;
+  const std::string out = ::testing::TempDir() + "fwp_trainer_best";
+  std::filesystem::remove_all(out);
+  settings.steps = 6;
+  auto t = Trainer::Create(*backend, config, RandomWeights(config, 3), settings, Stream(3000, 1),
+                           unlike, out, "");
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::vector<std::pair<int64_t, double>> evaluations;
+  auto record = [&](const StepReport& r) {
+    if (r.valid_loss >= 0) evaluations.push_back({r.step, r.valid_loss});
+  };
+  ASSERT_TRUE((*t)->Run(record).ok());
+  t->reset();
+  auto resumed = Trainer::Resume(*backend, out, Stream(3000, 1), unlike, 12);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ASSERT_TRUE((*resumed)->Run(record).ok());
+  ASSERT_EQ(evaluations.size(), 6u);
+  auto best = std::min_element(evaluations.begin(), evaluations.end(),
+                               [](const auto& a, const auto& b) { return a.second < b.second; });
+  ASSERT_LE(best->first, 6) << "the valid split should favour an early step";
+  EXPECT_EQ((*resumed)->best_step(), best->first);
+  EXPECT_EQ((*resumed)->best_valid_loss(), best->second);
+  // best/ holds the weights that scored it: scored again, the same loss.
+  auto host = ReadHostModel(out + "/best");
+  ASSERT_TRUE(host.ok()) << host.status();
+  const std::string again = ::testing::TempDir() + "fwp_trainer_best_again";
+  std::filesystem::remove_all(again);
+  auto scorer = Trainer::Create(*backend, config, host->weights, settings, Stream(3000, 1), unlike,
+                                again, "");
+  ASSERT_TRUE(scorer.ok()) << scorer.status();
+  auto loss = (*scorer)->Evaluate();
+  ASSERT_TRUE(loss.ok());
+  EXPECT_EQ(loss->mean, best->second);
+  // And they are not the last weights.
+  auto last = ReadHostModel(out);
+  ASSERT_TRUE(last.ok());
+  EXPECT_NE(last->weights, host->weights);
+}
 
 TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
   auto backend = MakeCpuBackend();
