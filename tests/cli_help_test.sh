@@ -111,7 +111,12 @@ out=$("$bin/fwp-train" --backend cpu --init "$root/models/default" --data "$dir/
       --steps 1 --batch 2 --seq 8 --eval_windows 1 --warmup 0 --lr 1e-4)
 grep -q "fine-tuning 5256704 parameters from $root/models/default" <<<"$out" || { echo "--init: $out"; exit 1; }
 cmp -s "$dir/ft/config.json" "$root/models/default/config.json" || { echo "--init's config not kept"; exit 1; }
+refuses "--eval_context must be auto, window or stream" "${train[@]}" --out "$dir/x" --eval_context long
+out=$("${train[@]}" --out "$dir/carry" --steps 1 --carry_state)
+grep -q "valid stream" <<<"$out" && grep -q '"eval_context": "stream"' "$dir/carry/trainer.json" ||
+  { echo "carry_state's evaluation is not a stream: $out"; exit 1; }
 out=$("${train[@]}" --out "$dir/best" --steps 2 --eval_every 1 --keep_best)
+grep -q "valid windows" <<<"$out" || { echo "windows evaluation: $out"; exit 1; }
 grep -q "step 1 .*best so far: saved to best/" <<<"$out" && [ -s "$dir/best/best/model.safetensors" ] ||
   { echo "--keep_best: $out"; ls "$dir/best"; exit 1; }
 ft=("$bin/fwp-train" --backend cpu --init "$root/models/default" --steps 1 --batch 2 --seq 8 --out "$dir/x")
@@ -129,7 +134,7 @@ resume=("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run" --res
 refuses "nothing to do" "${resume[@]}"
 refuses "nothing to do" "${resume[@]}" --steps 3
 for flag in "lr 0.5" "batch 4" "seq 4" "warmup 1" "seed 2" "min_lr_ratio 0.5" "weight_decay 0" \
-            "clip 0" "carry_state" "config $dir/tiny.json" "set n_layers=2" "accum 2" "keep_best"; do
+            "clip 0" "carry_state" "config $dir/tiny.json" "set n_layers=2" "accum 2" "keep_best" "eval_context window"; do
   refuses "--${flag%% *} cannot change on --resume" "${resume[@]}" --steps 6 --$flag
 done
 echo "5,0,0,0,0,-1,-1" >> "$dir/run/log.csv"  # a row logged after the last checkpoint

@@ -24,6 +24,7 @@
 #include "model/model_dir.h"
 #include "nlohmann/json.hpp"
 #include "train/retrieval.h"
+#include "train/scoring.h"
 #include "train/token_file.h"
 
 ABSL_FLAG(std::string, model, "models/default", "model directory");
@@ -138,44 +139,11 @@ static int Main(int argc, char** argv) {
         split, " split has ", tokens.size(), " tokens, fewer than the ", needed,
         " one prediction needs", context == "window" ? " (--seq + 1)" : "")));
   }
-  double nats = 0;
-  int64_t count = 0;
-  if (context == "window") {
-    const int64_t windows = (static_cast<int64_t>(tokens.size()) - 1) / T;
-    for (int64_t w0 = 0; w0 < windows; w0 += B) {
-      const int64_t nb = std::min(B, windows - w0);
-      std::vector<int32_t> in(nb * T), target(nb * T);
-      for (int64_t i = 0; i < nb * T; ++i) {
-        in[i] = tokens[w0 * T + i];
-        target[i] = tokens[w0 * T + i + 1];
-      }
-      auto loss = model.ForwardBackward(in, target, nb, nullptr);
-      if (!loss.ok()) return Fail(loss.status());
-      nats += loss->mean * loss->count;
-      count += loss->count;
-    }
-  } else if (context == "stream") {
-    auto pool = model.NewStatePool(1);
-    if (!pool.ok()) return Fail(pool.status());
-    const int32_t slot = 0;
-    const int64_t chunk = 512;
-    std::vector<float> logits(chunk * V);
-    for (int64_t t0 = 0; t0 + 1 < static_cast<int64_t>(tokens.size()); t0 += chunk) {
-      const int64_t n = std::min<int64_t>(chunk, tokens.size() - 1 - t0);
-      auto status = model.Prefill(**pool, {&slot, 1},
-                                  absl::MakeConstSpan(tokens).subspan(t0, n), true, logits.data());
-      if (!status.ok()) return Fail(status);
-      for (int64_t i = 0; i < n; ++i) {
-        const float* row = logits.data() + i * V;
-        float max = row[0];
-        for (int64_t v = 1; v < V; ++v) max = std::max(max, row[v]);
-        double sum = 0;
-        for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - max));
-        nats += max + std::log(sum) - row[tokens[t0 + i + 1]];
-        ++count;
-      }
-    }
-  }
+  auto scored = context == "window" ? fwp::ScoreWindows(model, tokens, T, B)
+                                     : fwp::ScoreStream(model, tokens);
+  if (!scored.ok()) return Fail(scored.status());
+  const int64_t count = scored->count;
+  const double nats = scored->mean * count;
   const double loss = nats / count;
   std::printf("%s: %lld tokens scored, loss %.4f nats/token, perplexity %.2f", split.c_str(),
               (long long)count, loss, std::exp(loss));

@@ -57,7 +57,11 @@ ABSL_FLAG(int64_t, warmup, 100, "linear warm-up steps");
 ABSL_FLAG(double, weight_decay, 0.1, "decoupled weight decay of matrices");
 ABSL_FLAG(double, clip, 1.0, "gradient-norm clipping (0: off)");
 ABSL_FLAG(int64_t, eval_every, 200, "steps between evaluations on the valid split");
-ABSL_FLAG(int64_t, eval_windows, 0, "valid windows per evaluation (0: the whole split)");
+ABSL_FLAG(int64_t, eval_windows, 0,
+          "valid windows per evaluation (0: the whole split; with stream, that many --seq's)");
+ABSL_FLAG(std::string, eval_context, "auto",
+          "how evaluations read the valid split: window (--seq tokens from empty states), "
+          "stream (one stream, state carried), auto (stream with --carry_state, else window)");
 ABSL_FLAG(int64_t, checkpoint_every, 500, "steps between checkpoints");
 ABSL_FLAG(bool, keep_best, false,
           "also write the model directory to <out>/best after each evaluation with the "
@@ -121,6 +125,7 @@ absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
       {"seed", absl::StrCat(run.seed)},
       {"carry_state", run.carry_state ? "true" : "false"},
       {"keep_best", run.keep_best ? "true" : "false"},
+      {"eval_context", run.eval_stream ? "stream" : "window"},
   };
   for (const auto& [flag, value] : fixed) {
     if (Given(args, flag)) {
@@ -185,6 +190,12 @@ static int Main(int argc, char** argv) {
     tc.seed = absl::GetFlag(FLAGS_seed);
     tc.carry_state = absl::GetFlag(FLAGS_carry_state);
     tc.keep_best = absl::GetFlag(FLAGS_keep_best);
+    const std::string context = absl::GetFlag(FLAGS_eval_context);
+    if (context != "auto" && context != "window" && context != "stream") {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--eval_context must be auto, window or stream, not '", context, "'")));
+    }
+    tc.eval_stream = context == "stream" || (context == "auto" && tc.carry_state);
     tc.optimizer.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
     tc.optimizer.min_lr_ratio = static_cast<float>(absl::GetFlag(FLAGS_min_lr_ratio));
     tc.optimizer.warmup_steps = absl::GetFlag(FLAGS_warmup);
@@ -298,8 +309,10 @@ static int Main(int argc, char** argv) {
       std::fflush(stdout);
     }
     if (r.valid_loss >= 0) {
-      std::printf("%sstep %lld  train %.4f  valid %.4f (ppl %.2f)  %.0f tok/s  %.0fs%s\n",
-                  tty ? "\n" : "", (long long)r.step, smooth, r.valid_loss, std::exp(r.valid_loss),
+      std::printf("%sstep %lld  train %.4f  valid %s %.4f (ppl %.2f)  %.0f tok/s  %.0fs%s\n",
+                  tty ? "\n" : "", (long long)r.step, smooth,
+                  trainer->config().eval_stream ? "stream" : "windows", r.valid_loss,
+                  std::exp(r.valid_loss),
                   r.tokens_per_second, elapsed, r.new_best ? "  best so far: saved to best/" : "");
       std::fflush(stdout);
     }

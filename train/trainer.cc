@@ -14,6 +14,7 @@
 #include "model/model_dir.h"
 #include "model/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "train/scoring.h"
 
 namespace fwp {
 namespace {
@@ -29,6 +30,7 @@ json ToJson(const TrainerConfig& c, int64_t step, int64_t best_step, double best
           {"steps", c.steps},
           {"eval_every", c.eval_every},
           {"eval_windows", c.eval_windows},
+          {"eval_context", c.eval_stream ? "stream" : "window"},
           {"checkpoint_every", c.checkpoint_every},
           {"seed", c.seed},
           {"carry_state", c.carry_state},
@@ -67,6 +69,12 @@ absl::StatusOr<TrainerConfig> FromJson(const std::string& path, Best* best) {
     c.steps = j.at("steps");
     c.eval_every = j.at("eval_every");
     c.eval_windows = j.at("eval_windows");
+    const std::string context = j.value("eval_context", "window");  // runs from before it
+    if (context != "window" && context != "stream") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": eval_context must be \"window\" or \"stream\", not \"", context, "\""));
+    }
+    c.eval_stream = context == "stream";
     c.checkpoint_every = j.at("checkpoint_every");
     c.seed = j.at("seed");
     c.carry_state = j.value("carry_state", false);
@@ -278,26 +286,10 @@ absl::StatusOr<StepReport> Trainer::Step() {
 }
 
 absl::StatusOr<Model::Loss> Trainer::Evaluate() {
-  const int64_t B = config_.batch, T = config_.seq;
-  const int64_t windows_total = (static_cast<int64_t>(valid_.tokens.size()) - 1) / T;
-  const int64_t windows = config_.eval_windows > 0 ? std::min(config_.eval_windows, windows_total)
-                                                   : windows_total;
-  double total = 0;
-  int64_t count = 0;
-  for (int64_t w0 = 0; w0 < windows; w0 += B) {
-    const int64_t nb = std::min(B, windows - w0);
-    std::vector<int32_t> tokens(nb * T), targets(nb * T);
-    for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t t = 0; t < T; ++t) {
-        tokens[b * T + t] = valid_.tokens[(w0 + b) * T + t];
-        targets[b * T + t] = valid_.tokens[(w0 + b) * T + t + 1];
-      }
-    }
-    FWP_ASSIGN_OR_RETURN(Model::Loss loss, model_->ForwardBackward(tokens, targets, nb, nullptr));
-    total += loss.mean * loss.count;
-    count += loss.count;
+  if (config_.eval_stream) {
+    return ScoreStream(*model_, valid_.tokens, 512, config_.eval_windows * config_.seq);
   }
-  return Model::Loss{count ? total / count : 0.0, count};
+  return ScoreWindows(*model_, valid_.tokens, config_.seq, config_.batch, config_.eval_windows);
 }
 
 absl::Status Trainer::SaveCheckpoint() {

@@ -32,7 +32,11 @@ struct TrainerConfig {
   int64_t accum = 1;
   int64_t steps = 1000;
   int64_t eval_every = 200;        // 0: only at the end
-  int64_t eval_windows = 0;        // 0: the whole valid split
+  int64_t eval_windows = 0;        // 0: the whole valid split (else that many seq's worth)
+  // How the valid split is read (train/scoring.h): windows of `seq` from
+  // empty states, or one stream with the state carried (for carry_state
+  // runs, whose point is the long context).
+  bool eval_stream = false;
   int64_t checkpoint_every = 500;  // 0: only at the end
   uint64_t seed = 1;
   // Truncated BPTT: the batch is batch × accum contiguous streams through the
@@ -87,7 +91,7 @@ class Trainer {
   // `report` is called after every step. A train or valid loss that is not
   // finite stops the run with an error (before that step is checkpointed).
   absl::Status Run(const std::function<void(const StepReport&)>& report);
-  // Mean loss on the valid split (windows of `seq` tokens, fresh states).
+  // Mean loss on the valid split, read as eval_stream says.
   absl::StatusOr<Model::Loss> Evaluate();
   absl::Status SaveCheckpoint();
 
