@@ -1,11 +1,14 @@
 #include "cli/flags.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <new>
+#include <utility>
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/str_cat.h"
 
 namespace fwp {
 
@@ -22,8 +25,24 @@ std::vector<std::string> UnderscoreFlagNames(int argc, char** argv) {
   return args;
 }
 
-std::vector<std::string> RepeatedFlagValues(const std::vector<std::string>& args,
-                                            std::string_view name) {
+namespace {
+
+// The flag name and "=value" part of a flag argument ("--a=1" → "a", "=1"),
+// or an empty name when `arg` is no flag (or is "--" itself).
+std::pair<std::string_view, std::string_view> FlagParts(std::string_view arg) {
+  const size_t dashes = arg.rfind("--", 0) == 0 ? 2 : arg.rfind("-", 0) == 0 ? 1 : 0;
+  if (dashes == 0) return {};
+  std::string_view flag = arg.substr(dashes);
+  const size_t equals = flag.find('=');
+  if (equals == std::string_view::npos) return {flag, {}};
+  return {flag.substr(0, equals), flag.substr(equals)};
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> RepeatedFlagValues(
+    const std::vector<std::string>& args, std::string_view name,
+    const std::vector<std::string>& parsed) {
   std::vector<std::string> values;
   auto split = [&](std::string_view list) {
     for (size_t begin = 0;;) {
@@ -34,16 +53,40 @@ std::vector<std::string> RepeatedFlagValues(const std::vector<std::string>& args
       begin = comma + 1;
     }
   };
-  const std::string bare = "--" + std::string(name), with_value = bare + "=";
   for (size_t i = 1; i < args.size(); ++i) {
     if (args[i] == "--") break;
-    if (args[i].rfind(with_value, 0) == 0) {
-      split(std::string_view(args[i]).substr(with_value.size()));
-    } else if (args[i] == bare && i + 1 < args.size()) {
+    const auto [flag, value] = FlagParts(args[i]);
+    if (flag != name) continue;
+    if (!value.empty()) {
+      split(value.substr(1));
+    } else if (i + 1 < args.size()) {
       split(args[++i]);
     }
   }
+  std::vector<std::string> last;
+  for (const std::string& v : parsed) {
+    if (!v.empty()) last.push_back(v);
+  }
+  if (values.size() < last.size() ||
+      !std::equal(last.rbegin(), last.rend(), values.rbegin())) {
+    const std::string flag(name);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, " is given where it cannot be read in order (a --flagfile?): give every "
+        "--", flag, " on the command line"));
+  }
   return values;
+}
+
+bool FlagGiven(const std::vector<std::string>& args, std::string_view name) {
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--") break;
+    const std::string_view flag = FlagParts(args[i]).first;
+    if (flag == name || (flag.size() == name.size() + 2 && flag.rfind("no", 0) == 0 &&
+                         flag.substr(2) == name)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool IsOurFlagFile(std::string_view file) {

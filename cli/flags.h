@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 namespace fwp {
 
 std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usage);
@@ -21,10 +23,18 @@ std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usag
 std::vector<std::string> UnderscoreFlagNames(int argc, char** argv);
 
 // Every value of a flag that may be given several times (--set a=1 --set
-// b=2,c=3), in order, each split at commas; `args` is UnderscoreFlagNames'
-// output. absl would keep only the last occurrence of a list flag.
-std::vector<std::string> RepeatedFlagValues(const std::vector<std::string>& args,
-                                            std::string_view name);
+// b=2,c=3; one dash or two, as absl takes), in order, each split at
+// commas; `args` is UnderscoreFlagNames' output. absl would keep only the
+// last occurrence of a list flag. `parsed` is absl's value of the flag: when
+// the occurrences found do not end with it (it came from a --flagfile, say),
+// the flag is refused rather than half applied.
+absl::StatusOr<std::vector<std::string>> RepeatedFlagValues(
+    const std::vector<std::string>& args, std::string_view name,
+    const std::vector<std::string>& parsed);
+
+// Whether `args` (UnderscoreFlagNames' output) sets --name (or -name,
+// --noname for a bool), before any "--".
+bool FlagGiven(const std::vector<std::string>& args, std::string_view name);
 
 // Whether --help shows the flags defined in `file` (ours, not a library's).
 bool IsOurFlagFile(std::string_view file);

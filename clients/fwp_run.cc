@@ -187,7 +187,10 @@ static int Main(int argc, char** argv) {
                   "generate a continuation of a prompt on the CPU, token by token\n\n"
                   "  fwp-run --model DIR --prompt TEXT | --random-init CONFIG [--tokenizer T] "
                   "[--prompt_ids 1,2,3] [--save DIR]");
-  return Run(fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set"));
+  auto settings = fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set",
+                                          absl::GetFlag(FLAGS_set));
+  if (!settings.ok()) return Fail(settings.status());
+  return Run(*settings);
 }
 
 int main(int argc, char** argv) { return fwp::RunMain("fwp-run", Main, argc, argv); }

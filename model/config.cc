@@ -222,7 +222,10 @@ absl::Status ApplySettings(absl::Span<const std::string> settings, json& root) {
         break;
       }
       json& child = (*node)[key];
-      if (child.is_string()) child = json{{"kind", child}};  // "elu1" is {"kind": "elu1"}
+      // The one field with a shorthand: "elu1" is {"kind": "elu1"}.
+      if (node == &root && key == "feature_map" && child.is_string()) {
+        child = json{{"kind", child}};
+      }
       if (!child.is_object() && !child.is_null()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "--set '", setting, "': '", path.substr(0, dot), "' is ", child.dump(),

@@ -87,6 +87,9 @@ head -30 "$dir/corpus.txt" > "$dir/short.txt"
 refuses "holds 5 documents" "$bin/fwp-prepare" --text "$dir/short.txt" --out "$dir/x"
 refuses "neither a file nor a directory" "$bin/fwp-prepare" --text "$dir/none" --out "$dir/x"
 refuses "$dir/afile" "$bin/fwp-prepare" --text "$dir/corpus.txt" --tokenizer "$dir/afile" --out "$dir/x"
+refuses "--text and --corpus are two corpora" "$bin/fwp-prepare" --text "$dir/corpus.txt" --corpus "$dir" --out "$dir/x"
+refuses "--tokenizer's has its own" "$bin/fwp-prepare" --text "$dir/corpus.txt" --vocab 300 \
+  --tokenizer "$root/models/default/tokenizer.model" --out "$dir/x"
 refuses "training the tokenizer (--vocab 100000)" "$bin/fwp-prepare" --text "$dir/corpus.txt" --out "$dir/v" --vocab 100000
 refuses "--lr must be" "${train[@]}" --out "$dir/x" --lr nan
 refuses "--min_lr_ratio" "${train[@]}" --out "$dir/x" --min_lr_ratio 1.5
@@ -103,6 +106,9 @@ grep -q "for 2 steps of 4 sequences (2 passes of 2)" <<<"$out" || { echo "accum 
 grep -q '"n_layers": 2' "$dir/set/config.json" && grep -q '"d_ff": 24' "$dir/set/config.json" &&
   grep -q '"kind": "elu1"' "$dir/set/config.json" || { echo "--set not in the run:"; cat "$dir/set/config.json"; exit 1; }
 refuses "with --set d_ff=0: config field 'd_ff' must be in" "${train[@]}" --out "$dir/x" --set d_ff=0
+refuses "with --set n_layers=0,d_ff=0" "${train[@]}" --out "$dir/x" -set n_layers=0 -set=d_ff=0  # one dash too
+echo "--set=n_layers=0" > "$dir/flags"
+refuses "--set is given where it cannot be read" "${train[@]}" --out "$dir/x" --flagfile "$dir/flags"
 mkdir "$dir/notok" && cp "$dir/data/"*.tok "$dir/notok/"
 refuses "has no tokenizer.model" "${train[@]}" --data "$dir/notok" --out "$dir/x"
 [ ! -e "$dir/x" ] || { echo "a refused run created its --out"; exit 1; }

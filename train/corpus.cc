@@ -60,7 +60,13 @@ absl::StatusOr<std::vector<Document>> ReadTextCorpus(const std::string& path) {
     std::vector<fs::path> files;
     for (auto it = fs::recursive_directory_iterator(path, error);
          !error && it != fs::recursive_directory_iterator(); it.increment(error)) {
-      if (it->is_regular_file(error)) files.push_back(it->path());
+      // Hidden entries (.git, editor files) are not text someone wrote.
+      std::error_code entry;  // a dangling link is skipped, not the end of the listing
+      if (it->path().filename().string().rfind('.', 0) == 0) {
+        if (it->is_directory(entry)) it.disable_recursion_pending();
+        continue;
+      }
+      if (it->is_regular_file(entry)) files.push_back(it->path());
     }
     if (error) {
       return absl::PermissionDeniedError(

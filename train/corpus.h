@@ -3,7 +3,8 @@
 //
 // Your own text (ReadTextCorpus) is either one file, whose documents are
 // separated by blank lines, or a directory, each regular file of which (in
-// name order, subdirectories included) is one document. The Brown Corpus is
+// path order, subdirectories included; hidden files and directories, whose
+// names start with '.', and links to nothing left out) is one document. The Brown Corpus is
 // read by ReadBrownCorpus (train/brown.h).
 #pragma once
 

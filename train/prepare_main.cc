@@ -51,6 +51,15 @@ static int Main(int argc, char** argv) {
       "\n"
       "  fwp-prepare --corpus data/raw/package --out data/brown [--vocab 8192]   # Brown\n"
       "  fwp-prepare --text FILE|DIR --out data/mine [--vocab N | --tokenizer T.model]");
+  const std::vector<std::string> args = fwp::UnderscoreFlagNames(argc, argv);
+  // Flags that the others make pointless would otherwise be silently unused.
+  if (fwp::FlagGiven(args, "text") && fwp::FlagGiven(args, "corpus")) {
+    return Fail(absl::InvalidArgumentError("--text and --corpus are two corpora: give one"));
+  }
+  if (fwp::FlagGiven(args, "tokenizer") && fwp::FlagGiven(args, "vocab")) {
+    return Fail(absl::InvalidArgumentError(
+        "--vocab sizes the tokenizer trained here; --tokenizer's has its own: give one"));
+  }
   const std::string corpus = absl::GetFlag(FLAGS_corpus), out = absl::GetFlag(FLAGS_out);
   const std::string text_path = absl::GetFlag(FLAGS_text);
   const std::string given_tokenizer = absl::GetFlag(FLAGS_tokenizer);

@@ -92,20 +92,6 @@ void Plot(const std::string& out) {
   if (std::system(cmd.c_str()) == 0) std::printf("plotted %s/loss.png\n", out.c_str());
 }
 
-// Whether `args` (fwp::UnderscoreFlagNames of argv) sets --name: absl's
-// IsSpecifiedOnCommandLine is not public in the abseil we build against.
-bool Given(const std::vector<std::string>& args, const std::string& name) {
-  for (const std::string& a : args) {
-    if (a == "--") break;
-    const size_t dashes = a.rfind("--", 0) == 0 ? 2 : a.rfind("-", 0) == 0 ? 1 : 0;
-    if (dashes == 0) continue;
-    std::string_view flag = std::string_view(a).substr(dashes);
-    flag = flag.substr(0, flag.find('='));
-    if (flag == name || flag == "no" + name) return true;
-  }
-  return false;
-}
-
 // Settings a resumed run takes from its trainer.json and config.json; given
 // again, they would silently do nothing (or break the exact continuation).
 absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
@@ -128,7 +114,7 @@ absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
       {"eval_context", run.eval_stream ? "stream" : "window"},
   };
   for (const auto& [flag, value] : fixed) {
-    if (Given(args, flag)) {
+    if (fwp::FlagGiven(args, flag)) {
       return absl::InvalidArgumentError(absl::StrCat("--", flag, " cannot change on --resume: ",
                                                      out, " runs with ", flag, " ", value));
     }
@@ -163,8 +149,10 @@ static int Main(int argc, char** argv) {
   const int64_t steps = absl::GetFlag(FLAGS_steps);
   if (steps < 0) return Fail(absl::InvalidArgumentError("--steps must be ≥ 1 (or 0: the default)"));
   const std::string init = absl::GetFlag(FLAGS_init);
-  const std::vector<std::string> settings =
-      fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set");
+  auto set = fwp::RepeatedFlagValues(fwp::UnderscoreFlagNames(argc, argv), "set",
+                                     absl::GetFlag(FLAGS_set));
+  if (!set.ok()) return Fail(set.status());
+  const std::vector<std::string>& settings = *set;
   fwp::TrainerConfig tc;
   if (resume && !init.empty()) {
     return Fail(absl::InvalidArgumentError(

@@ -21,7 +21,7 @@ namespace {
 
 using nlohmann::json;
 
-json ToJson(const TrainerConfig& c, int64_t step, int64_t best_step, double best_valid_loss) {
+json ToJson(const TrainerConfig& c, int64_t step) {
   const OptimizerConfig& o = c.optimizer;
   json j = {{"step", step},
           {"batch", c.batch},
@@ -45,17 +45,29 @@ json ToJson(const TrainerConfig& c, int64_t step, int64_t best_step, double best
             {"weight_decay", o.weight_decay},
             {"clip_norm", o.clip_norm}}}};
   j["keep_best"] = c.keep_best;
-  if (best_step > 0) j["best"] = {{"step", best_step}, {"valid_loss", best_valid_loss}};
   return j;
 }
 
-// keep_best's record in trainer.json: {"step": 0, ...} when there is none.
-struct Best {
-  int64_t step = 0;
-  double valid_loss = 0;
-};
+// keep_best's record, <out>/best/best.json, written just after the weights
+// it describes (not with the checkpoint, which may be older).
+absl::Status ReadBest(const std::string& path, int64_t* step, double* valid_loss) {
+  std::ifstream in(path);
+  if (!in) return absl::OkStatus();  // no best yet
+  std::stringstream text;
+  text << in.rdbuf();
+  const json j = json::parse(text.str(), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("step") ||
+      !j["step"].is_number_integer() || !j.contains("valid_loss") ||
+      !j["valid_loss"].is_number()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not {\"step\": integer, \"valid_loss\": number}"));
+  }
+  *step = j["step"].get<int64_t>();
+  *valid_loss = j["valid_loss"].get<double>();
+  return absl::OkStatus();
+}
 
-absl::StatusOr<TrainerConfig> FromJson(const std::string& path, Best* best) {
+absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("no checkpoint: cannot open ", path));
   std::stringstream text;
@@ -79,10 +91,6 @@ absl::StatusOr<TrainerConfig> FromJson(const std::string& path, Best* best) {
     c.seed = j.at("seed");
     c.carry_state = j.value("carry_state", false);
     c.keep_best = j.value("keep_best", false);  // runs from before keep_best
-    if (j.contains("best")) {
-      best->step = j["best"].at("step");
-      best->valid_loss = j["best"].at("valid_loss");
-    }
     const json& o = j.at("optimizer");
     c.optimizer.lr = o.at("lr");
     c.optimizer.min_lr_ratio = o.at("min_lr_ratio");
@@ -134,7 +142,9 @@ absl::Status CheckTrainerConfig(const TrainerConfig& c) {
   if (c.accum < 1 || c.accum > kMaxAccum) return bad("--accum", "in [1, 2^20]", c.accum);
   if (c.steps < 1) return bad("--steps", "≥ 1", c.steps);
   if (c.eval_every < 0) return bad("--eval_every", "≥ 0", c.eval_every);
-  if (c.eval_windows < 0) return bad("--eval_windows", "≥ 0", c.eval_windows);
+  if (c.eval_windows < 0 || c.eval_windows > kMaxTokensPerStep) {
+    return bad("--eval_windows", "in [0, 2^31]", c.eval_windows);
+  }
   if (c.checkpoint_every < 0) return bad("--checkpoint_every", "≥ 0", c.checkpoint_every);
   if (!std::isfinite(o.lr) || o.lr <= 0) return bad("--lr", "finite and > 0", o.lr);
   if (!(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1)) {
@@ -198,8 +208,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                                          const std::string& out_dir,
                                                          TokenFile train, TokenFile valid,
                                                          int64_t steps) {
-  Best best;
-  FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, FromJson(out_dir + "/trainer.json", &best));
+  FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, FromJson(out_dir + "/trainer.json"));
   if (steps > 0) trainer.steps = steps;
   FWP_ASSIGN_OR_RETURN(HostModel checkpoint, ReadHostModel(out_dir));
   const std::string tokenizer = out_dir + "/tokenizer.model";
@@ -208,8 +217,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                       std::move(valid), out_dir,
                                       std::filesystem::exists(tokenizer) ? tokenizer : ""));
   FWP_RETURN_IF_ERROR(t->optimizer_->Load(out_dir + "/optimizer.safetensors"));
-  t->best_step_ = best.step;
-  t->best_valid_loss_ = best.valid_loss;
+  if (trainer.keep_best) {
+    FWP_RETURN_IF_ERROR(ReadBest(out_dir + "/best/best.json", &t->best_step_, &t->best_valid_loss_));
+  }
   if (t->step() >= trainer.steps) {
     return absl::FailedPreconditionError(absl::StrCat(
         out_dir, " is at step ", t->step(), " of ", trainer.steps,
@@ -315,9 +325,8 @@ absl::Status Trainer::SaveCheckpoint() {
           {reinterpret_cast<const uint8_t*>(positions.data()), positions.size() * 8}}},
         {}));
   }
-  return WriteFileAtomically(
-      out_dir_ + "/trainer.json",
-      ToJson(config_, optimizer_->step(), best_step_, best_valid_loss_).dump(2) + "\n");
+  return WriteFileAtomically(out_dir_ + "/trainer.json",
+                             ToJson(config_, optimizer_->step()).dump(2) + "\n");
 }
 
 absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) {
@@ -339,11 +348,13 @@ absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) 
                                                 ") or --clip, or check the data"));
       }
       r.valid_loss = valid.mean;
-      // Written before the checkpoint that records it, so trainer.json never
-      // names a best the directory does not hold.
+      // The record follows the weights at once (a checkpoint may be many
+      // steps away): a resumed run compares with the best that best/ holds.
       if (config_.keep_best && (best_step_ == 0 || valid.mean < best_valid_loss_)) {
         FWP_RETURN_IF_ERROR(WriteModelDir(out_dir_ + "/best", model_config_, model_->Weights(),
                                           tokenizer_path_));
+        const json record = {{"step", r.step}, {"valid_loss", valid.mean}};
+        FWP_RETURN_IF_ERROR(WriteFileAtomically(out_dir_ + "/best/best.json", record.dump() + "\n"));
         best_step_ = r.step;
         best_valid_loss_ = valid.mean;
         r.new_best = true;

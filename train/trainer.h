@@ -45,8 +45,9 @@ struct TrainerConfig {
   // the model learns to use a state older than one window.
   bool carry_state = false;
   // After each evaluation whose valid loss is the run's lowest so far, the
-  // model directory is also written to <out>/best (fine-tuning on little
-  // data overfits; the best weights are kept whatever the last ones are).
+  // model directory is also written to <out>/best, with best.json naming its
+  // step and valid loss (fine-tuning on little data overfits; the best
+  // weights are kept whatever the last ones are).
   bool keep_best = false;
   OptimizerConfig optimizer;
 };

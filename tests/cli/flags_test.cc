@@ -17,13 +17,33 @@ TEST(Flags, DashedFlagNamesAreUnderscoredAndNothingElse) {
 }
 
 TEST(Flags, RepeatedFlagValuesKeepsEveryOccurrenceInOrder) {
-  // Both spellings, lists split at commas, an empty --set= adds nothing, a
-  // longer flag name is another flag, and "--" ends the flags.
-  const std::vector<std::string> args = {"fwp-x", "--set=a=1,b=2", "--setx=no", "--set", "c=3",
-                                         "--set=", "--", "--set=d=4"};
-  const std::vector<std::string> want = {"a=1", "b=2", "c=3"};
-  EXPECT_EQ(RepeatedFlagValues(args, "set"), want);
-  EXPECT_TRUE(RepeatedFlagValues({"fwp-x", "--sets=a=1"}, "set").empty());
+  // Both spellings with one dash or two, lists split at commas, an empty
+  // --set= adds nothing, a longer flag name is another flag, "--" ends the
+  // flags; absl's value of the flag (its last occurrence) ends the list.
+  const std::vector<std::string> args = {"fwp-x", "--set=a=1,b=2", "--setx=no", "-set", "c=3",
+                                         "--set=",  "-set=d=4",     "--",        "--set=e=5"};
+  const std::vector<std::string> want = {"a=1", "b=2", "c=3", "d=4"};
+  auto got = RepeatedFlagValues(args, "set", {"d=4"});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, want);
+  auto none = RepeatedFlagValues({"fwp-x", "--sets=a=1"}, "set", {});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  // Set where the scan cannot see it (a --flagfile): refused, not half applied.
+  auto hidden = RepeatedFlagValues({"fwp-x", "--flagfile=f"}, "set", {"n_layers=2"});
+  ASSERT_FALSE(hidden.ok());
+  EXPECT_NE(hidden.status().message().find("--flagfile"), std::string::npos) << hidden.status();
+}
+
+TEST(Flags, FlagGivenSeesEverySpellingBeforeTheEnd) {
+  const std::vector<std::string> args = {"fwp-x", "-vocab=3", "--nokeep_best", "--text", "x",
+                                         "--", "--corpus"};
+  EXPECT_TRUE(FlagGiven(args, "vocab"));
+  EXPECT_TRUE(FlagGiven(args, "keep_best"));
+  EXPECT_TRUE(FlagGiven(args, "text"));
+  EXPECT_FALSE(FlagGiven(args, "corpus"));
+  EXPECT_FALSE(FlagGiven(args, "x"));
+  EXPECT_FALSE(FlagGiven(args, "voc"));
 }
 
 TEST(Flags, HelpShowsOurFilesNotTheLibraries) {

@@ -112,6 +112,7 @@ TEST(Config, RefusesBadSettingsNamingThem) {
       {"=3", "--set '=3' is not field=value"},
       {"feature_map..nu=2", "has an empty field name"},
       {"d_model.x=2", "'d_model' is 256, not an object"},
+      {"update.x=2", "'update' is \"delta\", not an object"},  // no shorthand but feature_map's
       {"n_layers=eight", "config field 'n_layers' must be an integer, got \"eight\""},
       {"n_layers=0", "config field 'n_layers' must be in [1, 1024], got 0"},
       {"update=hebb", "config field 'update' must be one of"},

@@ -37,6 +37,10 @@ TEST(Corpus, ADirectoryIsOneDocumentPerFileInNameOrder) {
   std::ofstream(dir + "/a.md") << "ay";
   std::ofstream(dir + "/b_sub/x") << "sub";
   std::ofstream(dir + "/empty") << " \n\n";
+  std::filesystem::create_directories(dir + "/.git");
+  std::ofstream(dir + "/.git/HEAD") << "ref: main";
+  std::ofstream(dir + "/.#c.txt") << "an editor's lock";
+  std::filesystem::create_symlink(dir + "/gone", dir + "/dangling");
   auto docs = ReadTextCorpus(dir);
   ASSERT_TRUE(docs.ok()) << docs.status();
   ASSERT_EQ(docs->size(), 3u);

@@ -11,14 +11,7 @@ namespace fwp {
 namespace {
 
 Config SmallConfig() {
-  Config c;
-  c.vocab_size = 30;
-  c.d_model = 16;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.d_head = 8;
-  c.d_ff = 32;
-  return c;
+  return {.vocab_size = 30, .d_model = 16, .n_layers = 2, .n_heads = 2, .d_head = 8, .d_ff = 32};
 }
 
 std::vector<int32_t> Tokens(int64_t n, uint64_t seed) {

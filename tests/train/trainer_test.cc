@@ -10,6 +10,7 @@
 #include "kernels/random.h"
 #include "model/model_dir.h"
 #include "model/safetensors.h"
+#include "nlohmann/json.hpp"
 
 namespace fwp {
 namespace {
@@ -39,6 +40,7 @@ TokenFile Stream(int64_t n, uint64_t seed) {
 TrainerConfig Settings(int64_t steps, bool carry = false, int64_t accum = 1) {
   TrainerConfig t;
   t.carry_state = carry;
+  t.eval_stream = carry;  // as fwp-train's --eval_context auto
   t.accum = accum;
   t.batch = 4;
   t.seq = 16;
@@ -211,6 +213,10 @@ TEST(Trainer, KeepBestWritesTheWeightsOfTheLowestValidLossAndResumeKeepsTheRecor
   ASSERT_LE(best->first, 6) << "the valid split should favour an early step";
   EXPECT_EQ((*resumed)->best_step(), best->first);
   EXPECT_EQ((*resumed)->best_valid_loss(), best->second);
+  std::ifstream best_json(out + "/best/best.json");
+  const nlohmann::json j = nlohmann::json::parse(best_json);
+  EXPECT_EQ(j["step"].get<int64_t>(), best->first);
+  EXPECT_EQ(j["valid_loss"].get<double>(), best->second);
   // best/ holds the weights that scored it: scored again, the same loss.
   auto host = ReadHostModel(out + "/best");
   ASSERT_TRUE(host.ok()) << host.status();
@@ -226,6 +232,34 @@ TEST(Trainer, KeepBestWritesTheWeightsOfTheLowestValidLossAndResumeKeepsTheRecor
   auto last = ReadHostModel(out);
   ASSERT_TRUE(last.ok());
   EXPECT_NE(last->weights, host->weights);
+}
+
+// A run checkpointed before accum, eval_context and keep_best existed: its
+// trainer.json lacks them, and it resumes as it ran (one pass, windows).
+TEST(Trainer, ResumesARunFromBeforeTheNewerSettings) {
+  auto backend = MakeCpuBackend();
+  backend->SetBatchInvariant(false);
+  const Config config = TinyConfig();
+  const std::string out = ::testing::TempDir() + "fwp_trainer_old_run";
+  std::filesystem::remove_all(out);
+  auto t = Trainer::Create(*backend, config, RandomWeights(config, 9), Settings(2, true),
+                           Stream(3000, 1), Stream(500, 2), out, "");
+  ASSERT_TRUE(t.ok());
+  RunFor(**t);
+  std::ifstream in(out + "/trainer.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  in.close();
+  for (const char* field : {"accum", "eval_context", "keep_best"}) {
+    ASSERT_TRUE(j.contains(field)) << field;
+    j.erase(field);
+  }
+  std::ofstream(out + "/trainer.json") << j.dump(2);
+  auto resumed = Trainer::Resume(*backend, out, Stream(3000, 1), Stream(500, 2), 4);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ((*resumed)->config().accum, 1);
+  EXPECT_FALSE((*resumed)->config().eval_stream);
+  EXPECT_FALSE((*resumed)->config().keep_best);
+  EXPECT_EQ(RunFor(**resumed).size(), 2u);
 }
 
 TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
@@ -256,6 +290,7 @@ TEST(Trainer, RefusesBadSettingsNamingTheFlag) {
       {[](TrainerConfig& c) { c.batch = int64_t{1} << 62; }, "--batch"},
       {[](TrainerConfig& c) { c.batch = c.seq = 1 << 20; }, "--batch × --seq"},
       {[](TrainerConfig& c) { c.accum = 0; }, "--accum"},
+      {[](TrainerConfig& c) { c.eval_windows = int64_t{1} << 62; }, "--eval_windows"},
       {[](TrainerConfig& c) { c.accum = int64_t{1} << 40; }, "--accum"},
   };
   for (const auto& [spoil, flag] : cases) {
