@@ -38,6 +38,12 @@ class Tokenizer {
   std::string path_;
 };
 
+// Whether `a` and `b` give every id the same text (the same pieces in the
+// same places, with the same special ids): token files made by one can be
+// read by a model trained with the other. The files' bytes may still differ
+// (a model records how and where it was trained).
+bool SameVocabulary(const Tokenizer& a, const Tokenizer& b);
+
 // Turns a stream of token ids into a stream of text without ever emitting
 // half a character: a multi-byte character whose bytes arrive in separate
 // (byte-fallback) tokens is held back until it is whole. Decoding works on a

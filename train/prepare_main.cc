@@ -116,7 +116,10 @@ static int Main(int argc, char** argv) {
         absl::GetFlag(FLAGS_vocab),
         " --model_type=bpe --byte_fallback=true --character_coverage=0.9999"
         " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --num_threads=2 --minloglevel=1"
-        " --max_sentence_length=8192"));
+        " --max_sentence_length=8192"
+        // A large corpus trains the tokenizer on its first 2M lines (Brown's
+        // 52k are all taken, in order: a shuffle would change its pieces).
+        " --input_sentence_size=2000000 --shuffle_input_sentence=false"));
     if (!error.empty()) {
       return Fail(absl::InternalError(absl::StrCat(
           "training the tokenizer (--vocab ", absl::GetFlag(FLAGS_vocab), "): ", error)));

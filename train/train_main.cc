@@ -26,8 +26,8 @@
 #include "model/config.h"
 #include "model/atomic_file.h"
 #include "model/model_dir.h"
+#include "model/tokenizer.h"
 #include "model/weights.h"
-#include "train/corpus.h"
 #include "train/trainer.h"
 
 ABSL_FLAG(std::string, config, "", "model config.json (new runs)");
@@ -206,11 +206,11 @@ static int Main(int argc, char** argv) {
   // Fine-tuning on text tokenized otherwise would train the model on ids
   // that mean other pieces than they did.
   if (!init.empty() && std::filesystem::exists(init + "/tokenizer.model")) {
-    auto ours = fwp::ReadWholeFile(data + "/tokenizer.model");
-    auto theirs = fwp::ReadWholeFile(init + "/tokenizer.model");
+    auto ours = fwp::Tokenizer::Load(data + "/tokenizer.model");
+    auto theirs = fwp::Tokenizer::Load(init + "/tokenizer.model");
     if (!ours.ok()) return Fail(ours.status());
     if (!theirs.ok()) return Fail(theirs.status());
-    if (*ours != *theirs) {
+    if (!fwp::SameVocabulary(**ours, **theirs)) {
       return Fail(absl::InvalidArgumentError(absl::StrCat(
           "--data ", data, " was tokenized otherwise than --init ", init,
           ": prepare it with fwp-prepare --tokenizer ", init, "/tokenizer.model")));

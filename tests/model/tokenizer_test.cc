@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "tests/test_tokenizer.h"
 
 namespace fwp {
@@ -97,6 +99,21 @@ TEST_F(TokenizerTest, FlushReleasesAnIncompleteTail) {
   for (size_t i = 0; i + 1 < euro.size(); ++i) EXPECT_EQ(stream.Push(euro[i]), "");
   EXPECT_NE(stream.Flush().find("\xEF\xBF\xBD"), std::string::npos);  // U+FFFD, once
   EXPECT_EQ(stream.Flush(), "");
+}
+
+// The same pieces whatever the file's bytes (a model records where it was
+// trained), and another vocabulary told apart.
+TEST_F(TokenizerTest, SameVocabularyComparesPiecesNotBytes) {
+  const std::string copy = ::testing::TempDir() + "fwp_same_vocabulary.model";
+  std::filesystem::copy_file(testing::TestTokenizerPath(), copy,
+                             std::filesystem::copy_options::overwrite_existing);
+  auto again = Tokenizer::Load(copy);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(SameVocabulary(*tokenizer_, **again));
+  auto brown = Tokenizer::Load(std::string(FWP_SOURCE_DIR) + "/models/default/tokenizer.model");
+  ASSERT_TRUE(brown.ok()) << brown.status();
+  EXPECT_TRUE(SameVocabulary(**brown, **brown));
+  EXPECT_FALSE(SameVocabulary(*tokenizer_, **brown));
 }
 
 TEST(Tokenizer, MissingOrCorruptModelIsRefused) {
