@@ -9,9 +9,11 @@
 // Prints a progress line (loss, tokens/s, ETA) on a terminal, always appends
 // to <out>/log.csv, and at the end plots <out>/loss.png with gnuplot when it
 // is installed. --backend cuda trains on the GPU.
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cmath>
 #include <cstdio>
@@ -71,6 +73,22 @@ ABSL_FLAG(bool, carry_state, false,
           "train on contiguous streams with the fast-weight state carried between steps");
 
 namespace {
+
+// The signal that asked the run to stop (SIGINT, SIGTERM), or 0. The first
+// stops the run at the end of its step, checkpointed; the handler is then
+// reset, so a second one ends the process at once.
+volatile std::sig_atomic_t stop_signal = 0;
+
+void RequestStop(int signal) { stop_signal = signal; }
+
+void StopOnSignals() {
+  struct sigaction action = {};
+  action.sa_handler = RequestStop;
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "fwp-train: %s\n", std::string(s.message()).c_str());
@@ -276,6 +294,7 @@ static int Main(int argc, char** argv) {
                              : "");
   }
   const bool tty = isatty(fileno(stdout));
+  StopOnSignals();
   std::ofstream log(out + "/log.csv", std::ios::app);
   const auto start = std::chrono::steady_clock::now();
   const int64_t first = trainer->step();
@@ -304,7 +323,14 @@ static int Main(int argc, char** argv) {
                   r.tokens_per_second, elapsed, r.new_best ? "  best so far: saved to best/" : "");
       std::fflush(stdout);
     }
-  });
+  }, [] { return stop_signal != 0; });
+  if (absl::IsCancelled(status)) {
+    std::printf("%sfwp-train: %s by %s in %s; fwp-train --out %s --resume continues it\n",
+                tty ? "\n" : "", std::string(status.message()).c_str(),
+                stop_signal == SIGINT ? "SIGINT" : "SIGTERM", out.c_str(), out.c_str());
+    Plot(out);
+    return 128 + stop_signal;
+  }
   if (!status.ok()) return Fail(status);
   Plot(out);
   return 0;

@@ -329,7 +329,8 @@ absl::Status Trainer::SaveCheckpoint() {
                              ToJson(config_, optimizer_->step()).dump(2) + "\n");
 }
 
-absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) {
+absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report,
+                          const std::function<bool()>& stop) {
   while (optimizer_->step() < config_.steps) {
     FWP_ASSIGN_OR_RETURN(StepReport r, Step());
     // A diverged run must not go on (nor checkpoint NaN weights) and end
@@ -360,10 +361,17 @@ absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report) 
         r.new_best = true;
       }
     }
-    if ((config_.checkpoint_every > 0 && r.step % config_.checkpoint_every == 0) || last) {
-      FWP_RETURN_IF_ERROR(SaveCheckpoint());
-    }
+    const bool checkpoint =
+        (config_.checkpoint_every > 0 && r.step % config_.checkpoint_every == 0) || last;
+    if (checkpoint) FWP_RETURN_IF_ERROR(SaveCheckpoint());
     report(r);
+    // Stopped between steps, the run is checkpointed where it stands, so
+    // that --resume continues it exactly (as from any checkpoint).
+    if (!last && stop && stop()) {
+      if (!checkpoint) FWP_RETURN_IF_ERROR(SaveCheckpoint());
+      return absl::CancelledError(absl::StrCat("stopped at step ", r.step, " of ", config_.steps,
+                                               ", checkpointed"));
+    }
   }
   return absl::OkStatus();
 }

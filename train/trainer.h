@@ -91,7 +91,11 @@ class Trainer {
   // Steps until `config().steps`, evaluating and checkpointing on schedule;
   // `report` is called after every step. A train or valid loss that is not
   // finite stops the run with an error (before that step is checkpointed).
-  absl::Status Run(const std::function<void(const StepReport&)>& report);
+  // When `stop` says so after a step, the run is checkpointed at that step
+  // and Run returns Cancelled (fwp-train's SIGINT/SIGTERM: --resume then
+  // continues exactly).
+  absl::Status Run(const std::function<void(const StepReport&)>& report,
+                   const std::function<bool()>& stop = nullptr);
   // Mean loss on the valid split, read as eval_stream says.
   absl::StatusOr<Model::Loss> Evaluate();
   absl::Status SaveCheckpoint();

@@ -262,6 +262,39 @@ TEST(Trainer, ResumesARunFromBeforeTheNewerSettings) {
   EXPECT_EQ(RunFor(**resumed).size(), 2u);
 }
 
+// fwp-train's SIGINT/SIGTERM: asked to stop after step 5 (off the
+// checkpoint schedule), the run checkpoints there, and --resume continues as
+// if it had never stopped.
+TEST(Trainer, AStoppedRunIsCheckpointedWhereItStoodAndResumesExactly) {
+  auto backend = MakeCpuBackend();
+  backend->SetBatchInvariant(false);
+  const Config config = TinyConfig();
+  const HostWeights init = RandomWeights(config, 9);
+  const std::string whole = ::testing::TempDir() + "fwp_trainer_unstopped";
+  const std::string stopped = ::testing::TempDir() + "fwp_trainer_stopped";
+  std::filesystem::remove_all(whole);
+  std::filesystem::remove_all(stopped);
+  TrainerConfig settings = Settings(12, true);
+  settings.checkpoint_every = 4;
+  auto a = Trainer::Create(*backend, config, init, settings, Stream(3000, 1), Stream(500, 2), whole, "");
+  ASSERT_TRUE(a.ok());
+  const auto uninterrupted = RunFor(**a);
+  auto b = Trainer::Create(*backend, config, init, settings, Stream(3000, 1), Stream(500, 2), stopped, "");
+  ASSERT_TRUE(b.ok());
+  std::vector<double> losses;
+  const absl::Status s = (*b)->Run([&](const StepReport& r) { losses.push_back(r.loss); },
+                                   [&] { return losses.size() == 5; });
+  ASSERT_TRUE(absl::IsCancelled(s)) << s;
+  EXPECT_NE(s.message().find("stopped at step 5 of 12"), std::string::npos) << s;
+  EXPECT_EQ(*CheckpointStep(stopped), 5);
+  b->reset();
+  auto c = Trainer::Resume(*backend, stopped, Stream(3000, 1), Stream(500, 2), 0);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const auto rest = RunFor(**c);
+  losses.insert(losses.end(), rest.begin(), rest.end());
+  EXPECT_EQ(losses, uninterrupted);
+}
+
 TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
   auto backend = MakeCpuBackend();
   const Config config = TinyConfig();
