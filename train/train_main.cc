@@ -294,6 +294,7 @@ static int Main(int argc, char** argv) {
                              : "");
   }
   const bool tty = isatty(fileno(stdout));
+  std::fflush(stdout);  // what it trains, before the first step (stdout may be a file)
   StopOnSignals();
   std::ofstream log(out + "/log.csv", std::ios::app);
   const auto start = std::chrono::steady_clock::now();
@@ -325,9 +326,9 @@ static int Main(int argc, char** argv) {
     }
   }, [] { return stop_signal != 0; });
   if (absl::IsCancelled(status)) {
-    std::printf("%sfwp-train: %s by %s in %s; fwp-train --out %s --resume continues it\n",
-                tty ? "\n" : "", std::string(status.message()).c_str(),
-                stop_signal == SIGINT ? "SIGINT" : "SIGTERM", out.c_str(), out.c_str());
+    std::printf("%sfwp-train: %s: %s in %s; fwp-train --out %s --resume continues it\n",
+                tty ? "\n" : "", stop_signal == SIGINT ? "SIGINT" : "SIGTERM",
+                std::string(status.message()).c_str(), out.c_str(), out.c_str());
     Plot(out);
     return 128 + stop_signal;
   }
