@@ -81,6 +81,16 @@ case "$stage" in
       --backend cuda --out "$out/train-run" --steps 300 --eval_every 100 --eval_windows 64 \
       --checkpoint_every 1000 > "$out/train.txt" 2>&1
     tail -n 20 "$out/train.txt"
+    # Gradient accumulation and stream evaluation on the GPU against the CPU:
+    # the same 20 carried steps (4 passes of 4 streams), losses side by side.
+    for backend in cuda cpu; do
+      timeout 200 "$bin/fwp-train" --config models/default.json --data data/brown \
+        --backend "$backend" --out "$out/accum-$backend" --steps 20 --batch 4 --accum 4 \
+        --carry_state --eval_every 10 --eval_windows 40 --checkpoint_every 1000 \
+        > "$out/accum-$backend.txt" 2>&1
+    done
+    paste -d, <(cut -d, -f1,3,6 "$out/accum-cuda/log.csv") <(cut -d, -f3,6 "$out/accum-cpu/log.csv") \
+      | tee "$out/accum.csv" | tail -n 3
     # The shipped model's perplexity on the GPU (the CPU measures 273.31 window,
     # 270.61 stream on the test split).
     for context in window stream; do
