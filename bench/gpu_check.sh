@@ -77,14 +77,15 @@ case "$stage" in
     ;;
   train)
     # fwp-train's own tokens/s on the GPU (the default model's recipe, 300 steps).
-    timeout 500 "$bin/fwp-train" --config models/default.json --data data/brown \
+    rm -rf "$out/train-run" "$out"/accum-*  # a rerun on a warm machine starts afresh
+    timeout 300 "$bin/fwp-train" --config models/default.json --data data/brown \
       --backend cuda --out "$out/train-run" --steps 300 --eval_every 100 --eval_windows 64 \
       --checkpoint_every 1000 > "$out/train.txt" 2>&1
     tail -n 20 "$out/train.txt"
     # Gradient accumulation and stream evaluation on the GPU against the CPU:
     # the same 20 carried steps (4 passes of 4 streams), losses side by side.
     for backend in cuda cpu; do
-      timeout 200 "$bin/fwp-train" --config models/default.json --data data/brown \
+      timeout 90 "$bin/fwp-train" --config models/default.json --data data/brown \
         --backend "$backend" --out "$out/accum-$backend" --steps 20 --batch 4 --accum 4 \
         --carry_state --eval_every 10 --eval_windows 40 --checkpoint_every 1000 \
         > "$out/accum-$backend.txt" 2>&1
@@ -94,7 +95,7 @@ case "$stage" in
     # The shipped model's perplexity on the GPU (the CPU measures 273.31 window,
     # 270.61 stream on the test split).
     for context in window stream; do
-      timeout 60 "$bin/fwp-eval" --backend cuda --model models/default --data data/brown \
+      timeout 45 "$bin/fwp-eval" --backend cuda --model models/default --data data/brown \
         --split test --context "$context" 2>&1 | tee -a "$out/eval.txt"
     done
     ;;

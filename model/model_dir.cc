@@ -38,12 +38,14 @@ absl::StatusOr<HostModel> ReadHostModel(const std::string& dir) {
   FWP_ASSIGN_OR_RETURN(host.config, Config::FromFile(dir + "/config.json"));
   FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/model.safetensors"));
   FWP_ASSIGN_OR_RETURN(host.weights, ReadWeights(*file, host.config));
+  host.metadata = file->metadata();
   return host;
 }
 
 absl::Status WriteModelDir(const std::string& dir, const Config& config,
                            const HostWeights& weights,
-                           const std::string& tokenizer_path) {
+                           const std::string& tokenizer_path,
+                           const std::map<std::string, std::string>& weights_metadata) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -51,7 +53,7 @@ absl::Status WriteModelDir(const std::string& dir, const Config& config,
     return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   }
   FWP_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", config.ToJson()));
-  FWP_RETURN_IF_ERROR(WriteWeights(dir + "/model.safetensors", config, weights));
+  FWP_RETURN_IF_ERROR(WriteWeights(dir + "/model.safetensors", config, weights, weights_metadata));
   if (!tokenizer_path.empty()) {
     std::ifstream in(tokenizer_path, std::ios::binary);
     if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", tokenizer_path));

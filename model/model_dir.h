@@ -28,6 +28,7 @@ absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir, Backend& backen
 struct HostModel {
   Config config;
   HostWeights weights;
+  std::map<std::string, std::string> metadata;  // model.safetensors' (a checkpoint's "step")
 };
 absl::StatusOr<HostModel> ReadHostModel(const std::string& dir);
 
@@ -35,6 +36,7 @@ absl::StatusOr<HostModel> ReadHostModel(const std::string& dir);
 // copies `tokenizer_path` to tokenizer.model when it is not empty.
 absl::Status WriteModelDir(const std::string& dir, const Config& config,
                            const HostWeights& weights,
-                           const std::string& tokenizer_path);
+                           const std::string& tokenizer_path,
+                           const std::map<std::string, std::string>& weights_metadata = {});
 
 }  // namespace fwp

@@ -68,7 +68,8 @@ absl::StatusOr<HostWeights> ReadWeights(const SafetensorsFile& file,
 }
 
 absl::Status WriteWeights(const std::string& path, const Config& config,
-                          const HostWeights& weights) {
+                          const HostWeights& weights,
+                          const std::map<std::string, std::string>& metadata) {
   std::vector<TensorToWrite> tensors;
   for (const TensorSpec& spec : ExpectedTensors(config)) {
     auto it = weights.find(spec.name);
@@ -80,7 +81,9 @@ absl::Status WriteWeights(const std::string& path, const Config& config,
                        absl::Span<const uint8_t>(
                            reinterpret_cast<const uint8_t*>(v.data()), v.size() * 4)});
   }
-  return WriteSafetensors(path, tensors, {{"format", "fwp"}});
+  std::map<std::string, std::string> all = metadata;
+  all["format"] = "fwp";
+  return WriteSafetensors(path, tensors, all);
 }
 
 std::vector<float> OrthogonalRandomFeatures(int64_t m, int64_t d, uint64_t seed) {

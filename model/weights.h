@@ -30,9 +30,11 @@ using HostWeights = std::map<std::string, std::vector<float>>;
 absl::StatusOr<HostWeights> ReadWeights(const SafetensorsFile& file,
                                         const Config& config);
 
-// Writes the weights as F32 safetensors (atomically).
+// Writes the weights as F32 safetensors (atomically), with `metadata` beside
+// the format's own (a checkpoint's "step").
 absl::Status WriteWeights(const std::string& path, const Config& config,
-                          const HostWeights& weights);
+                          const HostWeights& weights,
+                          const std::map<std::string, std::string>& metadata = {});
 
 // Seeded random weights: matrices N(0, init_std²) (output projections scaled
 // by 1/√(2·layers)), LayerNorm γ = 1, biases 0, FAVOR projections orthogonal

@@ -74,20 +74,34 @@ ABSL_FLAG(bool, carry_state, false,
 
 namespace {
 
-// The signal that asked the run to stop (SIGINT, SIGTERM), or 0. The first
-// stops the run at the end of its step, checkpointed; the handler is then
-// reset, so a second one ends the process at once.
+// The signal that asked the run to stop (SIGINT, SIGTERM, SIGHUP), or 0.
+// The first stops the run at the end of its step, checkpointed, and says so
+// at once; any second one ends the process there and then.
 volatile std::sig_atomic_t stop_signal = 0;
 
-void RequestStop(int signal) { stop_signal = signal; }
+void RequestStop(int signal) {
+  if (stop_signal != 0) {
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+    return;
+  }
+  stop_signal = signal;
+  static const char kSaid[] =
+      "\nfwp-train: stopping after this step, checkpointed (a second signal ends it now)\n";
+  ssize_t ignored = write(STDERR_FILENO, kSaid, sizeof kSaid - 1);  // async-signal-safe
+  (void)ignored;
+}
 
 void StopOnSignals() {
   struct sigaction action = {};
   action.sa_handler = RequestStop;
-  action.sa_flags = SA_RESETHAND;
+  action.sa_flags = SA_RESTART;  // a write to a slow pipe is not cut short
   sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
+  for (int signal : {SIGINT, SIGTERM, SIGHUP}) sigaction(signal, &action, nullptr);
+}
+
+const char* SignalName(int signal) {
+  return signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "SIGHUP";
 }
 
 int Fail(const absl::Status& s) {
@@ -326,11 +340,17 @@ static int Main(int argc, char** argv) {
     }
   }, [] { return stop_signal != 0; });
   if (absl::IsCancelled(status)) {
-    std::printf("%sfwp-train: %s: %s in %s; fwp-train --out %s --resume continues it\n",
-                tty ? "\n" : "", stop_signal == SIGINT ? "SIGINT" : "SIGTERM",
-                std::string(status.message()).c_str(), out.c_str(), out.c_str());
+    std::fprintf(stderr, "fwp-train: %s: %s in %s; fwp-train --out %s --resume continues it\n",
+                 SignalName(stop_signal), std::string(status.message()).c_str(), out.c_str(),
+                 out.c_str());
     Plot(out);
-    return 128 + stop_signal;
+    // Ended by the signal, as the shell must see it (a loop around fwp-train
+    // stops too): 128 + the signal.
+    std::fflush(nullptr);
+    const int signal = stop_signal;
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+    return 128 + signal;
   }
   if (!status.ok()) return Fail(status);
   Plot(out);

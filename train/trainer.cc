@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -217,6 +218,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                       std::move(valid), out_dir,
                                       std::filesystem::exists(tokenizer) ? tokenizer : ""));
   FWP_RETURN_IF_ERROR(t->optimizer_->Load(out_dir + "/optimizer.safetensors"));
+  // The files of one checkpoint, at one step (files from before steps were
+  // recorded in the weights say nothing and pass).
+  FWP_ASSIGN_OR_RETURN(const int64_t recorded, CheckpointStep(out_dir));
+  auto torn = [&](const std::string& file, const std::string& step) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the checkpoint in ", out_dir, " was cut off while it was written: ", file,
+        " is at step ", step, ", optimizer.safetensors at step ", t->step(),
+        "; it cannot continue exactly"));
+  };
+  if (recorded != t->step()) return torn("trainer.json", absl::StrCat(recorded));
+  if (auto it = checkpoint.metadata.find("step");
+      it != checkpoint.metadata.end() && it->second != absl::StrCat(t->step())) {
+    return torn("model.safetensors", it->second);
+  }
   if (trainer.keep_best) {
     FWP_RETURN_IF_ERROR(ReadBest(out_dir + "/best/best.json", &t->best_step_, &t->best_valid_loss_));
   }
@@ -228,6 +243,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
   if (!t->carry_.empty()) {
     const std::string path = out_dir + "/carry.safetensors";
     FWP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+    if (auto it = file->metadata().find("step");
+        it != file->metadata().end() && it->second != absl::StrCat(t->step())) {
+      return torn("carry.safetensors", it->second);
+    }
     const int64_t floats = t->carry_[0]->slot_bytes() / 4;
     const int64_t streams = trainer.batch * trainer.accum;
     FWP_ASSIGN_OR_RETURN(std::vector<float> states, file->ReadF32("states"));
@@ -303,7 +322,12 @@ absl::StatusOr<Model::Loss> Trainer::Evaluate() {
 }
 
 absl::Status Trainer::SaveCheckpoint() {
-  FWP_RETURN_IF_ERROR(WriteModelDir(out_dir_, model_config_, model_->Weights(), tokenizer_path_));
+  // Each file names its step, so that a checkpoint cut off while it was
+  // written (the files are atomic one by one, not as a set) is refused by
+  // Resume instead of mixing steps.
+  const std::map<std::string, std::string> step = {{"step", absl::StrCat(optimizer_->step())}};
+  FWP_RETURN_IF_ERROR(
+      WriteModelDir(out_dir_, model_config_, model_->Weights(), tokenizer_path_, step));
   FWP_RETURN_IF_ERROR(optimizer_->Save(out_dir_ + "/optimizer.safetensors"));
   if (!carry_.empty()) {
     // [batch × accum streams, state floats], stream s in pool s / batch.
@@ -323,7 +347,7 @@ absl::Status Trainer::SaveCheckpoint() {
           {reinterpret_cast<const uint8_t*>(states.data()), states.size() * 4}},
          {"positions", DType::kI64, {streams},
           {reinterpret_cast<const uint8_t*>(positions.data()), positions.size() * 8}}},
-        {}));
+        step));
   }
   return WriteFileAtomically(out_dir_ + "/trainer.json",
                              ToJson(config_, optimizer_->step()).dump(2) + "\n");
@@ -356,6 +380,9 @@ absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report,
                                           tokenizer_path_));
         const json record = {{"step", r.step}, {"valid_loss", valid.mean}};
         FWP_RETURN_IF_ERROR(WriteFileAtomically(out_dir_ + "/best/best.json", record.dump() + "\n"));
+        // (A kill between the two writes leaves best/ one best ahead of its
+        // record: a later, worse evaluation may then replace it. Rare, and
+        // nothing is mixed: best/ is always one model.)
         best_step_ = r.step;
         best_valid_loss_ = valid.mean;
         r.new_best = true;

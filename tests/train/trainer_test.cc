@@ -295,6 +295,40 @@ TEST(Trainer, AStoppedRunIsCheckpointedWhereItStoodAndResumesExactly) {
   EXPECT_EQ(losses, uninterrupted);
 }
 
+// A checkpoint is four files, each written atomically but not as a set: a
+// kill between them leaves files of two steps, which Resume refuses (each
+// file names its step) instead of continuing from a mixture.
+TEST(Trainer, ACheckpointCutOffWhileWrittenIsRefused) {
+  auto backend = MakeCpuBackend();
+  const Config config = TinyConfig();
+  const std::string out = ::testing::TempDir() + "fwp_trainer_torn";
+  const std::string early = ::testing::TempDir() + "fwp_trainer_torn_step2";
+  std::filesystem::remove_all(out);
+  std::filesystem::remove_all(early);
+  TrainerConfig settings = Settings(4, true);
+  settings.checkpoint_every = 2;
+  auto t = Trainer::Create(*backend, config, RandomWeights(config, 1), settings, Stream(3000, 1),
+                           Stream(500, 2), out, "");
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*t)->Run([&](const StepReport& r) {
+    if (r.step == 2) std::filesystem::copy(out, early);
+  }).ok());
+  t->reset();
+  for (const char* file : {"model.safetensors", "carry.safetensors", "optimizer.safetensors",
+                           "trainer.json"}) {
+    const std::string torn = out + "_" + file;
+    std::filesystem::remove_all(torn);
+    std::filesystem::copy(out, torn);
+    std::filesystem::copy_file(early + "/" + file, torn + "/" + file,
+                               std::filesystem::copy_options::overwrite_existing);
+    auto r = Trainer::Resume(*backend, torn, Stream(3000, 1), Stream(500, 2), 6);
+    ASSERT_FALSE(r.ok()) << file;
+    EXPECT_NE(r.status().message().find("cut off while it was written"), std::string::npos)
+        << file << ": " << r.status();
+  }
+  EXPECT_TRUE(Trainer::Resume(*backend, out, Stream(3000, 1), Stream(500, 2), 6).ok());
+}
+
 TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
   auto backend = MakeCpuBackend();
   const Config config = TinyConfig();
