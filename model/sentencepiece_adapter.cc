@@ -17,6 +17,7 @@ struct PluginApi {
   size_t (*encode)(const void*, const char*, size_t, int*, size_t) = nullptr;
   size_t (*decode)(const void*, const int*, size_t, char*, size_t) = nullptr;
   int (*info)(const void*, int) = nullptr;
+  size_t (*piece)(const void*, int, char*, size_t) = nullptr;
   int (*train)(const char*, char*, size_t) = nullptr;
   std::string error;  // why the plugin could not be loaded
 };
@@ -69,6 +70,7 @@ const PluginApi& Plugin() {
     symbol(api.encode, "fwp_spm_encode");
     symbol(api.decode, "fwp_spm_decode");
     symbol(api.info, "fwp_spm_info");
+    symbol(api.piece, "fwp_spm_piece");
     symbol(api.train, "fwp_spm_train");
   });
   return api;
@@ -121,6 +123,17 @@ std::string SentencePieceModel::Decode(const std::vector<int>& ids) const {
   }
   text.resize(n);
   return text;
+}
+
+std::string SentencePieceModel::Piece(int id) const {
+  std::string piece(64, '\0');
+  size_t n = Plugin().piece(processor_, id, piece.data(), piece.size());
+  if (n > piece.size()) {
+    piece.resize(n);
+    n = Plugin().piece(processor_, id, piece.data(), piece.size());
+  }
+  piece.resize(n);
+  return piece;
 }
 
 int SentencePieceModel::PieceCount() const { return Plugin().info(processor_, 0); }

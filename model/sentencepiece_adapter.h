@@ -20,6 +20,7 @@ class SentencePieceModel {
 
   std::vector<int> Encode(std::string_view text) const;
   std::string Decode(const std::vector<int>& ids) const;
+  std::string Piece(int id) const;  // id in [0, PieceCount())
   int PieceCount() const;
   int BosId() const;
   int EosId() const;

@@ -68,6 +68,15 @@ FWP_EXPORT size_t fwp_spm_decode(const void* processor, const int* ids, size_t n
   return out.size();
 }
 
+// Returns the piece's length (its text, "▁the" or "<0x41>"); writes the
+// first min(length, cap) bytes. The caller checks the id.
+FWP_EXPORT size_t fwp_spm_piece(const void* processor, int id, char* text, size_t cap) {
+  const std::string& piece =
+      static_cast<const sentencepiece::SentencePieceProcessor*>(processor)->IdToPiece(id);
+  std::memcpy(text, piece.data(), std::min(piece.size(), cap));
+  return piece.size();
+}
+
 // what: 0 piece count, 1 BOS id, 2 EOS id.
 FWP_EXPORT int fwp_spm_info(const void* processor, int what) {
   const auto* p = static_cast<const sentencepiece::SentencePieceProcessor*>(processor);

@@ -27,6 +27,7 @@ class Tokenizer {
   std::vector<int32_t> Encode(std::string_view text) const;
   std::string Decode(absl::Span<const int32_t> ids) const;
 
+  std::string Piece(int32_t id) const;  // "" for an id outside the vocabulary
   int32_t vocab_size() const;
   int32_t bos_id() const;  // −1 when the model has none
   int32_t eos_id() const;  // −1 when the model has none
@@ -38,10 +39,10 @@ class Tokenizer {
   std::string path_;
 };
 
-// Whether `a` and `b` give every id the same text (the same pieces in the
-// same places, with the same special ids): token files made by one can be
-// read by a model trained with the other. The files' bytes may still differ
-// (a model records how and where it was trained).
+// Whether `a` and `b` have the same pieces at the same ids ("▁the" is not
+// "the"; bytes are "<0x..>"), with the same special ids: token files made by
+// one read the same with the other. The files' bytes may still differ (a
+// model records how and where it was trained).
 bool SameVocabulary(const Tokenizer& a, const Tokenizer& b);
 
 // Turns a stream of token ids into a stream of text without ever emitting

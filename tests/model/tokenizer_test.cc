@@ -114,6 +114,14 @@ TEST_F(TokenizerTest, SameVocabularyComparesPiecesNotBytes) {
   ASSERT_TRUE(brown.ok()) << brown.status();
   EXPECT_TRUE(SameVocabulary(**brown, **brown));
   EXPECT_FALSE(SameVocabulary(*tokenizer_, **brown));
+  // Pieces, not their decoded text: a word-initial piece keeps its "▁", a
+  // byte piece its code.
+  const Tokenizer& b = **brown;
+  const int32_t the = b.Encode("the cat")[0];
+  EXPECT_EQ(b.Piece(the), "\u2581the");
+  EXPECT_EQ(b.Piece(3), "<0x00>");
+  EXPECT_EQ(b.Piece(-1), "");
+  EXPECT_EQ(b.Piece(b.vocab_size()), "");
 }
 
 TEST(Tokenizer, MissingOrCorruptModelIsRefused) {
