@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 
@@ -44,6 +46,14 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
     ::close(dir_fd);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::string bytes(std::istreambuf_iterator<char>(in), {});
+  if (in.bad()) return absl::InternalError(absl::StrCat("cannot read ", path, " to its end"));
+  return bytes;
 }
 
 }  // namespace fwp

@@ -55,11 +55,8 @@ absl::Status WriteModelDir(const std::string& dir, const Config& config,
   FWP_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", config.ToJson()));
   FWP_RETURN_IF_ERROR(WriteWeights(dir + "/model.safetensors", config, weights, weights_metadata));
   if (!tokenizer_path.empty()) {
-    std::ifstream in(tokenizer_path, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", tokenizer_path));
-    std::stringstream bytes;
-    bytes << in.rdbuf();
-    FWP_RETURN_IF_ERROR(WriteFileAtomically(dir + "/tokenizer.model", bytes.str()));
+    FWP_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(tokenizer_path));
+    FWP_RETURN_IF_ERROR(WriteFileAtomically(dir + "/tokenizer.model", bytes));
   }
   return absl::OkStatus();
 }

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "model/atomic_file.h"
 
 namespace fwp {
 namespace {

@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "model/atomic_file.h"
 
 namespace fwp {
 namespace {
@@ -39,14 +38,6 @@ void AddParagraphs(const std::string& name, const std::string& text,
 }
 
 }  // namespace
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string text;
-  if (in) text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  if (!in && !in.eof()) return absl::PermissionDeniedError(absl::StrCat("cannot read ", path));
-  return text;
-}
 
 absl::StatusOr<std::vector<Document>> ReadTextCorpus(const std::string& path) {
   namespace fs = std::filesystem;

@@ -25,9 +25,6 @@ struct Document {
 // path that does not exist, a file or directory without any text.
 absl::StatusOr<std::vector<Document>> ReadTextCorpus(const std::string& path);
 
-// The bytes of a file; refused when it cannot be opened or read.
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
-
 struct CorpusSplit {
   std::vector<Document> train, valid, test;
 };

@@ -52,11 +52,9 @@ json ToJson(const TrainerConfig& c, int64_t step) {
 // keep_best's record, <out>/best/best.json, written just after the weights
 // it describes (not with the checkpoint, which may be older).
 absl::Status ReadBest(const std::string& path, int64_t* step, double* valid_loss) {
-  std::ifstream in(path);
-  if (!in) return absl::OkStatus();  // no best yet
-  std::stringstream text;
-  text << in.rdbuf();
-  const json j = json::parse(text.str(), nullptr, false);
+  if (!std::filesystem::exists(path)) return absl::OkStatus();  // no best yet
+  FWP_ASSIGN_OR_RETURN(const std::string text, ReadWholeFile(path));
+  const json j = json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("step") ||
       !j["step"].is_number_integer() || !j.contains("valid_loss") ||
       !j["valid_loss"].is_number()) {

@@ -55,6 +55,13 @@ TrainerConfig Settings(int64_t steps, bool carry = false, int64_t accum = 1) {
   return t;
 }
 
+// A run directory under the test's temporary directory, empty.
+std::string FreshDir(const std::string& name) {
+  const std::string path = ::testing::TempDir() + name;
+  std::filesystem::remove_all(path);
+  return path;
+}
+
 std::vector<double> RunFor(Trainer& trainer) {
   std::vector<double> losses;
   EXPECT_TRUE(trainer.Run([&](const StepReport& r) { losses.push_back(r.loss); }).ok());
@@ -129,9 +136,8 @@ TEST_P(TrainerAccumulation, TwoPassesOfFourAreOneBatchOfEight) {
   auto run = [&](int64_t batch, int64_t accum, std::vector<double>* losses) {
     TrainerConfig settings = Settings(8, carry, accum);
     settings.batch = batch;
-    const std::string out = ::testing::TempDir() + "fwp_trainer_accum" + (carry ? "_carry" : "") +
-                            std::to_string(batch) + "x" + std::to_string(accum);
-    std::filesystem::remove_all(out);
+    const std::string out = FreshDir("fwp_trainer_accum" + std::string(carry ? "_carry" : "") +
+                                     std::to_string(batch) + "x" + std::to_string(accum));
     auto t = Trainer::Create(*backend, config, init, settings, Stream(3000, 1), Stream(500, 2),
                              out, "");
     EXPECT_TRUE(t.ok()) << t.status();
@@ -192,8 +198,7 @@ TEST(Trainer, KeepBestWritesTheWeightsOfTheLowestValidLossAndResumeKeepsTheRecor
   settings.checkpoint_every = 6;
   settings.keep_best = true;
   settings.optimizer.lr = 2e-2f;
-  const std::string out = ::testing::TempDir() + "fwp_trainer_best";
-  std::filesystem::remove_all(out);
+  const std::string out = FreshDir("fwp_trainer_best");
   settings.steps = 6;
   auto t = Trainer::Create(*backend, config, RandomWeights(config, 3), settings, Stream(3000, 1),
                            unlike, out, "");
@@ -220,8 +225,7 @@ TEST(Trainer, KeepBestWritesTheWeightsOfTheLowestValidLossAndResumeKeepsTheRecor
   // best/ holds the weights that scored it: scored again, the same loss.
   auto host = ReadHostModel(out + "/best");
   ASSERT_TRUE(host.ok()) << host.status();
-  const std::string again = ::testing::TempDir() + "fwp_trainer_best_again";
-  std::filesystem::remove_all(again);
+  const std::string again = FreshDir("fwp_trainer_best_again");
   auto scorer = Trainer::Create(*backend, config, host->weights, settings, Stream(3000, 1), unlike,
                                 again, "");
   ASSERT_TRUE(scorer.ok()) << scorer.status();
@@ -240,8 +244,7 @@ TEST(Trainer, ResumesARunFromBeforeTheNewerSettings) {
   auto backend = MakeCpuBackend();
   backend->SetBatchInvariant(false);
   const Config config = TinyConfig();
-  const std::string out = ::testing::TempDir() + "fwp_trainer_old_run";
-  std::filesystem::remove_all(out);
+  const std::string out = FreshDir("fwp_trainer_old_run");
   auto t = Trainer::Create(*backend, config, RandomWeights(config, 9), Settings(2, true),
                            Stream(3000, 1), Stream(500, 2), out, "");
   ASSERT_TRUE(t.ok());
@@ -270,10 +273,8 @@ TEST(Trainer, AStoppedRunIsCheckpointedWhereItStoodAndResumesExactly) {
   backend->SetBatchInvariant(false);
   const Config config = TinyConfig();
   const HostWeights init = RandomWeights(config, 9);
-  const std::string whole = ::testing::TempDir() + "fwp_trainer_unstopped";
-  const std::string stopped = ::testing::TempDir() + "fwp_trainer_stopped";
-  std::filesystem::remove_all(whole);
-  std::filesystem::remove_all(stopped);
+  const std::string whole = FreshDir("fwp_trainer_unstopped");
+  const std::string stopped = FreshDir("fwp_trainer_stopped");
   TrainerConfig settings = Settings(12, true);
   settings.checkpoint_every = 4;
   auto a = Trainer::Create(*backend, config, init, settings, Stream(3000, 1), Stream(500, 2), whole, "");
@@ -301,10 +302,8 @@ TEST(Trainer, AStoppedRunIsCheckpointedWhereItStoodAndResumesExactly) {
 TEST(Trainer, ACheckpointCutOffWhileWrittenIsRefused) {
   auto backend = MakeCpuBackend();
   const Config config = TinyConfig();
-  const std::string out = ::testing::TempDir() + "fwp_trainer_torn";
-  const std::string early = ::testing::TempDir() + "fwp_trainer_torn_step2";
-  std::filesystem::remove_all(out);
-  std::filesystem::remove_all(early);
+  const std::string out = FreshDir("fwp_trainer_torn");
+  const std::string early = FreshDir("fwp_trainer_torn_step2");
   TrainerConfig settings = Settings(4, true);
   settings.checkpoint_every = 2;
   auto t = Trainer::Create(*backend, config, RandomWeights(config, 1), settings, Stream(3000, 1),
@@ -316,8 +315,7 @@ TEST(Trainer, ACheckpointCutOffWhileWrittenIsRefused) {
   t->reset();
   for (const char* file : {"model.safetensors", "carry.safetensors", "optimizer.safetensors",
                            "trainer.json"}) {
-    const std::string torn = out + "_" + file;
-    std::filesystem::remove_all(torn);
+    const std::string torn = FreshDir(std::string("fwp_trainer_torn_") + file);
     std::filesystem::copy(out, torn);
     std::filesystem::copy_file(early + "/" + file, torn + "/" + file,
                                std::filesystem::copy_options::overwrite_existing);
