@@ -3,18 +3,22 @@
 # device calls that each fit the device tool's 10-minute limit.
 #
 #   here (build machine):   bench/gpu_check.sh pack
-#   device, one call each:  bash bench/gpu_check.sh tests      (carry .devpack.tar.gz, data)
+#   device, one call each:  bash bench/gpu_check.sh tests      (carry .devpack.tar.gz)
 #                           bash bench/gpu_check.sh sanitize   (memcheck, racecheck)
 #                           bash bench/gpu_check.sh bench
-#                           bash bench/gpu_check.sh train       (and fwp-eval on the GPU)
+#                           bash bench/gpu_check.sh train      (carry .devpack.tar.gz, data/brown)
 #                           bash bench/gpu_check.sh retrieval 1   (then 2)
 #
 # `pack` builds and copies the programs with their libraries (and the
 # SentencePiece plugin, which is loaded from beside them) into .devpack, and
 # packs that into .devpack.tar.gz (about 29 MB, where .devpack is 81 MB: the
-# device tool carries 64 MiB at most, data/brown's 12 MB included). Each device
-# stage unpacks it when .devpack is not there yet and writes its logs under $OUT
-# (or ./gpu-out without one).
+# device tool carries 64 MiB at most with the tracked tree's 23 MB, so only the
+# train stage takes data/brown's 12 MB, and never all of data/). Each device
+# stage unpacks it when .devpack is not there yet, finds the CUDA libraries
+# that devpack leaves to the device (cudart, cuBLAS) if the loader does not,
+# and writes its logs under $OUT (or ./gpu-out without one). On a fault, rerun
+# the failing filter with CUDA_LAUNCH_BLOCKING=1: the launch check then names
+# the kernel.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
@@ -24,6 +28,18 @@ export LD_LIBRARY_PATH=.devpack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 bin=.devpack/bin
 if [ "$stage" != pack ] && [ ! -d .devpack ] && [ -f .devpack.tar.gz ]; then
   mkdir -p .devpack && tar -C .devpack -xzf .devpack.tar.gz
+fi
+if [ "$stage" != pack ] && [ -x "$bin/fwp-tests" ]; then
+  # The programs' runpath is the build machine's CUDA folder; the device's
+  # toolkit (or PyTorch's CUDA wheels) may keep its libraries elsewhere.
+  for lib in $(ldd "$bin/fwp-tests" | awk '/not found/ {print $1}'); do
+    found=$(find /usr/local/cuda*/ /usr/lib /opt -name "$lib" 2>/dev/null | head -n 1)
+    [ -n "$found" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$found")
+  done
+  if ldd "$bin/fwp-tests" | grep 'not found'; then
+    echo "gpu_check: the libraries above are not on this machine" | tee "$out/missing-libraries.txt"
+    exit 3
+  fi
 fi
 
 case "$stage" in
@@ -43,13 +59,17 @@ case "$stage" in
       grep -qx "$path" "$exclude" 2>/dev/null || echo "$path" >> "$exclude"
     done
     du -sh .devpack.tar.gz
-    echo "carry: .devpack.tar.gz data   (data/brown for the train stage)"
+    echo "carry: .devpack.tar.gz   (and data/brown for the train stage)"
     ;;
   tests)
     nvidia-smi > "$out/gpu.txt" 2>&1
     # The CUDA half of the suite: every op against the CPU, the decode step,
     # the whole model, the sampler, training on the GPU.
     timeout 400 "$bin/fwp-tests" --gtest_filter='CudaOps*:Device*:*Gpu*' 2>&1 | tee "$out/tests.txt" | tail -40
+    # A backend that cannot start skips every GPU test, and gtest calls that a pass.
+    if grep -q '^\[  SKIPPED \]' "$out/tests.txt"; then
+      echo "gpu_check: GPU TESTS SKIPPED (no usable device?):"; grep -m 3 -A2 '^\[ RUN' "$out/tests.txt"
+    fi
     # fwp-server's own suite with the CUDA backend: batching exactness, the
     # host and disk tiers, the GPU sampler among host-drawn rows.
     FWP_TEST_BACKEND=cuda timeout 170 "$bin/fwp-tests" --gtest_filter='Server*' 2>&1 \

@@ -27,6 +27,10 @@ class Backend {
   virtual ~Backend() = default;
 
   virtual const char* Name() const = 0;
+  // Sends the calling thread's work to this backend's device. A thread other
+  // than the one that made the backend calls it before its first op (the CUDA
+  // runtime's current device is per thread, and starts at device 0).
+  virtual void BindThread() {}
 
   // Whether the fast-weight ops of this backend handle `spec` (the CUDA
   // kernels have shape limits); the model asks before it is built.

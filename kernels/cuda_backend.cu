@@ -31,6 +31,7 @@ class CudaBackend final : public Backend {
   }
 
   const char* Name() const override { return name_.c_str(); }
+  void BindThread() override { FWP_CUDA_CHECK("set device", cudaSetDevice(device_)); }
   void SetBatchInvariant(bool on) override { batch_invariant_ = on; }
   bool batch_invariant() const override { return batch_invariant_; }
 
@@ -129,7 +130,8 @@ class CudaBackend final : public Backend {
 
   void MatmulBackward(const float* dc, const float* a, const float* b, float* da, float* db,
                       float* dbias, int64_t m, int64_t n, int64_t k) override {
-    cuda::MatmulBackward(cublas_, stream_, dc, a, b, da, db, dbias, m, n, k);
+    float* scratch = dbias != nullptr ? Scratch(cuda::MatmulBackwardScratch(m, n)) : nullptr;
+    cuda::MatmulBackward(cublas_, stream_, dc, a, b, da, db, dbias, m, n, k, scratch);
   }
   void EmbeddingBackward(const int32_t* tokens, int64_t n, const float* dout, int64_t d,
                          float* dtable) override {
@@ -139,7 +141,7 @@ class CudaBackend final : public Backend {
                          int64_t d, float eps, float* dx, float* dgamma,
                          float* dbeta) override {
     cuda::LayerNormBackward(stream_, x, gamma, dy, rows, d, eps, dx, dgamma, dbeta,
-                            Scratch(2 * rows));
+                            Scratch(cuda::LayerNormBackwardScratch(rows, d)));
   }
   void ActivateBackward(Activation act, const float* x, const float* dy, int64_t n,
                         float* dx) override {
@@ -255,9 +257,14 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device) {
     return absl::UnavailableError("cannot create a cuBLAS handle");
   }
   // Plain float32 (no TF32 or reduced-precision reductions): the GPU must
-  // agree with the CPU reference to 1e-5.
-  cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH);
-  cublasSetStream(cublas, stream);
+  // agree with the CPU reference to 1e-5. cuBLAS on any other stream than the
+  // kernels' (non-blocking) one would race them.
+  if (cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetStream(cublas, stream) != CUBLAS_STATUS_SUCCESS) {
+    cublasDestroy(cublas);
+    cudaStreamDestroy(stream);
+    return absl::UnavailableError("cannot set up the cuBLAS handle (math mode, stream)");
+  }
   return std::unique_ptr<Backend>(new CudaBackend(device, stream, cublas));
 }
 

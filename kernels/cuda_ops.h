@@ -23,9 +23,12 @@ void Matmul(cublasHandle_t handle, cudaStream_t stream, const float* a, const fl
 // result depends only on that row), for batch-invariant decoding.
 void InvariantMatmul(cudaStream_t stream, const float* a, const float* b, const float* bias,
                      float* c, int64_t m, int64_t n, int64_t k, bool accumulate);
+// The backward needs MatmulBackwardScratch(m, n) floats of device scratch
+// when dbias is wanted.
+int64_t MatmulBackwardScratch(int64_t m, int64_t n);
 void MatmulBackward(cublasHandle_t handle, cudaStream_t stream, const float* dc,
                     const float* a, const float* b, float* da, float* db, float* dbias,
-                    int64_t m, int64_t n, int64_t k);
+                    int64_t m, int64_t n, int64_t k, float* scratch);
 
 // embedding.cu
 void Embedding(cudaStream_t stream, const int32_t* tokens, const int64_t* positions, int64_t n,
@@ -33,9 +36,11 @@ void Embedding(cudaStream_t stream, const int32_t* tokens, const int64_t* positi
 void EmbeddingBackward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* dout,
                        int64_t d, float* dtable);
 
-// layernorm.cu; the backward needs 2·rows floats of device scratch.
+// layernorm.cu; the backward needs LayerNormBackwardScratch(rows, d) floats
+// of device scratch.
 void LayerNorm(cudaStream_t stream, const float* x, const float* gamma, const float* beta,
                int64_t rows, int64_t d, float eps, float* y);
+int64_t LayerNormBackwardScratch(int64_t rows, int64_t d);
 void LayerNormBackward(cudaStream_t stream, const float* x, const float* gamma, const float* dy,
                        int64_t rows, int64_t d, float eps, float* dx, float* dgamma,
                        float* dbeta, float* scratch);

@@ -2,6 +2,7 @@
 // two passes over the row (mean, then centred squares) for stability. y may
 // alias x: each lane reads its elements before any lane writes (the row is
 // read fully in the statistics passes, which end in warp reductions).
+#include "kernels/column_sums.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -64,22 +65,19 @@ __global__ void LayerNormBackwardRows(const float* x, const float* gamma, const 
   }
 }
 
-// dgamma[j] += Σ_r dy·x̂, dbeta[j] += Σ_r dy: one thread per column, rows in
-// order (deterministic).
-__global__ void LayerNormBackwardColumns(const float* x, const float* dy, int64_t rows,
-                                         int64_t d, const float* stats, float* dgamma,
-                                         float* dbeta) {
-  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (j >= d) return;
-  float sg = 0.0f, sb = 0.0f;
-  for (int64_t r = 0; r < rows; ++r) {
+// dy·x̂ and dy at (r, j), for dgamma[j] += Σ_r dy·x̂ and dbeta[j] += Σ_r dy
+// (column_sums.cuh).
+struct ScaleAndShiftRows {
+  const float* x;
+  const float* dy;
+  const float* stats;  // mean, rstd per row
+  int64_t d;
+  __device__ void operator()(int64_t r, int64_t j, float* v) const {
     const float g = dy[r * d + j];
-    sg += g * (x[r * d + j] - stats[2 * r]) * stats[2 * r + 1];
-    sb += g;
+    v[0] = g * (x[r * d + j] - stats[2 * r]) * stats[2 * r + 1];
+    v[1] = g;
   }
-  dgamma[j] += sg;
-  dbeta[j] += sb;
-}
+};
 
 }  // namespace
 
@@ -90,6 +88,10 @@ void LayerNorm(cudaStream_t stream, const float* x, const float* gamma, const fl
   FWP_CUDA_LAUNCHED("layernorm");
 }
 
+int64_t LayerNormBackwardScratch(int64_t rows, int64_t d) {
+  return 2 * rows + ColumnSumScratch(rows, d, 2);
+}
+
 void LayerNormBackward(cudaStream_t stream, const float* x, const float* gamma, const float* dy,
                        int64_t rows, int64_t d, float eps, float* dx, float* dgamma,
                        float* dbeta, float* scratch) {
@@ -97,8 +99,14 @@ void LayerNormBackward(cudaStream_t stream, const float* x, const float* gamma, 
   LayerNormBackwardRows<<<Blocks(rows, 8), 256, 0, stream>>>(x, gamma, dy, rows, d, eps, dx,
                                                              scratch);
   FWP_CUDA_LAUNCHED("layernorm backward rows");
-  LayerNormBackwardColumns<<<Blocks(d, 128), 128, 0, stream>>>(x, dy, rows, d, scratch, dgamma,
-                                                               dbeta);
+  float* partial = scratch + 2 * rows;
+  auto* partials = ColumnSumPartials<2, ScaleAndShiftRows>;
+  partials<<<ColumnSumGrid(rows, d), 256, 0, stream>>>(ScaleAndShiftRows{x, dy, scratch, d}, rows,
+                                                       d, partial);
+  FWP_CUDA_LAUNCHED("layernorm backward column partials");
+  auto* add = AddColumnSumPartials<2>;
+  add<<<Blocks(2 * d, 256), 256, 0, stream>>>(partial, ColumnSumParts(rows), d,
+                                              ColumnSumOutputs<2>{{dgamma, dbeta}});
   FWP_CUDA_LAUNCHED("layernorm backward columns");
 }
 

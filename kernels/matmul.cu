@@ -1,6 +1,7 @@
 // Matmul on the GPU through cuBLAS (see matmul.h). Row-major C = A·Bᵀ is the
 // column-major Cᵀ = B·Aᵀ, so B goes first. The handle is set to pedantic
 // float32 math (no TF32) by the backend so results match the CPU to 1e-5.
+#include "kernels/column_sums.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -15,14 +16,12 @@ __global__ void AddBiasRows(const float* bias, float* c, int64_t m, int64_t n, b
   c[idx] = accumulate ? c[idx] + b : b;
 }
 
-// dbias[j] += Σ_i dc[i, j]; one thread per column, rows in order.
-__global__ void ColumnSums(const float* dc, float* dbias, int64_t m, int64_t n) {
-  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (j >= n) return;
-  float acc = 0.0f;
-  for (int64_t i = 0; i < m; ++i) acc += dc[i * n + j];
-  dbias[j] += acc;
-}
+// dc's rows, for dbias[j] += Σ_i dc[i, j] (column_sums.cuh).
+struct GradientRows {
+  const float* dc;
+  int64_t n;
+  __device__ void operator()(int64_t i, int64_t j, float* v) const { v[0] = dc[i * n + j]; }
+};
 
 }  // namespace
 
@@ -46,9 +45,11 @@ void Matmul(cublasHandle_t handle, cudaStream_t stream, const float* a, const fl
                                          static_cast<int>(n)));
 }
 
+int64_t MatmulBackwardScratch(int64_t m, int64_t n) { return ColumnSumScratch(m, n, 1); }
+
 void MatmulBackward(cublasHandle_t handle, cudaStream_t stream, const float* dc,
                     const float* a, const float* b, float* da, float* db, float* dbias,
-                    int64_t m, int64_t n, int64_t k) {
+                    int64_t m, int64_t n, int64_t k, float* scratch) {
   if (m == 0 || n == 0 || k == 0) return;  // no gradient to propagate; cuBLAS refuses ld 0
   const float one = 1.0f, zero = 0.0f;
   if (da != nullptr) {  // daᵀ[k, m] = bᵀ[k, n] · dcᵀ[n, m]
@@ -66,7 +67,12 @@ void MatmulBackward(cublasHandle_t handle, cudaStream_t stream, const float* dc,
                                  static_cast<int>(k)));
   }
   if (dbias != nullptr) {
-    ColumnSums<<<Blocks(n, 256), 256, 0, stream>>>(dc, dbias, m, n);
+    auto* partials = ColumnSumPartials<1, GradientRows>;
+    partials<<<ColumnSumGrid(m, n), 256, 0, stream>>>(GradientRows{dc, n}, m, n, scratch);
+    FWP_CUDA_LAUNCHED("matmul backward dbias partials");
+    auto* add = AddColumnSumPartials<1>;
+    add<<<Blocks(n, 256), 256, 0, stream>>>(scratch, ColumnSumParts(m), n,
+                                            ColumnSumOutputs<1>{{dbias}});
     FWP_CUDA_LAUNCHED("matmul backward dbias");
   }
 }

@@ -737,6 +737,7 @@ void Engine::SettleWrite(const std::string& id) {
 }
 
 void Engine::WriterLoop() {
+  model_.backend().BindThread();
   std::unique_lock<std::mutex> lock(writer_mutex_);
   while (true) {
     writer_wake_.wait(lock, [&] { return writer_stop_ || !writes_.empty(); });
@@ -1035,6 +1036,7 @@ bool Engine::HasRunnableWork() const {
 }
 
 void Engine::Loop() {
+  model_.backend().BindThread();
   while (true) {
     std::deque<std::function<void()>> commands;
     {

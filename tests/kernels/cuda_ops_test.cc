@@ -104,18 +104,25 @@ TEST_F(CudaOps, MatmulIsBatchInvariantAndCublasAgrees) {
 
 TEST_F(CudaOps, MatmulBackward) {
   Rng rng(2);
-  const int64_t m = 37, n = 50, k = 64;
-  const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng), dc = RandomVector(m * n, rng);
-  const auto db0 = RandomVector(n * k, rng), dbias0 = RandomVector(n, rng);
-  std::vector<float> da(m * k), db = db0, dbias = dbias0;
-  cpu_->MatmulBackward(dc.data(), a.data(), b.data(), da.data(), db.data(), dbias.data(), m, n, k);
-  float* gda = Poisoned(m * k);
-  float* gdb = Up(db0);
-  float* gdbias = Up(dbias0);
-  gpu_->MatmulBackward(Up(dc), Up(a), Up(b), gda, gdb, gdbias, m, n, k);
-  EXPECT_LT(RelativeError(Down(gda, m * k), da), 1e-5);
-  EXPECT_LT(RelativeError(Down(gdb, n * k), db), 1e-5);
-  EXPECT_LT(RelativeError(Down(gdbias, n), dbias), 1e-5);
+  // dbias's column sums: one part of rows (37), then three, the last partial
+  // (600); 50 columns, a tile of 32 and a tail.
+  for (const int64_t m : {37, 600}) {
+    SCOPED_TRACE(m);
+    const int64_t n = 50, k = 64;
+    const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng),
+               dc = RandomVector(m * n, rng);
+    const auto db0 = RandomVector(n * k, rng), dbias0 = RandomVector(n, rng);
+    std::vector<float> da(m * k), db = db0, dbias = dbias0;
+    cpu_->MatmulBackward(dc.data(), a.data(), b.data(), da.data(), db.data(), dbias.data(), m, n,
+                         k);
+    float* gda = Poisoned(m * k);
+    float* gdb = Up(db0);
+    float* gdbias = Up(dbias0);
+    gpu_->MatmulBackward(Up(dc), Up(a), Up(b), gda, gdb, gdbias, m, n, k);
+    EXPECT_LT(RelativeError(Down(gda, m * k), da), 1e-5);
+    EXPECT_LT(RelativeError(Down(gdb, n * k), db), 1e-5);
+    EXPECT_LT(RelativeError(Down(gdbias, n), dbias), 1e-5);
+  }
 }
 
 TEST_F(CudaOps, EmbeddingForwardAndBackward) {
@@ -144,27 +151,33 @@ TEST_F(CudaOps, EmbeddingForwardAndBackward) {
 
 TEST_F(CudaOps, LayerNormForwardAndBackward) {
   Rng rng(4);
-  const int64_t rows = 45, d = 200;
-  auto x = RandomVector(rows * d, rng, 3.0);
-  const auto gamma = RandomVector(d, rng), beta = RandomVector(d, rng), dy = RandomVector(rows * d, rng);
-  std::vector<float> want(rows * d);
-  cpu_->LayerNorm(x.data(), gamma.data(), beta.data(), rows, d, 1e-5f, want.data());
-  float* gx = Up(x);
-  float* y = Poisoned(rows * d);
-  gpu_->LayerNorm(gx, Up(gamma), Up(beta), rows, d, 1e-5f, y);
-  EXPECT_LT(RelativeError(Down(y, rows * d), want), 1e-5);
+  // dgamma's and dbeta's column sums over one part of rows (45) and over
+  // three, the last partial (700); 200 columns, the last tile partial.
+  for (const int64_t rows : {45, 700}) {
+    SCOPED_TRACE(rows);
+    const int64_t d = 200;
+    auto x = RandomVector(rows * d, rng, 3.0);
+    const auto gamma = RandomVector(d, rng), beta = RandomVector(d, rng),
+               dy = RandomVector(rows * d, rng);
+    std::vector<float> want(rows * d);
+    cpu_->LayerNorm(x.data(), gamma.data(), beta.data(), rows, d, 1e-5f, want.data());
+    float* gx = Up(x);
+    float* y = Poisoned(rows * d);
+    gpu_->LayerNorm(gx, Up(gamma), Up(beta), rows, d, 1e-5f, y);
+    EXPECT_LT(RelativeError(Down(y, rows * d), want), 1e-5);
 
-  const auto dx0 = RandomVector(rows * d, rng);
-  std::vector<float> dx = dx0, dgamma(d, 0.0f), dbeta(d, 0.0f);
-  cpu_->LayerNormBackward(x.data(), gamma.data(), dy.data(), rows, d, 1e-5f, dx.data(),
-                          dgamma.data(), dbeta.data());
-  float* gdx = Up(dx0);
-  float* gdgamma = Up(std::vector<float>(d, 0.0f));
-  float* gdbeta = Up(std::vector<float>(d, 0.0f));
-  gpu_->LayerNormBackward(gx, Up(gamma), Up(dy), rows, d, 1e-5f, gdx, gdgamma, gdbeta);
-  EXPECT_LT(RelativeError(Down(gdx, rows * d), dx), 1e-5);
-  EXPECT_LT(RelativeError(Down(gdgamma, d), dgamma), 1e-5);
-  EXPECT_LT(RelativeError(Down(gdbeta, d), dbeta), 1e-5);
+    const auto dx0 = RandomVector(rows * d, rng);
+    std::vector<float> dx = dx0, dgamma(d, 0.0f), dbeta(d, 0.0f);
+    cpu_->LayerNormBackward(x.data(), gamma.data(), dy.data(), rows, d, 1e-5f, dx.data(),
+                            dgamma.data(), dbeta.data());
+    float* gdx = Up(dx0);
+    float* gdgamma = Up(std::vector<float>(d, 0.0f));
+    float* gdbeta = Up(std::vector<float>(d, 0.0f));
+    gpu_->LayerNormBackward(gx, Up(gamma), Up(dy), rows, d, 1e-5f, gdx, gdgamma, gdbeta);
+    EXPECT_LT(RelativeError(Down(gdx, rows * d), dx), 1e-5);
+    EXPECT_LT(RelativeError(Down(gdgamma, d), dgamma), 1e-5);
+    EXPECT_LT(RelativeError(Down(gdbeta, d), dbeta), 1e-5);
+  }
 }
 
 TEST_F(CudaOps, ActivationForwardAndBackward) {

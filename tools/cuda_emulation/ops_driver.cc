@@ -64,9 +64,10 @@ int main() {
     Check((std::string(FeatureMapName(kind)) + " backward").c_str(), Rows(gdx, rows, d, stride),
           Rows(dx, rows, d, stride));
   }
-  // LayerNorm: several rows per block, and the backward's accumulating outputs.
-  {
-    const int64_t n = 13, w = 48;
+  // LayerNorm: several rows per block, and the backward's accumulating outputs;
+  // 13 rows (one part of the column sums), then 600 (three, the last partial).
+  for (const int64_t n : {13, 600}) {
+    const int64_t w = 48;
     const float eps = 1e-5f;
     const auto x = RandomVector(n * w, rng), gamma = RandomVector(w, rng),
                beta = RandomVector(w, rng), dy = RandomVector(n * w, rng);
@@ -77,7 +78,7 @@ int main() {
     const auto dx0 = RandomVector(n * w, rng), dg0 = RandomVector(w, rng),
                db0 = RandomVector(w, rng);
     std::vector<float> dx = dx0, dg = dg0, db = db0, gdx = dx0, gdg = dg0, gdb = db0;
-    std::vector<float> scratch = Poison(2 * n);
+    std::vector<float> scratch = Poison(cuda::LayerNormBackwardScratch(n, w));
     cpu::LayerNormBackward(x.data(), gamma.data(), dy.data(), n, w, eps, dx.data(), dg.data(),
                            db.data());
     cuda::LayerNormBackward(nullptr, x.data(), gamma.data(), dy.data(), n, w, eps, gdx.data(),
