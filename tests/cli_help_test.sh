@@ -3,7 +3,7 @@
 # ours), a dashed flag name parses like the underscored one, and the offline
 # tools refuse bad flags and inputs with a message naming them (rc 1, no abort).
 set -euo pipefail
-bin=$1
+bin=$(cd "$1" && pwd)
 check() {  # program, a flag it defines
   local out
   out=$("$bin/$1" --help 2>&1 || true)
@@ -140,9 +140,12 @@ resume=("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run" --res
 refuses "nothing to do" "${resume[@]}"
 refuses "nothing to do" "${resume[@]}" --steps 3
 for flag in "lr 0.5" "batch 4" "seq 4" "warmup 1" "seed 2" "min_lr_ratio 0.5" "weight_decay 0" \
-            "clip 0" "carry_state" "config $dir/tiny.json" "set n_layers=2" "accum 2" "keep_best" "eval_context window"; do
+            "clip 0" "carry_state" "config $dir/tiny.json" "set n_layers=2" "accum 2" "keep_best" "eval_context window" \
+            "eval_every 3" "eval_windows 1" "checkpoint_every 1"; do
   refuses "--${flag%% *} cannot change on --resume" "${resume[@]}" --steps 6 --$flag
 done
+refuses "--data cannot change on --resume: $dir/run runs with data $dir/data" \
+  "$bin/fwp-train" --backend cpu --data "$dir/mine2" --out "$dir/run" --resume --steps 6
 echo "5,0,0,0,0,-1,-1" >> "$dir/run/log.csv"  # a row logged after the last checkpoint
 out=$("${resume[@]}" --steps 6)
 grep -q "final rate" <<<"$out" || { echo "extension's rate not reported: $out"; exit 1; }
@@ -152,9 +155,23 @@ grep -q '"steps": 6' "$dir/run/trainer.json" || { echo "trainer.json not at 6 st
 # A 6-step run stopped at step 4 (as if killed): a plain --resume finishes it.
 "${train[@]}" --out "$dir/run2" --steps 4 > /dev/null
 sed -i 's/"steps": 4/"steps": 6/' "$dir/run2/trainer.json"
-out=$("$bin/fwp-train" --backend cpu --data "$dir/data" --out "$dir/run2" --resume)
-grep -q "at step 4 of 6" <<<"$out" || { echo "plain resume: $out"; exit 1; }
+# Without --data, from a directory with no data/brown: the run's own data.
+out=$(cd "$dir/notok" && "$bin/fwp-train" --backend cpu --out "$dir/run2" --resume)
+grep -q "at step 4 of 6 on cpu, data $dir/data" <<<"$out" || { echo "plain resume: $out"; exit 1; }
 grep -q '"step": 6' "$dir/run2/trainer.json" || { echo "plain resume did not reach 6"; exit 1; }
+# Data moved: --data names its new place; prepared again with another
+# tokenizer, it is refused.
+cp -r "$dir/data" "$dir/data2"
+"${train[@]}" --data "$dir/data2" --out "$dir/run3" --steps 2 --checkpoint_every 1 > /dev/null
+sed -i 's/"steps": 2/"steps": 4/' "$dir/run3/trainer.json"
+mv "$dir/data2" "$dir/data3"
+cp "$dir/mine/tokenizer.model" "$dir/data3/"
+refuses "--data $dir/data3 is no longer tokenized as $dir/run3 was trained" \
+  "$bin/fwp-train" --backend cpu --data "$dir/data3" --out "$dir/run3" --resume
+cp "$dir/data/tokenizer.model" "$dir/data3/"
+out=$("$bin/fwp-train" --backend cpu --data "$dir/data3" --out "$dir/run3" --resume)
+grep -q "data $dir/data3" <<<"$out" && grep -q "\"data\": \"$dir/data3\"" "$dir/run3/trainer.json" ||
+  { echo "moved data: $out"; cat "$dir/run3/trainer.json"; exit 1; }
 # SIGTERM (a preempted job): said at once, the run stops after its step,
 # checkpointed, and ends by the signal (143); --resume then gives the
 # uninterrupted run's log (to its printed digits; Trainer.AStoppedRun... checks
@@ -187,6 +204,7 @@ refuses "fewer than" "${eval[@]}" --split test --seq 8 --context window
 refuses "fewer than" "${eval[@]}" --split test --context stream
 refuses "fewer than" "${eval[@]}" --split train --seq 100000
 refuses "--split must be" "${eval[@]}" --split ../data/valid
+refuses "--data $dir/mine was tokenized otherwise than --model $dir/run" "${eval[@]}" --data "$dir/mine" --split test
 refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8
 echo '{"valid": 5}' > "$dir/data/stats.json"
 refuses "stats.json: field 'valid.bytes'" "${eval[@]}" --seq 8

@@ -14,6 +14,7 @@
 // fraction of queries whose largest output is the right value.
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <new>
 #include <fstream>
 #include <sstream>
@@ -22,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/flags.h"
 #include "model/model_dir.h"
+#include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "train/retrieval.h"
 #include "train/scoring.h"
@@ -126,6 +128,19 @@ static int Main(int argc, char** argv) {
   auto loaded = fwp::LoadModelDir(absl::GetFlag(FLAGS_model), *backend);
   if (!loaded.ok()) return Fail(loaded.status());
   fwp::Model& model = *loaded->model;
+  // Tokens cut by another tokenizer name other pieces: the figures would
+  // look like any others and mean nothing.
+  const std::string data_tokenizer = absl::GetFlag(FLAGS_data) + "/tokenizer.model";
+  if (std::filesystem::exists(data_tokenizer)) {
+    auto theirs = fwp::Tokenizer::Load(data_tokenizer);
+    if (!theirs.ok()) return Fail(theirs.status());
+    if (!fwp::SameVocabulary(*loaded->tokenizer, **theirs)) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--data ", absl::GetFlag(FLAGS_data), " was tokenized otherwise than --model ",
+          absl::GetFlag(FLAGS_model), ": prepare it with fwp-prepare --tokenizer ",
+          absl::GetFlag(FLAGS_model), "/tokenizer.model")));
+    }
+  }
   auto data = fwp::ReadTokenFile(absl::StrCat(absl::GetFlag(FLAGS_data), "/", split, ".tok"));
   if (!data.ok()) return Fail(data.status());
   const auto& tokens = data->tokens;
@@ -148,7 +163,7 @@ static int Main(int argc, char** argv) {
   std::printf("%s: %lld tokens scored, loss %.4f nats/token, perplexity %.2f", split.c_str(),
               (long long)count, loss, std::exp(loss));
   if (*bytes > 0) std::printf(", %.4f bits/byte", nats / std::log(2.0) / *bytes);
-  std::printf(" (context %s)\n", context.c_str());
+  std::printf(" (context %s, %s)\n", context.c_str(), backend->Name());
   return 0;
 }
 

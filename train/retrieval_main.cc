@@ -62,6 +62,7 @@ static int Main(int argc, char** argv) {
   }
   std::unique_ptr<fwp::Backend> backend = std::move(*made);
   backend->SetBatchInvariant(false);  // training: cuBLAS
+  std::printf("backend %s\n", backend->Name());
   fwp::RetrievalConfig config;
   config.setting = absl::GetFlag(FLAGS_setting);
   const std::string update = absl::GetFlag(FLAGS_update), phi = absl::GetFlag(FLAGS_phi);

@@ -144,6 +144,9 @@ absl::Status CheckNoFixedFlags(const std::vector<std::string>& args,
       {"carry_state", run.carry_state ? "true" : "false"},
       {"keep_best", run.keep_best ? "true" : "false"},
       {"eval_context", run.eval_stream ? "stream" : "window"},
+      {"eval_every", absl::StrCat(run.eval_every)},
+      {"eval_windows", absl::StrCat(run.eval_windows)},
+      {"checkpoint_every", absl::StrCat(run.checkpoint_every)},
   };
   for (const auto& [flag, value] : fixed) {
     if (fwp::FlagGiven(args, flag)) {
@@ -229,7 +232,39 @@ static int Main(int argc, char** argv) {
           ": --resume to continue it, or choose another --out")));
     }
   }
-  const std::string data = absl::GetFlag(FLAGS_data);
+  std::string data = absl::GetFlag(FLAGS_data);
+  // Recorded absolute, so that --resume from another directory finds it.
+  tc.data = std::filesystem::absolute(data).lexically_normal().string();
+  if (resume) {
+    // The run reads the token files it was trained on: the --data recorded
+    // in trainer.json (runs from before it was recorded take the flag), or
+    // --data where that directory is gone (moved).
+    auto run = fwp::ReadTrainerConfig(out);
+    if (!run.ok()) return Fail(run.status());
+    if (!run->data.empty()) {
+      std::error_code error;
+      const bool given = fwp::FlagGiven(fwp::UnderscoreFlagNames(argc, argv), "data");
+      if (!given || !std::filesystem::exists(run->data)) {
+        if (!given) data = run->data;
+      } else if (!std::filesystem::equivalent(data, run->data, error)) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat(
+            "--data cannot change on --resume: ", out, " runs with data ", run->data)));
+      }
+    }
+    // Token files prepared again with another tokenizer would mean other pieces.
+    if (std::filesystem::exists(out + "/tokenizer.model") &&
+        std::filesystem::exists(data + "/tokenizer.model")) {
+      auto ours = fwp::Tokenizer::Load(data + "/tokenizer.model");
+      auto theirs = fwp::Tokenizer::Load(out + "/tokenizer.model");
+      if (!ours.ok()) return Fail(ours.status());
+      if (!theirs.ok()) return Fail(theirs.status());
+      if (!fwp::SameVocabulary(**ours, **theirs)) {
+        return Fail(absl::FailedPreconditionError(absl::StrCat(
+            "--data ", data, " is no longer tokenized as ", out,
+            " was trained: its tokenizer.model has other pieces")));
+      }
+    }
+  }
   // A new run copies the tokenizer into every checkpoint: missing, it
   // would fail only at the first one, after the training time is spent.
   if (!resume && !std::filesystem::is_regular_file(data + "/tokenizer.model")) {
@@ -259,13 +294,15 @@ static int Main(int argc, char** argv) {
 
   std::unique_ptr<fwp::Trainer> trainer;
   if (resume) {
-    auto t = fwp::Trainer::Resume(*backend, out, std::move(*train), std::move(*valid), steps);
+    auto t = fwp::Trainer::Resume(*backend, out, std::move(*train), std::move(*valid), steps,
+                                  std::filesystem::absolute(data).lexically_normal().string());
     if (!t.ok()) return Fail(t.status());
     trainer = std::move(*t);
     if (auto s = CheckNoFixedFlags(fwp::UnderscoreFlagNames(argc, argv), trainer->config(), out); !s.ok()) return Fail(s);
     if (auto s = CutLog(out + "/log.csv", trainer->step()); !s.ok()) return Fail(s);
-    std::printf("resuming %s at step %lld of %lld on %s\n", out.c_str(),
-                (long long)trainer->step(), (long long)trainer->config().steps, backend->Name());
+    std::printf("resuming %s at step %lld of %lld on %s, data %s\n", out.c_str(),
+                (long long)trainer->step(), (long long)trainer->config().steps, backend->Name(),
+                data.c_str());
     const int64_t schedule = trainer->config().optimizer.total_steps;
     if (trainer->config().steps > schedule) {
       const fwp::OptimizerConfig& o = trainer->config().optimizer;
@@ -278,7 +315,7 @@ static int Main(int argc, char** argv) {
     absl::StatusOr<fwp::HostModel> start;
     if (init.empty()) {
       auto config = fwp::Config::FromFile(absl::GetFlag(FLAGS_config), settings);
-      if (config.ok()) start = fwp::HostModel{*config, fwp::RandomWeights(*config, tc.seed)};
+      if (config.ok()) start = fwp::HostModel{*config, fwp::RandomWeights(*config, tc.seed), {}};
       else start = config.status();
     } else {
       start = fwp::ReadHostModel(init);

@@ -46,6 +46,7 @@ json ToJson(const TrainerConfig& c, int64_t step) {
             {"weight_decay", o.weight_decay},
             {"clip_norm", o.clip_norm}}}};
   j["keep_best"] = c.keep_best;
+  if (!c.data.empty()) j["data"] = c.data;
   return j;
 }
 
@@ -90,6 +91,7 @@ absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
     c.seed = j.at("seed");
     c.carry_state = j.value("carry_state", false);
     c.keep_best = j.value("keep_best", false);  // runs from before keep_best
+    c.data = j.value("data", std::string());    // runs from before data was recorded
     const json& o = j.at("optimizer");
     c.optimizer.lr = o.at("lr");
     c.optimizer.min_lr_ratio = o.at("min_lr_ratio");
@@ -171,6 +173,10 @@ absl::StatusOr<int64_t> CheckpointStep(const std::string& out_dir) {
   return j["step"].get<int64_t>();
 }
 
+absl::StatusOr<TrainerConfig> ReadTrainerConfig(const std::string& out_dir) {
+  return FromJson(out_dir + "/trainer.json");
+}
+
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     Backend& backend, const Config& config, const HostWeights& weights,
     const TrainerConfig& trainer, TokenFile train, TokenFile valid, std::string out_dir,
@@ -206,9 +212,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                                          const std::string& out_dir,
                                                          TokenFile train, TokenFile valid,
-                                                         int64_t steps) {
-  FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, FromJson(out_dir + "/trainer.json"));
+                                                         int64_t steps, const std::string& data) {
+  FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, ReadTrainerConfig(out_dir));
   if (steps > 0) trainer.steps = steps;
+  if (!data.empty()) trainer.data = data;
   FWP_ASSIGN_OR_RETURN(HostModel checkpoint, ReadHostModel(out_dir));
   const std::string tokenizer = out_dir + "/tokenizer.model";
   FWP_ASSIGN_OR_RETURN(auto t, Create(backend, checkpoint.config, checkpoint.weights, trainer,

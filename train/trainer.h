@@ -49,6 +49,10 @@ struct TrainerConfig {
   // step and valid loss (fine-tuning on little data overfits; the best
   // weights are kept whatever the last ones are).
   bool keep_best = false;
+  // The --data directory the run reads, recorded in trainer.json so that
+  // --resume reads the same token files (empty: a run from before it was
+  // recorded).
+  std::string data;
   OptimizerConfig optimizer;
 };
 
@@ -70,6 +74,9 @@ absl::Status CheckTrainerConfig(const TrainerConfig& c);
 // the directory holds no run.
 absl::StatusOr<int64_t> CheckpointStep(const std::string& out_dir);
 
+// The settings recorded with the checkpoint in `out_dir` (its trainer.json).
+absl::StatusOr<TrainerConfig> ReadTrainerConfig(const std::string& out_dir);
+
 class Trainer {
  public:
   // A new run in `out_dir` from `weights`.
@@ -80,11 +87,14 @@ class Trainer {
   // Continues the run checkpointed in `out_dir`; `steps` > 0 replaces the
   // total step count. The learning-rate schedule keeps its own total
   // (optimizer.total_steps), so steps past it run at the schedule's final
-  // rate. Refused when the run is already at (or past) its total.
+  // rate. Refused when the run is already at (or past) its total. `data`,
+  // when not empty, is recorded as the run's data directory from now on
+  // (where `train` and `valid` were read).
   static absl::StatusOr<std::unique_ptr<Trainer>> Resume(Backend& backend,
                                                          const std::string& out_dir,
                                                          TokenFile train, TokenFile valid,
-                                                         int64_t steps);
+                                                         int64_t steps,
+                                                         const std::string& data = "");
 
   // One optimiser step.
   absl::StatusOr<StepReport> Step();
