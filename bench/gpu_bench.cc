@@ -247,11 +247,13 @@ int main(int argc, char** argv) {
       "GPU figures against the measured ceilings\n"
       "\n"
       "  fwp-bench-gpu [--seconds 1]");
+  // Line by line, so that a run stopped by a timeout keeps the rows it printed.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   auto gpu = fwp::MakeCudaBackend(absl::GetFlag(FLAGS_device));
   if (gpu.ok()) (*gpu)->SetBatchInvariant(absl::GetFlag(FLAGS_batch_invariant));
   if (!gpu.ok()) {
     std::printf("fwp-bench-gpu: no GPU to measure: %s\n", std::string(gpu.status().message()).c_str());
-    return 0;
+    return 1;
   }
   std::printf("backend %s\n", (*gpu)->Name());
   const Ceilings ceilings = MeasureCeilings(**gpu);

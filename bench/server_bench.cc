@@ -36,6 +36,8 @@ ABSL_FLAG(int, tokens, 64, "tokens generated per stream");
 ABSL_FLAG(int, prompt, 16, "prompt tokens per stream");
 ABSL_FLAG(double, temperature, 0.0, "sampling temperature of the served streams (0: greedy)");
 ABSL_FLAG(double, top_p, 1.0, "nucleus mass of the served streams (1: off)");
+ABSL_FLAG(double, repetition_penalty, 1.0,
+          "repetition penalty of the served streams (1: off; fwp-chat's default is 1.1)");
 
 namespace {
 
@@ -127,6 +129,10 @@ int main(int argc, char** argv) {
         request.mutable_sampling()->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
         if (absl::GetFlag(FLAGS_top_p) < 1.0) {
           request.mutable_sampling()->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+        }
+        if (absl::GetFlag(FLAGS_repetition_penalty) != 1.0) {
+          request.mutable_sampling()->set_repetition_penalty(
+              static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
         }
         request.mutable_sampling()->set_seed(static_cast<uint64_t>(s) + 1);
         grpc::ClientContext context;

@@ -11,7 +11,9 @@ namespace fwp {
 
 std::string ResolveBackendName(const std::string& name) {
   if (name != "auto") return name;
-  return CudaDeviceCount(nullptr) > 0 ? "cuda" : "cpu";
+  // A GPU the build has no code for (older than its architectures) is no
+  // GPU to use: the CPU serves.
+  return CudaDeviceCount(nullptr) > 0 && CudaDeviceRunsThisBuild(0, nullptr) ? "cuda" : "cpu";
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& given) {

@@ -115,6 +115,12 @@ class Backend {
   // Fails (RESOURCE_EXHAUSTED) only when its scratch cannot be allocated.
   virtual absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                                   const RowSampling* sampling, int32_t* tokens) = 0;
+  // The requests' penalties applied to their logits (backend memory, rows ×
+  // vocab, in place) before SampleRows; penalties is a host array listing
+  // each (row, token) once. Fails (RESOURCE_EXHAUSTED, logits untouched) only
+  // when its scratch cannot be allocated.
+  virtual absl::Status ApplyPenalties(float* logits, int64_t vocab,
+                                      const LogitPenalty* penalties, int64_t n) = 0;
 };
 
 // The CPU reference backend.

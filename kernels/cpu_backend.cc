@@ -133,6 +133,12 @@ class CpuBackend final : public Backend {
     cpu::AdamW(param, grad, m, v, n, params);
   }
   double SumSquares(const float* x, int64_t n) override { return cpu::SumSquares(x, n); }
+  absl::Status ApplyPenalties(float* logits, int64_t vocab, const LogitPenalty* penalties,
+                              int64_t n) override {
+    cpu::ApplyPenalties(logits, vocab, penalties, n);
+    return absl::OkStatus();
+  }
+
   absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                           const RowSampling* sampling, int32_t* tokens) override {
     cpu::SampleRows(logits, rows, vocab, sampling, tokens);

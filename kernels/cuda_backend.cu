@@ -182,6 +182,14 @@ class CudaBackend final : public Backend {
     return total;
   }
 
+  absl::Status ApplyPenalties(float* logits, int64_t vocab, const LogitPenalty* penalties,
+                              int64_t n) override {
+    if (n == 0) return absl::OkStatus();
+    FWP_ASSIGN_OR_RETURN(void* scratch, TryScratch(n * sizeof(LogitPenalty)));
+    cuda::ApplyPenalties(stream_, logits, vocab, penalties, n, scratch);
+    return absl::OkStatus();
+  }
+
   absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                           const RowSampling* sampling, int32_t* tokens) override {
     std::vector<int32_t> work(rows, -1);
@@ -246,6 +254,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device) {
     return absl::UnavailableError(absl::StrCat("cudaSetDevice(", device, "): ",
                                                cudaGetErrorString(err)));
   }
+  if (!CudaDeviceRunsThisBuild(device, &why)) return absl::UnavailableError(why);
   cudaStream_t stream;
   err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
   if (err != cudaSuccess) {

@@ -152,6 +152,14 @@ int32_t SampleToken(const float* logits, int64_t vocab,
   return SampleWithDraw(logits, vocab, params, rng.Uniform());
 }
 
+void ApplyPenalties(float* logits, int64_t vocab, const LogitPenalty* penalties, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const LogitPenalty& p = penalties[i];
+    float& x = logits[p.row * vocab + p.token];
+    x = math::PenalisedLogit(x, p.repetition, p.count, p.presence, p.frequency);
+  }
+}
+
 void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampling* sampling,
                 int32_t* tokens) {
   CpuThreadPool().ParallelFor(rows, [&](int64_t i) {

@@ -212,7 +212,29 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* logits, in
   }
 }
 
+__global__ void PenaltyKernel(float* logits, int64_t vocab, const LogitPenalty* penalties,
+                              int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const LogitPenalty p = penalties[i];
+  float* x = logits + p.row * vocab + p.token;
+  *x = math::PenalisedLogit(*x, p.repetition, p.count, p.presence, p.frequency);
+}
+
 }  // namespace
+
+void ApplyPenalties(cudaStream_t stream, float* logits, int64_t vocab,
+                    const LogitPenalty* penalties, int64_t n, void* scratch) {
+  if (n == 0) return;
+  auto* device = static_cast<LogitPenalty*>(scratch);
+  FWP_CUDA_CHECK("penalties", cudaMemcpyAsync(device, penalties, n * sizeof(LogitPenalty),
+                                              cudaMemcpyHostToDevice, stream));
+  constexpr int kBlock = 256;
+  auto* kernel = PenaltyKernel;
+  kernel<<<static_cast<unsigned>((n + kBlock - 1) / kBlock), kBlock, 0, stream>>>(
+      logits, vocab, device, n);
+  FWP_CUDA_LAUNCHED("penalties");
+}
 
 int64_t SampleScratchBytes(int64_t rows, int64_t sampled_rows, int64_t vocab) {
   return sampled_rows * vocab * (sizeof(uint64_t) + sizeof(uint32_t)) +

@@ -36,9 +36,23 @@ struct RowSampling {
   double uniform = 0.0;
 };
 
+// One logit that a request's penalties change (math::PenalisedLogit): row
+// `row` of a batch, token `token`. A batch lists each (row, token) once.
+struct LogitPenalty {
+  int32_t row = 0;
+  int32_t token = 0;
+  float repetition = 1.0f;  // the repetition penalty where the token was seen, else 1
+  int32_t count = 0;        // times in the output: presence and frequency apply when > 0
+  float presence = 0.0f;
+  float frequency = 0.0f;
+};
+
 }  // namespace fwp
 
 namespace fwp::cpu {
+
+// Applies each penalty to its logit of rows × vocab logits, in place.
+void ApplyPenalties(float* logits, int64_t vocab, const LogitPenalty* penalties, int64_t n);
 
 // logits: [vocab].
 int32_t Argmax(const float* logits, int64_t vocab);

@@ -65,6 +65,25 @@ FWP_HD double AddRn(double a, double b) {
 #endif
 }
 
+// A logit under a request's penalties (server/generation.h): the repetition
+// penalty divides it when positive and multiplies it otherwise (1: off, or
+// the token was not seen), then presence + frequency × count comes off when
+// the token is `count` > 0 times in the output. Each step rounded on its
+// own, as the host computes it.
+FWP_HD float PenalisedLogit(float x, float repetition, int32_t count, float presence,
+                            float frequency) {
+#if defined(__CUDA_ARCH__)
+  if (repetition != 1.0f) x = x > 0.0f ? __fdiv_rn(x, repetition) : __fmul_rn(x, repetition);
+  if (count > 0) {
+    x = __fsub_rn(x, __fadd_rn(presence, __fmul_rn(frequency, static_cast<float>(count))));
+  }
+#else
+  if (repetition != 1.0f) x = x > 0.0f ? x / repetition : x * repetition;
+  if (count > 0) x = x - (presence + frequency * static_cast<float>(count));
+#endif
+  return x;
+}
+
 // A candidate's place in the sampling order as an integer: ascending is
 // descending logit (−0 equals +0); NaN comes after every number.
 FWP_HD uint32_t SampleOrder(float logit) {

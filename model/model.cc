@@ -145,7 +145,8 @@ absl::Status Model::Step(StatePool& pool, absl::Span<const int32_t> slots,
 absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slots,
                                   absl::Span<const int32_t> tokens,
                                   absl::Span<const RowSampling> sampling, int32_t* next,
-                                  absl::Span<const int32_t> logits_rows, float* logits) {
+                                  absl::Span<const int32_t> logits_rows, float* logits,
+                                  absl::Span<const LogitPenalty> penalties) {
   if (tokens.size() != slots.size() || sampling.size() != slots.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "step needs one token and one draw per session: ", slots.size(), " sessions, ",
@@ -156,18 +157,19 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
       return absl::InvalidArgumentError(absl::StrCat("logits row ", r, " is not a session's"));
     }
   }
-  if (slots.empty()) return absl::OkStatus();
-  FWP_RETURN_IF_ERROR(Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, nullptr));
   const int64_t V = config_.vocab_size;
   const int64_t n = static_cast<int64_t>(slots.size());
-  if (!backend_.SampleRows(logits_.f32(), n, V, sampling.data(), next).ok()) {
-    // No device memory for the sampler's scratch. The states have advanced,
-    // so the step must still complete: the same draws on the host.
-    std::vector<float> host(n * V);
-    backend_.CopyToHost(host.data(), logits_.f32(), host.size() * sizeof(float));
-    cpu::SampleRows(host.data(), n, V, sampling.data(), next);
+  for (const LogitPenalty& p : penalties) {
+    if (p.row < 0 || p.row >= n || p.token < 0 || p.token >= V) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "penalty of row ", p.row, ", token ", p.token, " is outside the ", n, " × ", V,
+          " logits"));
+    }
   }
-  // Consecutive rows in one copy each (every copy from a GPU synchronises).
+  if (slots.empty()) return absl::OkStatus();
+  FWP_RETURN_IF_ERROR(Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, nullptr));
+  // The rows asked for, as the step gave them (before any penalty), in
+  // consecutive rows to a copy (every copy from a GPU synchronises).
   for (size_t j = 0; j < logits_rows.size();) {
     size_t run = 1;
     while (j + run < logits_rows.size() && logits_rows[j + run] == logits_rows[j] + int32_t(run)) {
@@ -176,6 +178,18 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
     backend_.CopyToHost(logits + j * V, logits_.f32() + logits_rows[j] * V,
                         run * V * sizeof(float));
     j += run;
+  }
+  const auto penalties_size = static_cast<int64_t>(penalties.size());
+  const bool penalised =
+      backend_.ApplyPenalties(logits_.f32(), V, penalties.data(), penalties_size).ok();
+  if (!penalised || !backend_.SampleRows(logits_.f32(), n, V, sampling.data(), next).ok()) {
+    // No device memory for the penalties' or the sampler's scratch. The
+    // states have advanced, so the step must still complete: the same draws
+    // on the host.
+    std::vector<float> host(n * V);
+    backend_.CopyToHost(host.data(), logits_.f32(), host.size() * sizeof(float));
+    if (!penalised) cpu::ApplyPenalties(host.data(), V, penalties.data(), penalties_size);
+    cpu::SampleRows(host.data(), n, V, sampling.data(), next);
   }
   return absl::OkStatus();
 }

@@ -63,12 +63,15 @@ class Model {
   // SampleRows): sampling [slots] (host) in, next [slots] (host) out, so
   // only tokens cross to the host. The rows listed in logits_rows (indices
   // into slots) also copy their logits to logits (host) [logits_rows, vocab],
-  // for samplers that need the whole row. Once the states have advanced it
+  // for samplers that need the whole row (as the step gave them). The
+  // penalties (rows are indices into slots, each (row, token) once) change
+  // the logits the draws are taken from. Once the states have advanced it
   // cannot fail: without device memory for the sampler it draws on the host.
   absl::Status StepAndSample(StatePool& pool, absl::Span<const int32_t> slots,
                              absl::Span<const int32_t> tokens,
                              absl::Span<const RowSampling> sampling, int32_t* next,
-                             absl::Span<const int32_t> logits_rows, float* logits);
+                             absl::Span<const int32_t> logits_rows, float* logits,
+                             absl::Span<const LogitPenalty> penalties = {});
 
   // A trainable tensor: its name (model/README.md), device data, element count.
   struct Parameter {

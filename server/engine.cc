@@ -1111,19 +1111,22 @@ void Engine::Step() {
     }
   }
   if (!decode.empty()) {
-    // Tokens are drawn on the backend; only requests whose sampler needs the
-    // whole row (penalties, log-probabilities) get their logits on the host.
+    // Tokens are drawn on the backend, penalties applied there; only
+    // requests whose sampler needs the whole row (log-probabilities) get
+    // their logits on the host.
     std::vector<RowSampling> draws(decode.size());
     std::vector<int32_t> logits_rows, next(decode.size());
+    std::vector<LogitPenalty> penalties;
     for (size_t i = 0; i < decode.size(); ++i) {
       if (decode[i]->sampler->needs_logits()) {
         logits_rows.push_back(static_cast<int32_t>(i));
       } else {
         draws[i] = decode[i]->sampler->Draw();
+        decode[i]->sampler->AppendPenalties(static_cast<int32_t>(i), &penalties);
       }
     }
     if (auto s = model_.StepAndSample(*pool_, slots, tokens, draws, next.data(), logits_rows,
-                                      logits_.data());
+                                      logits_.data(), penalties);
         !s.ok()) {
       for (Active* a : decode) Finish(*a, FinishReason::kNone, s);
     } else {

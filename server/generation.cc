@@ -81,14 +81,32 @@ TokenSampler::TokenSampler(const GenerationParams& params, absl::Span<const int3
   if (params_.repetition_penalty != 1.0f) {
     seen_.assign(vocab, 0);
     for (int32_t t : prompt) {
-      if (t >= 0 && t < vocab) seen_[t] = 1;
+      if (t >= 0 && t < vocab && !seen_[t]) {
+        seen_[t] = 1;
+        seen_list_.push_back(t);
+      }
     }
   }
 }
 
-bool TokenSampler::needs_logits() const {
-  return params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
-         params_.frequency_penalty != 0.0f || params_.logprobs || params_.top_logprobs > 0;
+bool TokenSampler::needs_logits() const { return params_.logprobs || params_.top_logprobs > 0; }
+
+void TokenSampler::AppendPenalties(int32_t row, std::vector<LogitPenalty>* out) const {
+  const float presence = params_.presence_penalty, frequency = params_.frequency_penalty;
+  const auto count = [&](int32_t token) {
+    const auto it = output_counts_.find(token);
+    return it == output_counts_.end() ? 0 : it->second;
+  };
+  if (!seen_.empty()) {
+    // Every output token is seen too: the list holds them all.
+    for (int32_t token : seen_list_) {
+      out->push_back({row, token, params_.repetition_penalty, count(token), presence, frequency});
+    }
+  } else {
+    for (const auto& [token, n] : output_counts_) {
+      out->push_back({row, token, 1.0f, n, presence, frequency});
+    }
+  }
 }
 
 RowSampling TokenSampler::Draw() {
@@ -105,7 +123,10 @@ TokenSampler::Pick TokenSampler::Accept(int32_t token) {
 }
 
 void TokenSampler::Record(int32_t token) {
-  if (!seen_.empty()) seen_[token] = 1;
+  if (!seen_.empty() && !seen_[token]) {
+    seen_[token] = 1;
+    seen_list_.push_back(token);
+  }
   if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
     ++output_counts_[token];
   }
@@ -113,20 +134,12 @@ void TokenSampler::Record(int32_t token) {
 
 TokenSampler::Pick TokenSampler::Sample(const float* logits) {
   const float* row = logits;
-  const bool penalised = params_.repetition_penalty != 1.0f ||
-                         params_.presence_penalty != 0.0f ||
-                         params_.frequency_penalty != 0.0f;
-  if (penalised && (!seen_.empty() || !output_counts_.empty())) {
+  penalties_.clear();
+  AppendPenalties(0, &penalties_);
+  if (!penalties_.empty()) {
     std::copy(logits, logits + vocab_, work_.begin());
-    if (!seen_.empty()) {
-      const float r = params_.repetition_penalty;
-      for (int64_t i = 0; i < vocab_; ++i) {
-        if (seen_[i]) work_[i] = work_[i] > 0.0f ? work_[i] / r : work_[i] * r;
-      }
-    }
-    for (const auto& [token, count] : output_counts_) {
-      work_[token] -= params_.presence_penalty + params_.frequency_penalty * count;
-    }
+    cpu::ApplyPenalties(work_.data(), vocab_, penalties_.data(),
+                        static_cast<int64_t>(penalties_.size()));
     row = work_.data();
   }
   Pick pick;

@@ -66,12 +66,15 @@ class TokenSampler {
   // logits: [vocab] (not modified).
   Pick Sample(const float* logits);
 
-  // Whether Sample needs the whole row of logits (penalties, log-
-  // probabilities). When it does not, a batched draw on the backend gives
-  // the same token: Draw() before the step (it advances the Rng exactly as
-  // Sample would), Accept(token) after it.
+  // Whether Sample needs the whole row of logits (log-probabilities). When
+  // it does not, a batched draw on the backend gives the same token: Draw()
+  // before the step (it advances the Rng exactly as Sample would), with
+  // AppendPenalties for its row of the batch, and Accept(token) after it.
   bool needs_logits() const;
   RowSampling Draw();
+  // The penalties on this request's next logits as batch row `row`: one
+  // per token seen (repetition) or in the output (presence, frequency).
+  void AppendPenalties(int32_t row, std::vector<LogitPenalty>* out) const;
   Pick Accept(int32_t token);
 
  private:
@@ -82,6 +85,8 @@ class TokenSampler {
   Rng rng_;
   std::vector<float> work_;
   std::vector<uint8_t> seen_;                  // in prompt or output (repetition)
+  std::vector<int32_t> seen_list_;             // the ids seen_ marks, in order
+  std::vector<LogitPenalty> penalties_;        // Sample's
   std::unordered_map<int32_t, int32_t> output_counts_;
 };
 

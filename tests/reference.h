@@ -219,6 +219,27 @@ inline SamplingBatch RandomSamplingBatch(int64_t rows, int64_t vocab, Rng& rng) 
   return b;
 }
 
+// Penalties for a batch of rows × vocab logits: about a tenth of each row's
+// tokens, each (row, token) once, with every kind of penalty (repetition
+// above and below 1, presence and frequency of either sign, counts from 0).
+inline std::vector<LogitPenalty> RandomPenalties(int64_t rows, int64_t vocab, Rng& rng) {
+  std::vector<LogitPenalty> out;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r % 5 == 4) continue;  // a row without penalties
+    const float repetition = r % 3 == 0 ? 1.0f : (r % 3 == 1 ? 1.3f : 0.7f);
+    const float presence = r % 2 ? 0.4f : -0.25f, frequency = r % 4 < 2 ? 0.15f : 0.0f;
+    for (int64_t t = 0; t < vocab; ++t) {
+      if (rng.Next() % 10 != 0) continue;
+      out.push_back({static_cast<int32_t>(r), static_cast<int32_t>(t),
+                     rng.Next() % 2 ? repetition : 1.0f, static_cast<int32_t>(rng.Next() % 4),
+                     presence, frequency});
+    }
+  }
+  // In random order: the result must not depend on it.
+  for (size_t i = out.size(); i > 1; --i) std::swap(out[i - 1], out[rng.Next() % i]);
+  return out;
+}
+
 // Logits that stress the sampler's cut-offs, by kind: 0 leaves them; 1
 // rounds them to a few values (cut-offs inside groups of equal logits); 2
 // squeezes them within 1e-3 of 5 (every radix digit of the order decides);

@@ -413,6 +413,35 @@ TEST_F(CudaOps, SampleRowsMatchesTheCpu) {
   }
 }
 
+// The penalties change the very logits the CPU's do, to the bit, and only
+// those; the draws from them then agree too.
+TEST_F(CudaOps, PenaltiesMatchTheCpu) {
+  Rng rng(23);
+  const int64_t vocab = 3000;
+  auto batch = testing::RandomSamplingBatch(40, vocab, rng);
+  batch.logits[3 * vocab + 5] = kNaN;
+  const auto penalties = testing::RandomPenalties(batch.rows, vocab, rng);
+  ASSERT_GT(penalties.size(), 1000u);
+  std::vector<float> cpu_logits = batch.logits;
+  ASSERT_TRUE(cpu_->ApplyPenalties(cpu_logits.data(), vocab, penalties.data(),
+                                   static_cast<int64_t>(penalties.size())).ok());
+  float* gpu_logits = Up(batch.logits);
+  ASSERT_TRUE(gpu_->ApplyPenalties(gpu_logits, vocab, penalties.data(),
+                                   static_cast<int64_t>(penalties.size())).ok());
+  const std::vector<float> down = Down(gpu_logits, batch.rows * vocab);
+  EXPECT_EQ(0, std::memcmp(down.data(), cpu_logits.data(), down.size() * sizeof(float)));
+  int64_t changed = 0;
+  for (size_t i = 0; i < down.size(); ++i) changed += cpu_logits[i] != batch.logits[i];
+  EXPECT_GT(changed, 1000);
+  std::vector<int32_t> cpu_tokens(batch.rows, -1), gpu_tokens(batch.rows, -1);
+  ASSERT_TRUE(cpu_->SampleRows(cpu_logits.data(), batch.rows, vocab, batch.sampling.data(),
+                               cpu_tokens.data()).ok());
+  ASSERT_TRUE(gpu_->SampleRows(gpu_logits, batch.rows, vocab, batch.sampling.data(),
+                               gpu_tokens.data()).ok());
+  EXPECT_EQ(gpu_tokens, cpu_tokens);
+  EXPECT_TRUE(gpu_->ApplyPenalties(gpu_logits, vocab, nullptr, 0).ok());
+}
+
 TEST_F(CudaOps, SoftmaxCrossEntropyAndAdamW) {
   Rng rng(9);
   const int64_t rows = 20, vocab = 3000;

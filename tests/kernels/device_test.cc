@@ -16,6 +16,13 @@ TEST(Device, ReportsWhetherACudaDeviceIsUsable) {
     EXPECT_FALSE(why_not.empty());
     GTEST_SKIP() << "CUDA tests will skip: " << why_not;
   }
+  // The device is one this build has code for (else auto picks the CPU and
+  // every CUDA test fails at its backend), and a device that is not there
+  // is said to be so.
+  std::string why;
+  EXPECT_TRUE(CudaDeviceRunsThisBuild(0, &why)) << why;
+  EXPECT_EQ(ResolveBackendName("auto"), "cuda");
+  EXPECT_FALSE(MakeCudaBackend(count).ok());
 }
 
 }  // namespace

@@ -160,7 +160,8 @@ TEST(Model, AStepGivesTheSameBitsAloneOrAmongOtherSessions) {
 }
 
 // StepAndSample draws each session's next token from the same logits Step
-// returns, and copies the asked-for rows' logits bit for bit.
+// returns, under the penalties given, and copies the asked-for rows' logits
+// bit for bit (as the step gave them, whatever the penalties).
 TEST(Model, StepAndSampleDrawsFromTheLogitsStepGives) {
   auto backend = MakeCpuBackend();
   const Config config = TinyConfig(testing::AllAttentionVariants(2, 16)[0]);
@@ -176,25 +177,35 @@ TEST(Model, StepAndSampleDrawsFromTheLogitsStepGives) {
   std::vector<int32_t> tokens = RandomTokens(sessions, V, 8);
   const std::vector<int32_t> logits_rows = {1, 2, 3, 7, 11, 4};  // runs and singles
   std::vector<float> all(sessions * V), some(logits_rows.size() * V);
+  int64_t penalised_draws = 0;
   for (int step = 0; step < 5; ++step) {
     ASSERT_TRUE((*model)->Step(**a, slots, tokens, all.data()).ok());
     std::vector<int32_t> next(sessions, -1);
+    const auto penalties = testing::RandomPenalties(sessions, V, rng);
     ASSERT_TRUE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(),
-                                        logits_rows, some.data()).ok());
+                                        logits_rows, some.data(), penalties).ok());
+    std::vector<float> penalised = all;
+    cpu::ApplyPenalties(penalised.data(), V, penalties.data(),
+                        static_cast<int64_t>(penalties.size()));
     for (int64_t i = 0; i < sessions; ++i) {
       const RowSampling& row = batch.sampling[i];
-      EXPECT_EQ(next[i], cpu::SampleWithDraw(&all[i * V], V, row.params, row.uniform))
+      EXPECT_EQ(next[i], cpu::SampleWithDraw(&penalised[i * V], V, row.params, row.uniform))
           << "session " << i << ", step " << step;
+      penalised_draws += next[i] != cpu::SampleWithDraw(&all[i * V], V, row.params, row.uniform);
     }
     for (size_t j = 0; j < logits_rows.size(); ++j) {
       EXPECT_EQ(0, std::memcmp(&some[j * V], &all[logits_rows[j] * V], V * sizeof(float)));
     }
     tokens = next;  // feed the drawn tokens on
   }
+  EXPECT_GT(penalised_draws, 0);  // the penalties moved some draws
   const int32_t bad_row = sessions;
   std::vector<int32_t> next(sessions);
   EXPECT_FALSE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(),
                                        {&bad_row, 1}, some.data()).ok());
+  const LogitPenalty bad_token{0, static_cast<int32_t>(V), 1.5f, 0, 0.0f, 0.0f};
+  EXPECT_FALSE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(), {},
+                                       some.data(), {&bad_token, 1}).ok());
 }
 
 TEST(Model, StateBytesAreFixedByTheConfig) {

@@ -31,6 +31,24 @@ TEST(TokenSampler, RepetitionPenaltyMovesGreedyOffASeenToken) {
   p.repetition_penalty = 1.5f;  // 3 / 1.5 = 2 < 2.5
   EXPECT_EQ(TokenSampler(p, {1}, 4).Sample(logits.data()).token, 2);
   EXPECT_EQ(TokenSampler(p, {0}, 4).Sample(logits.data()).token, 1);
+  // The output counts as seen: 3 → 2 after the first draw, under 2.5.
+  TokenSampler output(p, {}, 4);
+  EXPECT_EQ(output.Sample(logits.data()).token, 1);
+  EXPECT_EQ(output.Sample(logits.data()).token, 2);
+  // Both kinds on one token: 3 / 1.5 − (0.2 + 0.1 × 1) = 1.7, under 1.8.
+  std::vector<float> close = {1.8f, 3.0f};
+  p.presence_penalty = 0.2f;
+  p.frequency_penalty = 0.1f;
+  TokenSampler both(p, {}, 2);
+  EXPECT_EQ(both.Sample(close.data()).token, 1);
+  EXPECT_EQ(both.Sample(close.data()).token, 0);
+  // 3 / 1.5 − (0.1 + 0.1 × 1) = 1.8 stays above 1.75; − (0.1 + 0.1 × 2) = 1.7 does not.
+  p.presence_penalty = 0.1f;
+  std::vector<float> above = {1.75f, 3.0f};
+  TokenSampler still(p, {}, 2);
+  EXPECT_EQ(still.Sample(above.data()).token, 1);
+  EXPECT_EQ(still.Sample(above.data()).token, 1);
+  EXPECT_EQ(still.Sample(above.data()).token, 0);
 }
 
 TEST(TokenSampler, PresenceAndFrequencyPenaltiesCountTheOutput) {
@@ -82,38 +100,81 @@ TEST(TokenSampler, TheSameSeedGivesTheSameDraws) {
   EXPECT_GT(std::set<int32_t>(da.begin(), da.end()).size(), 5u);
 }
 
-// The engine draws plain rows on the backend (Draw before the step, the
-// backend's SampleRows, Accept after): the tokens must be those Sample picks
-// from the same logits and seed. Penalties and log-probabilities need the
-// whole row on the host.
+// The engine draws rows without log-probabilities on the backend (Draw
+// before the step, the penalties applied to the batch's logits, the backend's
+// SampleRows, Accept after): the tokens must be those Sample picks from the
+// same logits and seed, with every penalty. Log-probabilities need the whole
+// row on the host.
 TEST(TokenSampler, BatchedDrawsPickWhatSamplePicks) {
   const int64_t V = 300;
-  for (const auto& [temperature, top_k, top_p] :
-       {std::tuple{0.0f, 0, 1.0f}, std::tuple{0.8f, 0, 1.0f}, std::tuple{1.2f, 20, 0.9f}}) {
+  struct Case {
+    float temperature;
+    int32_t top_k;
+    float top_p, repetition, presence, frequency;
+  };
+  const Case cases[] = {{0.0f, 0, 1.0f, 1.0f, 0.0f, 0.0f}, {0.8f, 0, 1.0f, 1.0f, 0.0f, 0.0f},
+                        {1.2f, 20, 0.9f, 1.0f, 0.0f, 0.0f}, {0.0f, 0, 1.0f, 1.3f, 0.0f, 0.0f},
+                        {0.0f, 0, 1.0f, 1.0f, 0.4f, 0.2f}, {0.9f, 0, 0.95f, 1.2f, 0.3f, 0.1f},
+                        {0.7f, 40, 1.0f, 0.8f, -0.2f, 0.05f}};
+  for (int n = 0; n < 7; ++n) {
+    const Case& c = cases[n];
     GenerationParams p = Greedy();
-    p.sampling.temperature = temperature;
-    p.sampling.top_k = top_k;
-    p.sampling.top_p = top_p;
+    p.sampling.temperature = c.temperature;
+    p.sampling.top_k = c.top_k;
+    p.sampling.top_p = c.top_p;
+    p.repetition_penalty = c.repetition;
+    p.presence_penalty = c.presence;
+    p.frequency_penalty = c.frequency;
     p.seed = 9;
-    TokenSampler host(p, {}, V), batched(p, {}, V);
+    const std::vector<int32_t> prompt = {3, 17, 17, 250, 299, 0};
+    TokenSampler host(p, prompt, V), batched(p, prompt, V);
     EXPECT_FALSE(batched.needs_logits());
-    std::vector<float> logits(V);
+    // The request is row 1 of a batch of 3; the other rows' logits must not move.
+    std::vector<float> logits(V), batch(3 * V);
+    std::vector<int32_t> seen;
     for (int step = 0; step < 60; ++step) {
-      for (int64_t i = 0; i < V; ++i) logits[i] = std::sin(0.37f * i * (step + 1));
-      const RowSampling row = batched.Draw();
-      int32_t token = -1;
-      cpu::SampleRows(logits.data(), 1, V, &row, &token);
-      EXPECT_EQ(batched.Accept(token).token, host.Sample(logits.data()).token)
-          << "temperature " << temperature << ", step " << step;
+      // Peaked on a few ids, so that greedy draws repeat and the penalties bite.
+      for (int64_t i = 0; i < V; ++i) {
+        logits[i] = std::sin(0.37f * i * (step + 1)) + (i % 50 == 7 ? 0.8f : 0.0f);
+      }
+      for (int64_t i = 0; i < 3 * V; ++i) batch[i] = std::cos(0.11f * i);
+      std::copy(logits.begin(), logits.end(), batch.begin() + V);
+      const std::vector<float> before = batch;
+      RowSampling rows[3] = {};
+      rows[1] = batched.Draw();
+      std::vector<LogitPenalty> penalties;
+      batched.AppendPenalties(1, &penalties);
+      cpu::ApplyPenalties(batch.data(), V, penalties.data(), static_cast<int64_t>(penalties.size()));
+      for (int64_t i = 0; i < V; ++i) {
+        EXPECT_EQ(batch[i], before[i]);
+        EXPECT_EQ(batch[2 * V + i], before[2 * V + i]);
+      }
+      int32_t tokens[3] = {-1, -1, -1};
+      cpu::SampleRows(batch.data(), 3, V, rows, tokens);
+      const int32_t expected = host.Sample(logits.data()).token;
+      EXPECT_EQ(batched.Accept(tokens[1]).token, expected) << "case " << n << ", step " << step;
+      seen.push_back(expected);
+    }
+    if (c.repetition != 1.0f || c.presence != 0.0f || c.frequency != 0.0f) {
+      GenerationParams plain = p;
+      plain.repetition_penalty = 1.0f;
+      plain.presence_penalty = plain.frequency_penalty = 0.0f;
+      TokenSampler unpenalised(plain, prompt, V);
+      std::vector<int32_t> other;
+      for (int step = 0; step < 60; ++step) {
+        for (int64_t i = 0; i < V; ++i) {
+          logits[i] = std::sin(0.37f * i * (step + 1)) + (i % 50 == 7 ? 0.8f : 0.0f);
+        }
+        other.push_back(unpenalised.Sample(logits.data()).token);
+      }
+      EXPECT_NE(seen, other) << "the penalties changed no draw";
     }
   }
   for (auto set : std::vector<void (*)(GenerationParams&)>{
-           [](GenerationParams& q) { q.repetition_penalty = 1.1f; },
-           [](GenerationParams& q) { q.presence_penalty = 0.5f; },
-           [](GenerationParams& q) { q.frequency_penalty = 0.5f; },
            [](GenerationParams& q) { q.logprobs = true; },
            [](GenerationParams& q) { q.top_logprobs = 3; }}) {
     GenerationParams q = Greedy();
+    q.repetition_penalty = 1.1f;
     set(q);
     EXPECT_TRUE(TokenSampler(q, {}, V).needs_logits());
   }

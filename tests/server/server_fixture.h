@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "fwp/v1/fwp.grpc.pb.h"
+#include "kernels/device.h"
 #include "server/server.h"
 
 namespace fwp::server::testing {
@@ -31,6 +32,26 @@ inline ServerOptions TestOptions(const std::string& model_dir = DefaultModelDir(
   options.engine.slots = 16;
   return options;
 }
+
+// Why the backend FWP_TEST_BACKEND asks for cannot start here ("" when it
+// can, and always for the CPU).
+inline std::string TestBackendMissing() {
+  if (TestOptions().backend.rfind("cuda", 0) != 0) return "";
+  std::string why;
+  if (CudaDeviceCount(&why) == 0 || !CudaDeviceRunsThisBuild(0, &why)) return why;
+  return "";
+}
+
+// Skips every test of the binary, saying why, when FWP_TEST_BACKEND=cuda
+// finds no GPU to run on (each test would fail at its server's start).
+class TestBackendEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (const std::string why = TestBackendMissing(); !why.empty()) {
+      GTEST_SKIP() << "FWP_TEST_BACKEND=" << TestOptions().backend << ": " << why;
+    }
+  }
+};
 
 struct Running {
   std::unique_ptr<Server> server;

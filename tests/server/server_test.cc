@@ -24,6 +24,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
+[[maybe_unused]] ::testing::Environment* const kBackendEnvironment =
+    ::testing::AddGlobalTestEnvironment(new TestBackendEnvironment);
+
 // A fixed prompt from the Brown corpus' vocabulary.
 std::vector<int32_t> PromptIds(v1::Fwp::Stub& stub, const std::string& text) {
   grpc::ClientContext context;
@@ -153,10 +156,10 @@ TEST(ServerBatching, GreedyTokensAreTheSameAloneOrAmongTwoHundredFiftySixOthers)
   EXPECT_EQ(results[17].logprobs, alone.logprobs);  // bit for bit
 }
 
-// Rows without penalties or log-probabilities are drawn on the backend
-// (Model::StepAndSample), the others on the host from their logits; a seeded
-// sampled stream and a greedy one give the same tokens alone or in steps that
-// mix both kinds of rows.
+// Rows without log-probabilities are drawn on the backend, their penalties
+// applied there (Model::StepAndSample), the others on the host from their
+// logits; a seeded sampled stream, a penalised one and a greedy one give the
+// same tokens alone or in steps that mix both kinds of rows.
 TEST_F(ServerTest, DeviceDrawnStreamsAreTheSameAloneOrAmongMixedOthers) {
   const std::vector<int32_t> prompt = PromptIds(stub(), "The Fulton County Grand Jury said");
   auto sampled = [&] {
@@ -169,15 +172,30 @@ TEST_F(ServerTest, DeviceDrawnStreamsAreTheSameAloneOrAmongMixedOthers) {
   }();
   v1::GenerateRequest greedy = Greedy(prompt, 20);
   greedy.set_logprobs(false);
+  // Penalties apply on the backend too; with log-probabilities the row is
+  // drawn on the host instead, and must give the same tokens.
+  v1::GenerateRequest penalised = sampled;
+  penalised.mutable_sampling()->set_repetition_penalty(1.3f);
+  penalised.mutable_sampling()->set_presence_penalty(0.3f);
+  penalised.mutable_sampling()->set_frequency_penalty(0.2f);
+  v1::GenerateRequest penalised_on_host = penalised;
+  penalised_on_host.set_logprobs(true);
   const auto sampled_alone = Generate(stub(), sampled);
   const auto greedy_alone = Generate(stub(), greedy);
+  const auto penalised_alone = Generate(stub(), penalised);
+  const auto penalised_host = Generate(stub(), penalised_on_host);
   ASSERT_TRUE(sampled_alone.status.ok() && greedy_alone.status.ok());
+  ASSERT_TRUE(penalised_alone.status.ok() && penalised_host.status.ok());
+  EXPECT_EQ(penalised_alone.tokens, penalised_host.tokens);
+  EXPECT_NE(penalised_alone.tokens, sampled_alone.tokens);  // the penalties bite
   std::vector<Completion> results(32);
   std::vector<std::thread> threads;
   for (int i = 0; i < 32; ++i) {
     threads.emplace_back([&, i] {
       if (i == 5) return void(results[i] = Generate(stub(), sampled));
       if (i == 11) return void(results[i] = Generate(stub(), greedy));
+      if (i == 17) return void(results[i] = Generate(stub(), penalised));
+      if (i == 23) return void(results[i] = Generate(stub(), penalised_on_host));
       std::vector<int32_t> p = prompt;
       p.insert(p.begin(), static_cast<int32_t>(100 + i));
       v1::GenerateRequest r = Greedy(p, 16 + i % 7);
@@ -191,6 +209,8 @@ TEST_F(ServerTest, DeviceDrawnStreamsAreTheSameAloneOrAmongMixedOthers) {
   for (const auto& c : results) ASSERT_TRUE(c.status.ok()) << c.status.error_message();
   EXPECT_EQ(results[5].tokens, sampled_alone.tokens);
   EXPECT_EQ(results[11].tokens, greedy_alone.tokens);
+  EXPECT_EQ(results[17].tokens, penalised_alone.tokens);
+  EXPECT_EQ(results[23].tokens, penalised_alone.tokens);
   EXPECT_NE(sampled_alone.tokens, greedy_alone.tokens);  // the draw is not greedy
 }
 

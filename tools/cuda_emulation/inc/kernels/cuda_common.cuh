@@ -289,7 +289,17 @@ using std::min; using std::max;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 inline int cudaGetDevice(int* d) { *d = 0; return 0; }
-inline int cudaDeviceGetAttribute(int* v, int, int) { *v = (int)emu::g_shared_limit_bytes; return 0; }
+// The emulated device is an sm_90 (compute capability 9.0).
+constexpr int cudaDevAttrComputeCapabilityMajor = 75;
+constexpr int cudaDevAttrComputeCapabilityMinor = 76;
+inline int cudaDeviceGetAttribute(int* v, int attribute, int) {
+  *v = attribute == cudaDevAttrComputeCapabilityMajor   ? 9
+       : attribute == cudaDevAttrComputeCapabilityMinor ? 0
+                                                        : (int)emu::g_shared_limit_bytes;
+  return 0;
+}
+struct cudaFuncAttributes { int binaryVersion = 90, ptxVersion = 90; };
+template <typename K> int cudaFuncGetAttributes(cudaFuncAttributes* a, K) { *a = {}; return 0; }
 template <typename K> int cudaFuncSetAttribute(K k, int, int bytes) { emu::g_attr[(const void*)k] = bytes; return 0; }
 inline int cudaGetLastError() { return 0; }
 // Blocks run one at a time, so a kernel's static __shared__ arrays can be
