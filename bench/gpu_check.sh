@@ -101,6 +101,10 @@ bench() {
   part bench-server 120 "$bin/fwp-bench-server" --backend cuda --model models/default \
     --levels 1,16,64,256 --tokens 128
   tail -n 12 "$work/bench-server.txt" >> "$summary"
+  # Chat-like streams (fwp-chat's defaults): sampled, penalties on the device.
+  part bench-server-chat 90 "$bin/fwp-bench-server" --backend cuda --model models/default \
+    --levels 16,256 --tokens 64 --temperature 0.8 --top_p 0.95 --repetition_penalty 1.1
+  tail -n 3 "$work/bench-server-chat.txt" >> "$summary"
 }
 
 bench_cublas() {

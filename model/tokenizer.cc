@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
 
 namespace fwp {
 
@@ -93,6 +94,12 @@ bool SameVocabulary(const Tokenizer& a, const Tokenizer& b) {
     if (a.Piece(id) != b.Piece(id)) return false;
   }
   return true;
+}
+
+absl::StatusOr<bool> SameVocabularyFiles(const std::string& a, const std::string& b) {
+  FWP_ASSIGN_OR_RETURN(const auto first, Tokenizer::Load(a));
+  FWP_ASSIGN_OR_RETURN(const auto second, Tokenizer::Load(b));
+  return SameVocabulary(*first, *second);
 }
 
 }  // namespace fwp

@@ -44,6 +44,9 @@ class Tokenizer {
 // one read the same with the other. The files' bytes may still differ (a
 // model records how and where it was trained).
 bool SameVocabulary(const Tokenizer& a, const Tokenizer& b);
+// SameVocabulary of two tokenizer.model files (an error when one cannot be
+// loaded).
+absl::StatusOr<bool> SameVocabularyFiles(const std::string& a, const std::string& b);
 
 // Turns a stream of token ids into a stream of text without ever emitting
 // half a character: a multi-byte character whose bytes arrive in separate

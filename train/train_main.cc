@@ -254,11 +254,9 @@ static int Main(int argc, char** argv) {
     // Token files prepared again with another tokenizer would mean other pieces.
     if (std::filesystem::exists(out + "/tokenizer.model") &&
         std::filesystem::exists(data + "/tokenizer.model")) {
-      auto ours = fwp::Tokenizer::Load(data + "/tokenizer.model");
-      auto theirs = fwp::Tokenizer::Load(out + "/tokenizer.model");
-      if (!ours.ok()) return Fail(ours.status());
-      if (!theirs.ok()) return Fail(theirs.status());
-      if (!fwp::SameVocabulary(**ours, **theirs)) {
+      auto same = fwp::SameVocabularyFiles(data + "/tokenizer.model", out + "/tokenizer.model");
+      if (!same.ok()) return Fail(same.status());
+      if (!*same) {
         return Fail(absl::FailedPreconditionError(absl::StrCat(
             "--data ", data, " is no longer tokenized as ", out,
             " was trained: its tokenizer.model has other pieces")));
@@ -273,11 +271,9 @@ static int Main(int argc, char** argv) {
   // Fine-tuning on text tokenized otherwise would train the model on ids
   // that mean other pieces than they did.
   if (!init.empty() && std::filesystem::exists(init + "/tokenizer.model")) {
-    auto ours = fwp::Tokenizer::Load(data + "/tokenizer.model");
-    auto theirs = fwp::Tokenizer::Load(init + "/tokenizer.model");
-    if (!ours.ok()) return Fail(ours.status());
-    if (!theirs.ok()) return Fail(theirs.status());
-    if (!fwp::SameVocabulary(**ours, **theirs)) {
+    auto same = fwp::SameVocabularyFiles(data + "/tokenizer.model", init + "/tokenizer.model");
+    if (!same.ok()) return Fail(same.status());
+    if (!*same) {
       return Fail(absl::InvalidArgumentError(absl::StrCat(
           "--data ", data, " was tokenized otherwise than --init ", init,
           ": prepare it with fwp-prepare --tokenizer ", init, "/tokenizer.model")));
