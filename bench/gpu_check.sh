@@ -51,7 +51,8 @@ fi
 # `all` leaves a 560-s call's last 110 s for packing and what overruns; one part
 # alone has a 600-s call to itself.
 [ "$stage" = all ] && seconds=${ALL_SECONDS:-450} || seconds=${ALL_SECONDS:-570}
-deadline=$((SECONDS + seconds))
+deadline=$seconds  # from the script's start: unpacking counts
+worst=0
 summary=$work/summary.txt
 # part NAME SECONDS COMMAND...: runs COMMAND for at most SECONDS (fewer when
 # the deadline is nearer; not at all under 15 s), its output in $work/NAME.txt.
@@ -60,17 +61,24 @@ part() {
   shift 2
   if ((left < 15)); then
     echo "$name: not run, ${left} s left" | tee -a "$summary"
+    worst=$((worst > 1 ? worst : 1))
     return 1
   fi
   local cap=$((want < left ? want : left)) start=$SECONDS rc
   timeout -k 5 "$cap" "$@" > "$work/$name.txt" 2>&1
   rc=$?
+  ((rc > worst)) && worst=$rc
   echo "$name: rc $rc, $((SECONDS - start)) s (cap $cap s)$( ((rc == 124 || rc == 137)) && echo ', TIMED OUT')" \
     | tee -a "$summary"
   return $rc
 }
 # note TEXT...: a line of the summary.
 note() { echo "$*" | tee -a "$summary"; }
+# counts LOG: a gtest run's totals and the names of its failed tests.
+counts() {
+  grep -E '^\[  (PASSED|SKIPPED|FAILED) +\] [0-9]+ tests?' "$1" | tee -a "$summary"
+  grep -E '^\[  FAILED  \] [A-Za-z]' "$1" | sed 's/ ([0-9]* ms)$//' | sort -u | tee -a "$summary"
+}
 
 tests() {
   nvidia-smi > "$work/gpu.txt" 2>&1
@@ -78,16 +86,16 @@ tests() {
   # The CUDA half of the suite: every op against the CPU, the decode step,
   # the whole model, the sampler, training on the GPU.
   part tests 200 "$bin/fwp-tests" --gtest_filter='CudaOps*:Device*:*Gpu*'
-  grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$work/tests.txt" | sort | uniq -c | tee -a "$summary"
+  counts "$work/tests.txt"
   # A backend that cannot start skips every GPU test, and gtest calls that a pass.
   if grep -q '^\[  SKIPPED \]' "$work/tests.txt"; then
     note "gpu_check: GPU TESTS SKIPPED (no usable device?):"
-    grep -m 3 -A2 '^\[ RUN' "$work/tests.txt" | tee -a "$summary"
+    grep -m 1 -A2 '^\[ RUN' "$work/tests.txt" | tee -a "$summary"
   fi
   # fwp-server's own suite with the CUDA backend: batching exactness, the
   # host and disk tiers, the GPU sampler among host-drawn rows.
   part server-tests 150 env FWP_TEST_BACKEND=cuda "$bin/fwp-tests" --gtest_filter='Server*'
-  grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$work/server-tests.txt" | sort | uniq -c | tee -a "$summary"
+  counts "$work/server-tests.txt"
   # Without a device the whole binary skips at its set-up (one message, and
   # gtest still counts the tests as passed).
   if grep -q ': Skipped$' "$work/server-tests.txt"; then
@@ -146,7 +154,7 @@ sanitize() {
   # then shared-memory races in the fast-weight and sampler kernels.
   local sanitizer filter
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  filter='CudaOps.FastWeight*:CudaOps.SampleRows*:CudaOps.Embedding*:CudaOps.LayerNorm*:CudaOps.Feature*'
+  filter='CudaOps.FastWeight*:CudaOps.SampleRows*:CudaOps.Penalties*:CudaOps.Embedding*:CudaOps.LayerNorm*:CudaOps.Feature*'
   part memcheck "${1:-300}" "$sanitizer" --tool memcheck --error-exitcode 9 "$bin/fwp-tests" \
     --gtest_filter="$filter"
   tail -n 3 "$work/memcheck.txt" >> "$summary"
@@ -179,7 +187,8 @@ finish() {
   tar -C "$work" --exclude='*.safetensors' --exclude='*.bin' -czf "$out/logs.tar.gz" .
   cp "$summary" "$out/summary.txt"
   [ -f "$work/retrieval.csv" ] && cp "$work/retrieval.csv" "$out/retrieval.csv"
-  echo; echo "=== summary ($((SECONDS)) s) ==="; cat "$summary"
+  echo; echo "=== summary ($((SECONDS)) s; worst exit status of a part: $worst) ==="
+  cat "$summary"
 }
 
 if [ "$stage" != pack ]; then
@@ -230,3 +239,4 @@ case "$stage" in
     ;;
 esac
 finish
+exit $((worst > 255 ? 255 : worst))

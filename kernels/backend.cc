@@ -1,6 +1,7 @@
 #include "kernels/backend.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <new>
 
 #include "absl/strings/numbers.h"
@@ -11,9 +12,13 @@ namespace fwp {
 
 std::string ResolveBackendName(const std::string& name) {
   if (name != "auto") return name;
-  // A GPU the build has no code for (older than its architectures) is no
-  // GPU to use: the CPU serves.
-  return CudaDeviceCount(nullptr) > 0 && CudaDeviceRunsThisBuild(0, nullptr) ? "cuda" : "cpu";
+  if (CudaDeviceCount(nullptr) == 0) return "cpu";
+  // A GPU the build cannot run on (older than its architectures, or one
+  // that cannot start) is no GPU to use: the CPU serves, and says why.
+  std::string why;
+  if (CudaDeviceRunsThisBuild(0, &why)) return "cuda";
+  std::fprintf(stderr, "backend auto: %s; using the CPU\n", why.c_str());
+  return "cpu";
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& given) {

@@ -40,7 +40,13 @@ bool CudaDeviceRunsThisBuild(int device, std::string* why_not) {
     if (err == cudaSuccess) return true;
   }
   cudaGetLastError();
-  if (why_not) {
+  const bool no_code = err == cudaErrorNoKernelImageForDevice ||
+                       err == cudaErrorInvalidDeviceFunction ||
+                       err == cudaErrorUnsupportedPtxVersion;
+  if (why_not && !no_code) {  // a device that cannot start (busy, out of memory, ...)
+    *why_not = std::string("CUDA device ") + std::to_string(device) + ": " +
+               cudaGetErrorString(err);
+  } else if (why_not) {
     int major = 0, minor = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);

@@ -165,6 +165,8 @@ cp -r "$dir/data" "$dir/data2"
 "${train[@]}" --data "$dir/data2" --out "$dir/run3" --steps 2 --checkpoint_every 1 > /dev/null
 sed -i 's/"steps": 2/"steps": 4/' "$dir/run3/trainer.json"
 mv "$dir/data2" "$dir/data3"
+refuses "runs with data $dir/data2, which is gone: --data names its new place" \
+  "$bin/fwp-train" --backend cpu --out "$dir/run3" --resume
 cp "$dir/mine/tokenizer.model" "$dir/data3/"
 refuses "--data $dir/data3 is no longer tokenized as $dir/run3 was trained" \
   "$bin/fwp-train" --backend cpu --data "$dir/data3" --out "$dir/run3" --resume

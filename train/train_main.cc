@@ -244,16 +244,25 @@ static int Main(int argc, char** argv) {
     if (!run->data.empty()) {
       std::error_code error;
       const bool given = fwp::FlagGiven(fwp::UnderscoreFlagNames(argc, argv), "data");
-      if (!given || !std::filesystem::exists(run->data)) {
-        if (!given) data = run->data;
-      } else if (!std::filesystem::equivalent(data, run->data, error)) {
+      const bool gone = !std::filesystem::exists(run->data);
+      if (!given && gone) {
+        return Fail(absl::NotFoundError(absl::StrCat(
+            out, " runs with data ", run->data, ", which is gone: --data names its new place")));
+      }
+      if (!given) {
+        data = run->data;
+      } else if (!gone && !std::filesystem::equivalent(data, run->data, error)) {
         return Fail(absl::InvalidArgumentError(absl::StrCat(
             "--data cannot change on --resume: ", out, " runs with data ", run->data)));
       }
     }
-    // Token files prepared again with another tokenizer would mean other pieces.
-    if (std::filesystem::exists(out + "/tokenizer.model") &&
-        std::filesystem::exists(data + "/tokenizer.model")) {
+    // Token files prepared again with another tokenizer would mean other
+    // pieces; a directory that says nothing of its tokenizer cannot be checked.
+    if (std::filesystem::exists(out + "/tokenizer.model")) {
+      if (!std::filesystem::exists(data + "/tokenizer.model")) {
+        return Fail(absl::NotFoundError(absl::StrCat(
+            "--data ", data, " has no tokenizer.model to check against ", out, "'s")));
+      }
       auto same = fwp::SameVocabularyFiles(data + "/tokenizer.model", out + "/tokenizer.model");
       if (!same.ok()) return Fail(same.status());
       if (!*same) {

@@ -44,8 +44,9 @@ TEST(Backend, IsChosenByName) {
   if (!cuda.ok()) {
     EXPECT_EQ(cuda.status().code(), absl::StatusCode::kUnavailable);
   }
-  // auto: the GPU when one is usable, else the CPU, never an error.
-  const bool gpu = CudaDeviceCount(nullptr) > 0;
+  // auto: the GPU when one is usable (and runs this build), else the CPU,
+  // never an error.
+  const bool gpu = CudaDeviceCount(nullptr) > 0 && CudaDeviceRunsThisBuild(0, nullptr);
   EXPECT_EQ(ResolveBackendName("auto"), gpu ? "cuda" : "cpu");
   EXPECT_EQ(ResolveBackendName("cuda:1"), "cuda:1");
   auto automatic = MakeBackend("auto");

@@ -36,9 +36,14 @@ inline ServerOptions TestOptions(const std::string& model_dir = DefaultModelDir(
 // Why the backend FWP_TEST_BACKEND asks for cannot start here ("" when it
 // can, and always for the CPU).
 inline std::string TestBackendMissing() {
-  if (TestOptions().backend.rfind("cuda", 0) != 0) return "";
+  const std::string name = TestOptions().backend;
+  if (name.rfind("cuda", 0) != 0) return "";
+  const int device = name.size() > 5 ? std::atoi(name.c_str() + 5) : 0;  // cuda:N
   std::string why;
-  if (CudaDeviceCount(&why) == 0 || !CudaDeviceRunsThisBuild(0, &why)) return why;
+  const int count = CudaDeviceCount(&why);
+  if (count == 0) return why;
+  if (device >= count) return "CUDA device " + std::to_string(device) + " does not exist";
+  if (!CudaDeviceRunsThisBuild(device, &why)) return why;
   return "";
 }
 

@@ -290,6 +290,9 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 inline int cudaGetDevice(int* d) { *d = 0; return 0; }
 // The emulated device is an sm_90 (compute capability 9.0).
+constexpr int cudaErrorNoKernelImageForDevice = 209;
+constexpr int cudaErrorInvalidDeviceFunction = 98;
+constexpr int cudaErrorUnsupportedPtxVersion = 222;
 constexpr int cudaDevAttrComputeCapabilityMajor = 75;
 constexpr int cudaDevAttrComputeCapabilityMinor = 76;
 inline int cudaDeviceGetAttribute(int* v, int attribute, int) {
