@@ -78,35 +78,33 @@ float TokenLogprobOf(const float* logits, int64_t vocab, int32_t token) {
 TokenSampler::TokenSampler(const GenerationParams& params, absl::Span<const int32_t> prompt,
                            int64_t vocab)
     : params_(params), vocab_(vocab), rng_(params.seed), work_(vocab) {
+  counted_ = params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f;
+  if (params_.repetition_penalty != 1.0f || counted_) entry_of_.assign(vocab, -1);
   if (params_.repetition_penalty != 1.0f) {
-    seen_.assign(vocab, 0);
     for (int32_t t : prompt) {
-      if (t >= 0 && t < vocab && !seen_[t]) {
-        seen_[t] = 1;
-        seen_list_.push_back(t);
-      }
+      if (t >= 0 && t < vocab) Entry(t);
     }
   }
 }
 
 bool TokenSampler::needs_logits() const { return params_.logprobs || params_.top_logprobs > 0; }
 
-void TokenSampler::AppendPenalties(int32_t row, std::vector<LogitPenalty>* out) const {
-  const float presence = params_.presence_penalty, frequency = params_.frequency_penalty;
-  const auto count = [&](int32_t token) {
-    const auto it = output_counts_.find(token);
-    return it == output_counts_.end() ? 0 : it->second;
-  };
-  if (!seen_.empty()) {
-    // Every output token is seen too: the list holds them all.
-    for (int32_t token : seen_list_) {
-      out->push_back({row, token, params_.repetition_penalty, count(token), presence, frequency});
-    }
-  } else {
-    for (const auto& [token, n] : output_counts_) {
-      out->push_back({row, token, 1.0f, n, presence, frequency});
-    }
+LogitPenalty& TokenSampler::Entry(int32_t token) {
+  int32_t& at = entry_of_[token];
+  if (at < 0) {
+    at = static_cast<int32_t>(penalties_.size());
+    // Repetition applies to every listed token: with it on, the list is the
+    // seen tokens; with it off, the output's.
+    penalties_.push_back({0, token, params_.repetition_penalty, 0, params_.presence_penalty,
+                          params_.frequency_penalty});
   }
+  return penalties_[at];
+}
+
+void TokenSampler::AppendPenalties(int32_t row, std::vector<LogitPenalty>* out) const {
+  const size_t first = out->size();
+  out->insert(out->end(), penalties_.begin(), penalties_.end());
+  for (size_t i = first; i < out->size(); ++i) (*out)[i].row = row;
 }
 
 RowSampling TokenSampler::Draw() {
@@ -123,20 +121,14 @@ TokenSampler::Pick TokenSampler::Accept(int32_t token) {
 }
 
 void TokenSampler::Record(int32_t token) {
-  if (!seen_.empty() && !seen_[token]) {
-    seen_[token] = 1;
-    seen_list_.push_back(token);
-  }
-  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
-    ++output_counts_[token];
-  }
+  if (entry_of_.empty() || token < 0 || token >= vocab_) return;
+  LogitPenalty& entry = Entry(token);
+  if (counted_) ++entry.count;
 }
 
 TokenSampler::Pick TokenSampler::Sample(const float* logits) {
   const float* row = logits;
-  penalties_.clear();
-  AppendPenalties(0, &penalties_);
-  if (!penalties_.empty()) {
+  if (!penalties_.empty()) {  // as row 0 of a batch of one
     std::copy(logits, logits + vocab_, work_.begin());
     cpu::ApplyPenalties(work_.data(), vocab_, penalties_.data(),
                         static_cast<int64_t>(penalties_.size()));

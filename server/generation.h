@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -84,10 +83,12 @@ class TokenSampler {
   int64_t vocab_;
   Rng rng_;
   std::vector<float> work_;
-  std::vector<uint8_t> seen_;                  // in prompt or output (repetition)
-  std::vector<int32_t> seen_list_;             // the ids seen_ marks, in order
-  std::vector<LogitPenalty> penalties_;        // Sample's
-  std::unordered_map<int32_t, int32_t> output_counts_;
+  // The penalised tokens' entry, made on first sight, kept up to date (its
+  // count) as the output grows: the list the backend applies, as row 0.
+  LogitPenalty& Entry(int32_t token);
+  bool counted_ = false;                 // presence or frequency: count the output
+  std::vector<int32_t> entry_of_;        // [vocab]: index into penalties_, or −1
+  std::vector<LogitPenalty> penalties_;  // in order of first sight
 };
 
 // log-softmax of one row: log p(token) for `token`.
