@@ -219,13 +219,14 @@ void Training(fwp::Backend& gpu, const Ceilings& ceil) {
 // The sampler: next tokens for `rows` rows of a vocabulary of 8192 (the
 // default model's), greedy and top-p 0.9 at temperature 1, on the GPU (only
 // tokens come back) and on this machine's CPU backend (from host logits), per
-// decode step.
+// decode step; and the penalties of chat requests (700 seen tokens a row,
+// uploaded each step) applied before the draw.
 void Sampler(fwp::Backend& gpu) {
   const int64_t vocab = 8192;
   auto cpu = fwp::MakeCpuBackend();
   std::printf("\nsampler: vocabulary %lld, per step\n", (long long)vocab);
-  std::printf("%6s | %12s %12s | %12s %12s\n", "rows", "greedy GPU", "greedy CPU", "top-p GPU",
-              "top-p CPU");
+  std::printf("%6s | %12s %12s | %12s %12s | %14s %14s\n", "rows", "greedy GPU", "greedy CPU",
+              "top-p GPU", "top-p CPU", "penalties GPU", "penalties CPU");
   fwp::Rng rng(5);
   for (int64_t rows : {1, 64, 256}) {
     const auto batch = fwp::bench::MakeSamplerBatch(rows, vocab, rng);
@@ -234,9 +235,16 @@ void Sampler(fwp::Backend& gpu) {
     auto time = [&](fwp::Backend& b, const float* l, const std::vector<fwp::RowSampling>& s) {
       return fwp::bench::TimeSampleRows(b, l, vocab, s, 0.5) * 1e6;
     };
-    std::printf("%6lld | %10.1fus %10.1fus | %10.1fus %10.1fus\n", (long long)rows,
-                time(gpu, logits->f32(), batch.greedy), time(*cpu, batch.logits.data(), batch.greedy),
-                time(gpu, logits->f32(), batch.top_p), time(*cpu, batch.logits.data(), batch.top_p));
+    const auto penalties = fwp::bench::MakeChatPenalties(rows, vocab, 700, rng);
+    std::vector<float> host = batch.logits;
+    const double greedy_gpu = time(gpu, logits->f32(), batch.greedy);
+    const double greedy_cpu = time(*cpu, batch.logits.data(), batch.greedy);
+    const double top_p_gpu = time(gpu, logits->f32(), batch.top_p);
+    const double top_p_cpu = time(*cpu, batch.logits.data(), batch.top_p);
+    std::printf("%6lld | %10.1fus %10.1fus | %10.1fus %10.1fus | %12.1fus %12.1fus\n",
+                (long long)rows, greedy_gpu, greedy_cpu, top_p_gpu, top_p_cpu,
+                fwp::bench::TimeApplyPenalties(gpu, logits->f32(), vocab, penalties, 0.5) * 1e6,
+                fwp::bench::TimeApplyPenalties(*cpu, host.data(), vocab, penalties, 0.5) * 1e6);
   }
 }
 

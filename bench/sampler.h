@@ -45,4 +45,30 @@ inline double TimeSampleRows(Backend& backend, const float* logits, int64_t voca
   });
 }
 
+// Penalties as a chat request carries them: `per_row` distinct seen tokens
+// (a long prompt's) under repetition 1.1, a few of them also in the output.
+inline std::vector<LogitPenalty> MakeChatPenalties(int64_t rows, int64_t vocab, int64_t per_row,
+                                                   Rng& rng) {
+  std::vector<LogitPenalty> out;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t start = static_cast<int64_t>(rng.Next() % vocab);
+    for (int64_t i = 0; i < per_row; ++i) {
+      out.push_back({static_cast<int32_t>(r), static_cast<int32_t>((start + i * 7) % vocab), 1.1f,
+                     i % 10 == 0 ? 1 : 0, 0.0f, 0.0f});
+    }
+  }
+  return out;
+}
+
+// Seconds per ApplyPenalties call over `logits` (backend memory, changed).
+inline double TimeApplyPenalties(Backend& backend, float* logits, int64_t vocab,
+                                 const std::vector<LogitPenalty>& penalties, double seconds) {
+  return TimePerCall(seconds, [&] {
+    if (!backend.ApplyPenalties(logits, vocab, penalties.data(),
+                                static_cast<int64_t>(penalties.size())).ok()) {
+      std::abort();
+    }
+  }, &backend);
+}
+
 }  // namespace fwp::bench
