@@ -11,6 +11,7 @@
 #include "kernels/cuda_common.cuh"  // the emulation's: emu::g_device_bytes
 #include "model/model.h"
 #include "tests/reference.h"
+#include "tests/sized_config.h"
 
 namespace fwp {
 namespace {
@@ -31,13 +32,7 @@ class FullDevice {
 TEST(EmulatedDevice, StepAndSampleDrawsOnTheHostWhenTheDeviceIsFull) {
   auto gpu = MakeCudaBackend(0);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  Config c;
-  c.vocab_size = 8192;
-  c.d_model = 32;
-  c.n_layers = 1;
-  c.n_heads = 2;
-  c.d_head = 16;
-  c.d_ff = 64;
+  const Config c = testing::SizedConfig(8192, 32, 1, 2, 16, 64);
   auto model = Model::Create(**gpu, c, RandomWeights(c, 5, 0.5f));
   ASSERT_TRUE(model.ok()) << model.status();
   const int64_t V = c.vocab_size, n = 16;

@@ -15,6 +15,7 @@
 #include "kernels/cross_entropy.h"
 #include "model/model.h"
 #include "tests/reference.h"
+#include "tests/sized_config.h"
 
 namespace fwp {
 namespace {
@@ -484,13 +485,7 @@ TEST_F(CudaOps, SoftmaxCrossEntropyAndAdamW) {
 }
 
 TEST_F(CudaOps, TheWholeModelAgreesWithTheCpuModelInEveryForm) {
-  Config c;
-  c.vocab_size = 512;
-  c.d_model = 128;
-  c.n_layers = 3;
-  c.n_heads = 4;
-  c.d_head = 32;
-  c.d_ff = 256;
+  Config c = testing::SizedConfig(512, 128, 3, 4, 32, 256);
   c.positions = Positions::kSinusoidal;
   const HostWeights weights = RandomWeights(c, 11, 0.1f);
   auto cpu_model = Model::Create(*cpu_, c, weights);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "model/weights.h"
+#include "tests/sized_config.h"
 
 namespace fwp {
 namespace {
@@ -122,16 +123,7 @@ TEST(Safetensors, RefusesEachKindOfCorruptionWithItsMessage) {
             std::string::npos);
 }
 
-Config TinyConfig() {
-  Config c;
-  c.vocab_size = 11;
-  c.d_model = 8;
-  c.n_layers = 1;
-  c.n_heads = 2;
-  c.d_head = 4;
-  c.d_ff = 16;
-  return c;
-}
+Config TinyConfig() { return testing::SizedConfig(11, 8, 1, 2, 4, 16); }
 
 TEST(Safetensors, WeightsAreCheckedAgainstTheConfig) {
   const Config config = TinyConfig();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/random.h"
+#include "tests/sized_config.h"
 
 namespace fwp {
 namespace {
@@ -23,13 +24,7 @@ TEST(LearningRate, WarmsUpLinearlyThenDecaysOnACosine) {
 
 // Memorises one batch of random tokens: the loss must fall from ln(vocab).
 void OverfitOneBatch(Backend& backend) {
-  Config c;
-  c.vocab_size = 32;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.d_head = 16;
-  c.d_ff = 64;
+  const Config c = testing::SizedConfig(32, 32, 2, 2, 16, 64);
   auto model = Model::Create(backend, c, RandomWeights(c, 1));
   ASSERT_TRUE(model.ok()) << model.status();
   OptimizerConfig oc;

@@ -11,20 +11,12 @@
 #include "model/model_dir.h"
 #include "model/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "tests/sized_config.h"
 
 namespace fwp {
 namespace {
 
-Config TinyConfig() {
-  Config c;
-  c.vocab_size = 40;
-  c.d_model = 16;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.d_head = 8;
-  c.d_ff = 32;
-  return c;
-}
+Config TinyConfig() { return testing::SizedConfig(40, 16, 2, 2, 8, 32); }
 
 // A token stream with structure to learn: a repeating pattern plus noise.
 TokenFile Stream(int64_t n, uint64_t seed) {
