@@ -98,9 +98,9 @@ void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t 
                 const RowSampling* sampling, const int32_t* work, int64_t sampled_rows,
                 int32_t* tokens, void* scratch);
 
-// Each penalty (a host array, each (row, token) once) applied to its logit
-// of logits [rows, vocab] (device), in place; scratch: n × LogitPenalty of
-// device memory.
+// Each penalty (a host array of n ≥ 1, each (row, token) once) applied to
+// its logit of logits [rows, vocab] (device), in place; scratch: n ×
+// LogitPenalty of device memory.
 void ApplyPenalties(cudaStream_t stream, float* logits, int64_t vocab,
                     const LogitPenalty* penalties, int64_t n, void* scratch);
 

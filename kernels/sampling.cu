@@ -225,7 +225,6 @@ __global__ void PenaltyKernel(float* logits, int64_t vocab, const LogitPenalty* 
 
 void ApplyPenalties(cudaStream_t stream, float* logits, int64_t vocab,
                     const LogitPenalty* penalties, int64_t n, void* scratch) {
-  if (n == 0) return;
   auto* device = static_cast<LogitPenalty*>(scratch);
   FWP_CUDA_CHECK("penalties", cudaMemcpyAsync(device, penalties, n * sizeof(LogitPenalty),
                                               cudaMemcpyHostToDevice, stream));

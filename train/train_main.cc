@@ -233,8 +233,6 @@ static int Main(int argc, char** argv) {
     }
   }
   std::string data = absl::GetFlag(FLAGS_data);
-  // Recorded absolute, so that --resume from another directory finds it.
-  tc.data = std::filesystem::absolute(data).lexically_normal().string();
   if (resume) {
     // The run reads the token files it was trained on: the --data recorded
     // in trainer.json (runs from before it was recorded take the flag), or
@@ -272,6 +270,8 @@ static int Main(int argc, char** argv) {
       }
     }
   }
+  // Recorded absolute, so that --resume from another directory finds it.
+  tc.data = std::filesystem::absolute(data).lexically_normal().string();
   // A new run copies the tokenizer into every checkpoint: missing, it
   // would fail only at the first one, after the training time is spent.
   if (!resume && !std::filesystem::is_regular_file(data + "/tokenizer.model")) {
@@ -300,7 +300,7 @@ static int Main(int argc, char** argv) {
   std::unique_ptr<fwp::Trainer> trainer;
   if (resume) {
     auto t = fwp::Trainer::Resume(*backend, out, std::move(*train), std::move(*valid), steps,
-                                  std::filesystem::absolute(data).lexically_normal().string());
+                                  tc.data);
     if (!t.ok()) return Fail(t.status());
     trainer = std::move(*t);
     if (auto s = CheckNoFixedFlags(fwp::UnderscoreFlagNames(argc, argv), trainer->config(), out); !s.ok()) return Fail(s);

@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "fwp/v1/fwp.grpc.pb.h"
-#include "kernels/device.h"
+#include "kernels/backend.h"
 #include "server/server.h"
 
 namespace fwp::server::testing {
@@ -34,17 +34,10 @@ inline ServerOptions TestOptions(const std::string& model_dir = DefaultModelDir(
 }
 
 // Why the backend FWP_TEST_BACKEND asks for cannot start here ("" when it
-// can, and always for the CPU).
+// can): the very check each test's server start makes.
 inline std::string TestBackendMissing() {
-  const std::string name = TestOptions().backend;
-  if (name.rfind("cuda", 0) != 0) return "";
-  const int device = name.size() > 5 ? std::atoi(name.c_str() + 5) : 0;  // cuda:N
-  std::string why;
-  const int count = CudaDeviceCount(&why);
-  if (count == 0) return why;
-  if (device >= count) return "CUDA device " + std::to_string(device) + " does not exist";
-  if (!CudaDeviceRunsThisBuild(device, &why)) return why;
-  return "";
+  auto backend = MakeBackend(TestOptions().backend);
+  return backend.ok() ? "" : std::string(backend.status().message());
 }
 
 // Skips every test of the binary, saying why, when FWP_TEST_BACKEND=cuda
