@@ -1,9 +1,11 @@
 // fwp-bench-cpu: CPU figures for the foundation.
 //   1. matmul GFLOP/s of our batch-invariant kernel beside OpenBLAS sgemm (the
 //      ceiling a BLAS reaches on this machine) at decode and prefill shapes;
-//   2. the recurrent step's tokens/s at batch 1 and 16 on a ~5M-parameter
+//   2. the recurrent step's tokens/s at batch 1, 16, 64 and 256 on a ~5M-parameter
 //      config, with the state bytes per session;
-//   3. prefill tokens/s (chunked-parallel form) for a 512-token prompt.
+//   3. prefill tokens/s (chunked-parallel form) for a 512-token prompt;
+//   4. fwp-train's step, the sampler's draws and penalties, and the thread
+//      pool's fork-join price.
 //
 //   build/bin/fwp-bench-cpu [--seconds 2]
 #include <cblas.h>
@@ -21,10 +23,11 @@
 #include "cli/flags.h"
 #include "kernels/matmul.h"
 #include "kernels/random.h"
+#include "kernels/thread_pool.h"
 #include "model/model.h"
 
 ABSL_FLAG(double, seconds, 2.0, "minimum time per measurement");
-ABSL_FLAG(std::string, tables, "matmul,model,training,sampler", "which tables to print");
+ABSL_FLAG(std::string, tables, "matmul,model,training,sampler,pool", "which tables to print");
 ABSL_FLAG(std::string, train_config, "models/default.json", "model config of the training measurement");
 
 namespace {
@@ -90,7 +93,7 @@ void ModelTable() {
               (long long)config.Attention().DPhi());
   std::printf("state per session: %lld bytes\n", (long long)fwp::StateLayout::For(config).SlotBytes());
   std::printf("%-28s %8s %12s %14s\n", "recurrent step", "batch", "tokens/s", "ms/step");
-  for (int batch : {1, 16}) {
+  for (int batch : {1, 16, 64, 256}) {
     auto pool = (*model)->NewStatePool(batch);
     std::vector<int32_t> slots(batch), tokens(batch);
     for (int i = 0; i < batch; ++i) {
@@ -157,11 +160,46 @@ void SamplerTable() {
   }
 }
 
+// The fork-join pool's price: one ParallelFor of 16 busy tasks after a gap of
+// serial work, with the pool's polling (FWP_CPU_SPIN_US, as CpuThreadPool) and
+// with none (spin 0: every call wakes sleeping threads), against the ideal
+// (the tasks' time divided among the threads).
+void PoolTable() {
+  const int threads = fwp::CpuThreadPool().threads();
+  fwp::ThreadPool polling(threads, fwp::CpuThreadPool().spin());
+  fwp::ThreadPool sleeping(threads, std::chrono::microseconds(0));
+  auto busy = [](std::chrono::microseconds d) {
+    const auto until = std::chrono::steady_clock::now() + d;
+    while (std::chrono::steady_clock::now() < until) {
+    }
+  };
+  std::printf("\nthread pool, %d threads: us per ParallelFor of 16 tasks\n%8s %6s %8s %14s %10s\n",
+              threads, "task us", "gap us", "ideal", "polling", "sleeping");
+  for (int task : {2, 10}) {
+    for (int gap : {0, 50}) {
+      std::printf("%8d %6d %8.1f", task, gap, 16.0 * task / threads);
+      for (fwp::ThreadPool* pool : {&polling, &sleeping}) {
+        const int calls = static_cast<int>(absl::GetFlag(FLAGS_seconds) * 1e6 / 4 / (8 * task + gap)) + 1;
+        double total = 0.0;
+        for (int c = 0; c < calls; ++c) {
+          busy(std::chrono::microseconds(gap));
+          const auto t0 = std::chrono::steady_clock::now();
+          pool->ParallelFor(16, [&](int64_t) { busy(std::chrono::microseconds(task)); });
+          total += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+        }
+        std::printf(pool == &polling ? " %8.1f (%3d)" : " %10.1f", total / calls,
+                    static_cast<int>(pool->spin().count()));
+      }
+      std::printf("\n");
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   fwp::ParseFlags(argc, argv,
-      "CPU figures (matmul, decode, prefill, training, sampler)\n"
+      "CPU figures (matmul, decode, prefill, training, sampler, thread pool)\n"
       "\n"
       "  fwp-bench-cpu [--seconds 2] [--tables ...]");
   const std::string tables = absl::GetFlag(FLAGS_tables);
@@ -177,5 +215,6 @@ int main(int argc, char** argv) {
   if (wanted("model")) ModelTable();
   if (wanted("training")) TrainingRow();
   if (wanted("sampler")) SamplerTable();
+  if (wanted("pool")) PoolTable();
   return 0;
 }

@@ -39,6 +39,9 @@ struct GenericIsa {
   static float Reduce(V v) {
     return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
   }
+  static void Reduce4(const V* v, float* out) {
+    for (int s = 0; s < 4; ++s) out[s] = Reduce(v[s]);
+  }
   static float MaddScalar(float acc, float a, float b) { return acc + a * b; }
 };
 

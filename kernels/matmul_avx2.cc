@@ -20,6 +20,15 @@ struct Avx2Isa {
     _mm256_store_ps(l, v);
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
   }
+  // Reduce's tree for four vectors in three horizontal adds and one add:
+  // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7], so
+  // lane s of the second round's low half is (l0+l1)+(l2+l3) of v[s] and of
+  // its high half (l4+l5)+(l6+l7); the last add joins them.
+  static void Reduce4(const V* v, float* out) {
+    const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(pairs),
+                                  _mm256_extractf128_ps(pairs, 1)));
+  }
   static float MaddScalar(float acc, float a, float b) { return std::fma(a, b, acc); }
 };
 

@@ -14,7 +14,8 @@
 namespace fwp::cpu::matmul_internal {
 
 // Isa provides: V, Zero(), Load(p), Madd(acc, a, b) = acc + a·b per lane,
-// Reduce(v) (fixed tree), MaddScalar(acc, a, b).
+// Reduce(v) (fixed tree), Reduce4(v, out) (out[s] = Reduce(v[s]) for four
+// vectors at once, to the same bits), MaddScalar(acc, a, b).
 template <class Isa, int RA, int RB>
 inline __attribute__((always_inline)) void Tile(const float* a, const float* b,
                                                 const float* bias, float* c, int64_t n,
@@ -33,8 +34,14 @@ inline __attribute__((always_inline)) void Tile(const float* a, const float* b,
     }
   }
   for (int r = 0; r < RA; ++r) {
+    float dots[RB];
+    if constexpr (RB == 4) {
+      Isa::Reduce4(acc[r], dots);
+    } else {
+      for (int s = 0; s < RB; ++s) dots[s] = Isa::Reduce(acc[r][s]);
+    }
     for (int s = 0; s < RB; ++s) {
-      float dot = Isa::Reduce(acc[r][s]);
+      float dot = dots[s];
       for (int64_t q = p; q < k; ++q) dot = Isa::MaddScalar(dot, a[r * k + q], b[s * k + q]);
       if (bias != nullptr) dot += bias[s];
       float& out = c[r * n + s];

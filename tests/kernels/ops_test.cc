@@ -51,19 +51,27 @@ TEST(Matmul, MatchesFloat64WithAndWithoutBiasAndAccumulation) {
 TEST(Matmul, EachRowIsBitIdenticalWhateverTheNumberOfRows) {
   // k not a multiple of 8 and n not of 4 exercise every tail; m = 67 spans
   // several row blocks, thread tasks and both tile heights.
+  // k = 256 takes the four-column reduction with no k tail; both k, with and
+  // without accumulation, against every tile height.
   Rng rng(9);
-  const int64_t m = 67, n = 1029, k = 261;
-  const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng);
-  const auto bias = RandomVector(n, rng);
-  std::vector<float> all(m * n);
-  cpu::Matmul(a.data(), b.data(), bias.data(), all.data(), m, n, k, false);
-  for (int64_t start : {0, 1, 2, 5, 31, 66}) {
-    for (int64_t rows : {1, 2, 3, 16}) {
-      if (start + rows > m) continue;
-      std::vector<float> some(rows * n);
-      cpu::Matmul(a.data() + start * k, b.data(), bias.data(), some.data(), rows, n, k, false);
-      ASSERT_EQ(0, std::memcmp(some.data(), all.data() + start * n, rows * n * sizeof(float)))
-          << "rows " << start << ".." << start + rows;
+  const int64_t m = 67, n = 1029;
+  for (int64_t k : {261, 256}) {
+    for (bool accumulate : {false, true}) {
+      const auto a = RandomVector(m * k, rng), b = RandomVector(n * k, rng);
+      const auto bias = RandomVector(n, rng), c0 = RandomVector(m * n, rng);
+      std::vector<float> all = c0;
+      cpu::Matmul(a.data(), b.data(), bias.data(), all.data(), m, n, k, accumulate);
+      for (int64_t start : {0, 1, 2, 5, 31, 66}) {
+        for (int64_t rows : {1, 2, 3, 4, 7, 16}) {
+          if (start + rows > m) continue;
+          std::vector<float> some(c0.begin() + start * n, c0.begin() + (start + rows) * n);
+          cpu::Matmul(a.data() + start * k, b.data(), bias.data(), some.data(), rows, n, k,
+                      accumulate);
+          ASSERT_EQ(0, std::memcmp(some.data(), all.data() + start * n, rows * n * sizeof(float)))
+              << "k " << k << (accumulate ? " accumulating" : "") << ", rows " << start << ".."
+              << start + rows;
+        }
+      }
     }
   }
 }

@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <vector>
 
 namespace fwp {
@@ -18,6 +22,35 @@ TEST(ThreadPool, RunsEveryIndexExactlyOnceAcrossManyCalls) {
       pool.ParallelFor(n, [&](int64_t i) { hits[i].fetch_add(1); });
       for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "call " << call;
     }
+  }
+}
+
+// Workers that poll (back-to-back calls), that sleep at once (spin 0), and
+// that fall asleep between calls (gaps longer than the polling time) all
+// take part and lose no call: a lost wake-up would hang here.
+TEST(ThreadPool, WorkersTakePartWhetherTheyPollOrSleep) {
+  using std::chrono::microseconds;
+  for (auto [spin, gap] : {std::pair{microseconds(200), microseconds(0)},
+                           {microseconds(0), microseconds(2000)},
+                           {microseconds(50), microseconds(2000)}}) {
+    ThreadPool pool(3, spin);
+    EXPECT_EQ(pool.spin(), spin);
+    std::mutex mutex;
+    std::set<std::thread::id> ran_on;
+    for (int call = 0; call < 40; ++call) {
+      std::this_thread::sleep_for(gap);
+      std::vector<std::atomic<int>> hits(6);
+      pool.ParallelFor(6, [&](int64_t i) {
+        hits[i].fetch_add(1);
+        if (call == 0) {  // sleeping tasks leave the cores to the workers
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          std::lock_guard<std::mutex> lock(mutex);
+          ran_on.insert(std::this_thread::get_id());
+        }
+      });
+      for (int i = 0; i < 6; ++i) ASSERT_EQ(hits[i].load(), 1) << "spin " << spin.count();
+    }
+    EXPECT_GE(ran_on.size(), 2u) << "spin " << spin.count() << ": only the caller ran tasks";
   }
 }
 
