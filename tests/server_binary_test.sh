@@ -21,7 +21,11 @@ again=$("$generate" --address "$addr" --prompt "The jury said" --max_tokens 12 2
 
 lines=$("$generate" --address "$addr" --prompt "The jury said" --max_tokens 5 --json --logprobs \
   --keep_session 2> "$dir/usage")
-[ "$(echo "$lines" | wc -l)" -ge 5 ] || fail "expected ≥ 5 JSON lines: $lines"
+# A message carries every token ready when it is written, so the 5 tokens come
+# in 1 to 5 lines, each token with its log-probability.
+ids=$(echo "$lines" | grep -o '"token_ids":\[[0-9,]*\]' | grep -o '[0-9][0-9]*' | wc -l)
+logprobs=$(echo "$lines" | grep -o '"logprob":' | wc -l)
+[ "$ids" -eq 5 ] && [ "$logprobs" -eq 5 ] || fail "expected 5 token ids with log-probabilities: $lines"
 echo "$lines" | tail -1 | grep -q '"finish_reason":"length"' || fail "last line: $(echo "$lines" | tail -1)"
 session=$(echo "$lines" | head -1 | sed -n 's/.*"session_id":"\([0-9a-f]*\)".*/\1/p')
 [ ${#session} -eq 32 ] || fail "no session id in: $(echo "$lines" | head -1)"
