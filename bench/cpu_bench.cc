@@ -138,13 +138,13 @@ void TrainingRow() {
 
 // The sampler on the CPU backend: one decode step's draws over the default
 // model's vocabulary (8192), and the penalties of chat requests (700 seen
-// tokens a row) applied before them.
+// tokens a row) applied before them, from their lists and from the table.
 void SamplerTable() {
   const int64_t vocab = 8192;
   auto cpu = fwp::MakeCpuBackend();
   fwp::Rng rng(5);
-  std::printf("\nsampler, vocabulary %lld: us per step\n%6s %10s %10s %12s %10s\n",
-              (long long)vocab, "rows", "greedy", "top-p 0.9", "temperature", "penalties");
+  std::printf("\nsampler, vocabulary %lld: us per step\n%6s %10s %10s %12s %10s %8s\n",
+              (long long)vocab, "rows", "greedy", "top-p 0.9", "temperature", "penalties", "table");
   for (int64_t rows : {1, 16, 64}) {
     const auto b = fwp::bench::MakeSamplerBatch(rows, vocab, rng);
     const auto penalties = fwp::bench::MakeChatPenalties(rows, vocab, 700, rng);
@@ -154,9 +154,12 @@ void SamplerTable() {
     const double top_p = fwp::bench::TimeSampleRows(*cpu, b.logits.data(), vocab, b.top_p, s);
     const double temperature =
         fwp::bench::TimeSampleRows(*cpu, b.logits.data(), vocab, b.temperature, s);
-    std::printf("%6lld %10.1f %10.1f %12.1f %10.1f\n", (long long)rows, greedy * 1e6, top_p * 1e6,
-                temperature * 1e6,
-                fwp::bench::TimeApplyPenalties(*cpu, logits.data(), vocab, penalties, s) * 1e6);
+    auto table = fwp::bench::MakeChatPenaltyTable(rows, vocab, penalties);
+    std::printf("%6lld %10.1f %10.1f %12.1f %10.1f %8.1f\n", (long long)rows, greedy * 1e6,
+                top_p * 1e6, temperature * 1e6,
+                fwp::bench::TimeApplyPenalties(*cpu, logits.data(), vocab, penalties, s) * 1e6,
+                fwp::bench::TimeApplyPenaltyRows(*cpu, logits.data(), vocab, table.table.data(),
+                                                 table, s) * 1e6);
   }
 }
 

@@ -219,14 +219,16 @@ void Training(fwp::Backend& gpu, const Ceilings& ceil) {
 // The sampler: next tokens for `rows` rows of a vocabulary of 8192 (the
 // default model's), greedy and top-p 0.9 at temperature 1, on the GPU (only
 // tokens come back) and on this machine's CPU backend (from host logits), per
-// decode step; and the penalties of chat requests (700 seen tokens a row,
-// uploaded each step) applied before the draw.
+// decode step; and the penalties of chat requests (700 seen tokens a row)
+// applied before the draw, from lists uploaded each step and from the
+// penalty table (an entry a row sent each step).
 void Sampler(fwp::Backend& gpu) {
   const int64_t vocab = 8192;
   auto cpu = fwp::MakeCpuBackend();
   std::printf("\nsampler: vocabulary %lld, per step\n", (long long)vocab);
-  std::printf("%6s | %12s %12s | %12s %12s | %14s %14s\n", "rows", "greedy GPU", "greedy CPU",
-              "top-p GPU", "top-p CPU", "penalties GPU", "penalties CPU");
+  std::printf("%6s | %12s %12s | %12s %12s | %14s %14s | %12s %12s\n", "rows", "greedy GPU",
+              "greedy CPU", "top-p GPU", "top-p CPU", "penalties GPU", "penalties CPU",
+              "table GPU", "table CPU");
   fwp::Rng rng(5);
   for (int64_t rows : {1, 64, 256}) {
     const auto batch = fwp::bench::MakeSamplerBatch(rows, vocab, rng);
@@ -241,10 +243,21 @@ void Sampler(fwp::Backend& gpu) {
     const double greedy_cpu = time(*cpu, batch.logits.data(), batch.greedy);
     const double top_p_gpu = time(gpu, logits->f32(), batch.top_p);
     const double top_p_cpu = time(*cpu, batch.logits.data(), batch.top_p);
-    std::printf("%6lld | %10.1fus %10.1fus | %10.1fus %10.1fus | %12.1fus %12.1fus\n",
+    auto table = fwp::bench::MakeChatPenaltyTable(rows, vocab, penalties);
+    auto device_table = fwp::Buffer::Allocate(gpu, table.table.size() * sizeof(int32_t));
+    gpu.CopyToDevice(device_table->data(), table.table.data(),
+                     table.table.size() * sizeof(int32_t));
+    auto* gpu_table = static_cast<int32_t*>(device_table->data());
+    const double table_gpu =
+        fwp::bench::TimeApplyPenaltyRows(gpu, logits->f32(), vocab, gpu_table, table, 0.5);
+    const double table_cpu =
+        fwp::bench::TimeApplyPenaltyRows(*cpu, host.data(), vocab, table.table.data(), table, 0.5);
+    std::printf("%6lld | %10.1fus %10.1fus | %10.1fus %10.1fus | %12.1fus %12.1fus |"
+                " %10.1fus %10.1fus\n",
                 (long long)rows, greedy_gpu, greedy_cpu, top_p_gpu, top_p_cpu,
                 fwp::bench::TimeApplyPenalties(gpu, logits->f32(), vocab, penalties, 0.5) * 1e6,
-                fwp::bench::TimeApplyPenalties(*cpu, host.data(), vocab, penalties, 0.5) * 1e6);
+                fwp::bench::TimeApplyPenalties(*cpu, host.data(), vocab, penalties, 0.5) * 1e6,
+                table_gpu * 1e6, table_cpu * 1e6);
   }
 }
 

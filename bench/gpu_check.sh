@@ -154,7 +154,7 @@ sanitize() {
   # then shared-memory races in the fast-weight and sampler kernels.
   local sanitizer filter
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  filter='CudaOps.FastWeight*:CudaOps.SampleRows*:CudaOps.Penalties*:CudaOps.Embedding*:CudaOps.LayerNorm*:CudaOps.Feature*'
+  filter='CudaOps.FastWeight*:CudaOps.SampleRows*:CudaOps.Penalt*:CudaOps.Embedding*:CudaOps.LayerNorm*:CudaOps.Feature*'
   part memcheck "${1:-300}" "$sanitizer" --tool memcheck --error-exitcode 9 "$bin/fwp-tests" \
     --gtest_filter="$filter"
   tail -n 3 "$work/memcheck.txt" >> "$summary"

@@ -71,4 +71,41 @@ inline double TimeApplyPenalties(Backend& backend, float* logits, int64_t vocab,
   }, &backend);
 }
 
+// The same penalties as a penalty table (a row per request) and what one
+// decode step sends it: an entry a row (the token just drawn).
+struct ChatPenaltyTable {
+  std::vector<int32_t> table;  // [rows, vocab]
+  std::vector<PenaltyRow> rows;
+  std::vector<PenaltyCount> step;
+};
+inline ChatPenaltyTable MakeChatPenaltyTable(int64_t rows, int64_t vocab,
+                                             const std::vector<LogitPenalty>& list) {
+  ChatPenaltyTable t;
+  t.table.assign(rows * vocab, 0);
+  for (const LogitPenalty& p : list) t.table[p.row * vocab + p.token] = p.count + 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    t.rows.push_back({static_cast<int32_t>(r), static_cast<int32_t>(r), 1.1f, 0.0f, 0.0f});
+  }
+  for (const LogitPenalty& p : list) {
+    if (static_cast<int64_t>(t.step.size()) == p.row) {
+      t.step.push_back({p.row, p.token, p.count + 2});
+    }
+  }
+  return t;
+}
+
+// Seconds per decode step's table work: SetPenaltyCounts of the step's
+// entries, then ApplyPenaltyRows; table is backend memory holding t.table.
+inline double TimeApplyPenaltyRows(Backend& backend, float* logits, int64_t vocab, int32_t* table,
+                                   const ChatPenaltyTable& t, double seconds) {
+  return TimePerCall(seconds, [&] {
+    if (!backend.SetPenaltyCounts(table, vocab, t.step.data(),
+                                  static_cast<int64_t>(t.step.size())).ok() ||
+        !backend.ApplyPenaltyRows(logits, vocab, table, t.rows.data(),
+                                  static_cast<int64_t>(t.rows.size())).ok()) {
+      std::abort();
+    }
+  }, &backend);
+}
+
 }  // namespace fwp::bench

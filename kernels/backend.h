@@ -121,6 +121,13 @@ class Backend {
   // when its scratch cannot be allocated.
   virtual absl::Status ApplyPenalties(float* logits, int64_t vocab,
                                       const LogitPenalty* penalties, int64_t n) = 0;
+  // The penalty table's ops (kernels/sampling.h): table is backend memory,
+  // entries and rows host arrays. Both fail (RESOURCE_EXHAUSTED, nothing
+  // changed) only when their scratch cannot be allocated.
+  virtual absl::Status SetPenaltyCounts(int32_t* table, int64_t vocab,
+                                        const PenaltyCount* entries, int64_t n) = 0;
+  virtual absl::Status ApplyPenaltyRows(float* logits, int64_t vocab, const int32_t* table,
+                                        const PenaltyRow* rows, int64_t n) = 0;
 };
 
 // The CPU reference backend.

@@ -138,6 +138,16 @@ class CpuBackend final : public Backend {
     cpu::ApplyPenalties(logits, vocab, penalties, n);
     return absl::OkStatus();
   }
+  absl::Status SetPenaltyCounts(int32_t* table, int64_t vocab, const PenaltyCount* entries,
+                                int64_t n) override {
+    cpu::SetPenaltyCounts(table, vocab, entries, n);
+    return absl::OkStatus();
+  }
+  absl::Status ApplyPenaltyRows(float* logits, int64_t vocab, const int32_t* table,
+                                const PenaltyRow* rows, int64_t n) override {
+    cpu::ApplyPenaltyRows(logits, vocab, table, rows, n);
+    return absl::OkStatus();
+  }
 
   absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                           const RowSampling* sampling, int32_t* tokens) override {

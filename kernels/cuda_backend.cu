@@ -189,6 +189,20 @@ class CudaBackend final : public Backend {
     cuda::ApplyPenalties(stream_, logits, vocab, penalties, n, scratch);
     return absl::OkStatus();
   }
+  absl::Status SetPenaltyCounts(int32_t* table, int64_t vocab, const PenaltyCount* entries,
+                                int64_t n) override {
+    if (n == 0) return absl::OkStatus();
+    FWP_ASSIGN_OR_RETURN(void* scratch, TryScratch(n * sizeof(PenaltyCount)));
+    cuda::SetPenaltyCounts(stream_, table, vocab, entries, n, scratch);
+    return absl::OkStatus();
+  }
+  absl::Status ApplyPenaltyRows(float* logits, int64_t vocab, const int32_t* table,
+                                const PenaltyRow* rows, int64_t n) override {
+    if (n == 0) return absl::OkStatus();
+    FWP_ASSIGN_OR_RETURN(void* scratch, TryScratch(n * sizeof(PenaltyRow)));
+    cuda::ApplyPenaltyRows(stream_, logits, vocab, table, rows, n, scratch);
+    return absl::OkStatus();
+  }
 
   absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                           const RowSampling* sampling, int32_t* tokens) override {

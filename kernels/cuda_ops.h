@@ -103,6 +103,13 @@ void SampleRows(cudaStream_t stream, const float* logits, int64_t rows, int64_t 
 // LogitPenalty of device memory.
 void ApplyPenalties(cudaStream_t stream, float* logits, int64_t vocab,
                     const LogitPenalty* penalties, int64_t n, void* scratch);
+// The penalty table's ops (kernels/sampling.h): entries and rows are host
+// arrays of n ≥ 1, table device memory; scratch: n × PenaltyCount or
+// PenaltyRow of device memory.
+void SetPenaltyCounts(cudaStream_t stream, int32_t* table, int64_t vocab,
+                      const PenaltyCount* entries, int64_t n, void* scratch);
+void ApplyPenaltyRows(cudaStream_t stream, float* logits, int64_t vocab, const int32_t* table,
+                      const PenaltyRow* rows, int64_t n, void* scratch);
 
 // Σ x² as SumSquaresBlocks(n) partial doubles (device) for the host to add.
 int SumSquaresBlocks(int64_t n);

@@ -160,6 +160,26 @@ void ApplyPenalties(float* logits, int64_t vocab, const LogitPenalty* penalties,
   }
 }
 
+void SetPenaltyCounts(int32_t* table, int64_t vocab, const PenaltyCount* entries, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    table[entries[i].table_row * vocab + entries[i].token] = entries[i].value;
+  }
+}
+
+void ApplyPenaltyRows(float* logits, int64_t vocab, const int32_t* table, const PenaltyRow* rows,
+                      int64_t n) {
+  CpuThreadPool().ParallelFor(n, [&](int64_t i) {
+    const PenaltyRow& r = rows[i];
+    float* x = logits + r.row * vocab;
+    const int32_t* counts = table + r.table_row * vocab;
+    for (int64_t t = 0; t < vocab; ++t) {
+      if (counts[t] > 0) {
+        x[t] = math::PenalisedLogit(x[t], r.repetition, counts[t] - 1, r.presence, r.frequency);
+      }
+    }
+  });
+}
+
 void SampleRows(const float* logits, int64_t rows, int64_t vocab, const RowSampling* sampling,
                 int32_t* tokens) {
   CpuThreadPool().ParallelFor(rows, [&](int64_t i) {

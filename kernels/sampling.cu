@@ -10,6 +10,8 @@
 //                 a block scan of the kept weights in id order. Every sum is
 //                 an integer sum, so the parallel order cannot change the
 //                 token: it is the CPU's, exactly.
+#include <algorithm>
+
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_ops.h"
 #include "kernels/shared_math.h"
@@ -221,18 +223,72 @@ __global__ void PenaltyKernel(float* logits, int64_t vocab, const LogitPenalty* 
   *x = math::PenalisedLogit(*x, p.repetition, p.count, p.presence, p.frequency);
 }
 
+// n elements of a host array copied into device scratch, in stream order.
+template <class T>
+T* Upload(cudaStream_t stream, const T* host, int64_t n, void* scratch) {
+  auto* device = static_cast<T*>(scratch);
+  FWP_CUDA_CHECK("upload to scratch",
+                 cudaMemcpyAsync(device, host, n * sizeof(T), cudaMemcpyHostToDevice, stream));
+  return device;
+}
+
 }  // namespace
 
 void ApplyPenalties(cudaStream_t stream, float* logits, int64_t vocab,
                     const LogitPenalty* penalties, int64_t n, void* scratch) {
-  auto* device = static_cast<LogitPenalty*>(scratch);
-  FWP_CUDA_CHECK("penalties", cudaMemcpyAsync(device, penalties, n * sizeof(LogitPenalty),
-                                              cudaMemcpyHostToDevice, stream));
+  const LogitPenalty* device = Upload(stream, penalties, n, scratch);
   constexpr int kBlock = 256;
   auto* kernel = PenaltyKernel;
   kernel<<<static_cast<unsigned>((n + kBlock - 1) / kBlock), kBlock, 0, stream>>>(
       logits, vocab, device, n);
   FWP_CUDA_LAUNCHED("penalties");
+}
+
+namespace {
+
+__global__ void SetPenaltyCountsKernel(int32_t* table, int64_t vocab, const PenaltyCount* entries,
+                                       int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const PenaltyCount e = entries[i];
+  table[e.table_row * vocab + e.token] = e.value;
+}
+
+// Block (x, y): batch row y's tokens x·256 + k·(256·gridDim.x).
+__global__ void PenaltyRowsKernel(float* logits, int64_t vocab, const int32_t* table,
+                                  const PenaltyRow* rows) {
+  const PenaltyRow r = rows[blockIdx.y];
+  float* x = logits + r.row * vocab;
+  const int32_t* counts = table + r.table_row * vocab;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < vocab;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t c = counts[t];
+    if (c > 0) x[t] = math::PenalisedLogit(x[t], r.repetition, c - 1, r.presence, r.frequency);
+  }
+}
+
+}  // namespace
+
+void SetPenaltyCounts(cudaStream_t stream, int32_t* table, int64_t vocab,
+                      const PenaltyCount* entries, int64_t n, void* scratch) {
+  const PenaltyCount* device = Upload(stream, entries, n, scratch);
+  constexpr int kBlock = 256;
+  auto* kernel = SetPenaltyCountsKernel;
+  kernel<<<static_cast<unsigned>((n + kBlock - 1) / kBlock), kBlock, 0, stream>>>(table, vocab,
+                                                                                device, n);
+  FWP_CUDA_LAUNCHED("penalty counts");
+}
+
+void ApplyPenaltyRows(cudaStream_t stream, float* logits, int64_t vocab, const int32_t* table,
+                      const PenaltyRow* rows, int64_t n, void* scratch) {
+  const PenaltyRow* device = Upload(stream, rows, n, scratch);
+  constexpr int kBlock = 256;
+  const auto blocks_x =
+      static_cast<unsigned>(std::min<int64_t>((vocab + kBlock - 1) / kBlock, 32));
+  auto* kernel = PenaltyRowsKernel;
+  kernel<<<dim3(blocks_x, static_cast<unsigned>(n)), kBlock, 0, stream>>>(logits, vocab, table,
+                                                                          device);
+  FWP_CUDA_LAUNCHED("penalty rows");
 }
 
 int64_t SampleScratchBytes(int64_t rows, int64_t sampled_rows, int64_t vocab) {

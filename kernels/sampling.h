@@ -47,9 +47,38 @@ struct LogitPenalty {
   float frequency = 0.0f;
 };
 
+// The same penalties kept as a table in backend memory, int32 [rows, vocab]: a
+// row per request being decoded, where entry c = 0 means its penalties list
+// no token there and c ≥ 1 that they list it with count c − 1 (LogitPenalty's
+// count). A request updates its row by the few entries that change each step
+// (PenaltyCount) instead of sending its whole list again.
+struct PenaltyCount {
+  int32_t table_row = 0;
+  int32_t token = 0;
+  int32_t value = 0;  // the entry's new value: 0, or 1 + the count
+};
+// Row `row` of a batch's logits takes the penalties of row `table_row` of
+// the table, with its request's parameters: each listed token's logit
+// becomes math::PenalisedLogit(x, repetition, c − 1, presence, frequency),
+// exactly as its LogitPenalty would make it.
+struct PenaltyRow {
+  int32_t row = 0;
+  int32_t table_row = 0;
+  float repetition = 1.0f;
+  float presence = 0.0f;
+  float frequency = 0.0f;
+};
+
 }  // namespace fwp
 
 namespace fwp::cpu {
+
+// Sets each entry of table [rows, vocab] (each place at most once a call).
+void SetPenaltyCounts(int32_t* table, int64_t vocab, const PenaltyCount* entries, int64_t n);
+// Applies each row's table row to its row of logits [·, vocab], in place
+// (each batch row listed at most once).
+void ApplyPenaltyRows(float* logits, int64_t vocab, const int32_t* table, const PenaltyRow* rows,
+                      int64_t n);
 
 // Applies each penalty to its logit of rows × vocab logits, in place.
 void ApplyPenalties(float* logits, int64_t vocab, const LogitPenalty* penalties, int64_t n);

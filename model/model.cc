@@ -146,7 +146,8 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
                                   absl::Span<const int32_t> tokens,
                                   absl::Span<const RowSampling> sampling, int32_t* next,
                                   absl::Span<const int32_t> logits_rows, float* logits,
-                                  absl::Span<const LogitPenalty> penalties) {
+                                  absl::Span<const LogitPenalty> penalties,
+                                  const PenaltyTableRows& table) {
   if (tokens.size() != slots.size() || sampling.size() != slots.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "step needs one token and one draw per session: ", slots.size(), " sessions, ",
@@ -166,6 +167,19 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
           " logits"));
     }
   }
+  std::vector<bool> tabled(n, false);
+  for (const PenaltyRow& r : table.rows) {
+    if (r.row < 0 || r.row >= n || r.table_row < 0 || r.table_row >= table.table_rows ||
+        table.table == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "penalty table row ", r.table_row, " for row ", r.row, " is outside the ", n,
+          " rows of the batch or the ", table.table_rows, " of the table"));
+    }
+    if (tabled[r.row]) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", r.row, " takes two table rows"));
+    }
+    tabled[r.row] = true;
+  }
   if (slots.empty()) return absl::OkStatus();
   FWP_RETURN_IF_ERROR(Run(pool, slots, tokens, 1, /*step=*/true, /*all_logits=*/false, nullptr));
   // The rows asked for, as the step gave them (before any penalty), in
@@ -180,15 +194,29 @@ absl::Status Model::StepAndSample(StatePool& pool, absl::Span<const int32_t> slo
     j += run;
   }
   const auto penalties_size = static_cast<int64_t>(penalties.size());
-  const bool penalised =
+  const auto table_size = static_cast<int64_t>(table.rows.size());
+  const bool listed =
       backend_.ApplyPenalties(logits_.f32(), V, penalties.data(), penalties_size).ok();
-  if (!penalised || !backend_.SampleRows(logits_.f32(), n, V, sampling.data(), next).ok()) {
+  const bool tabulated =
+      listed &&
+      backend_.ApplyPenaltyRows(logits_.f32(), V, table.table, table.rows.data(), table_size).ok();
+  if (!tabulated || !backend_.SampleRows(logits_.f32(), n, V, sampling.data(), next).ok()) {
     // No device memory for the penalties' or the sampler's scratch. The
     // states have advanced, so the step must still complete: the same draws
-    // on the host.
+    // on the host (with the table's rows copied there).
     std::vector<float> host(n * V);
     backend_.CopyToHost(host.data(), logits_.f32(), host.size() * sizeof(float));
-    if (!penalised) cpu::ApplyPenalties(host.data(), V, penalties.data(), penalties_size);
+    if (!listed) cpu::ApplyPenalties(host.data(), V, penalties.data(), penalties_size);
+    if (!tabulated && table_size > 0) {
+      std::vector<int32_t> counts(table_size * V);  // the rows used, in order
+      std::vector<PenaltyRow> rows(table.rows.begin(), table.rows.end());
+      for (int64_t i = 0; i < table_size; ++i) {
+        backend_.CopyToHost(counts.data() + i * V, table.table + rows[i].table_row * V,
+                            V * sizeof(int32_t));
+        rows[i].table_row = static_cast<int32_t>(i);
+      }
+      cpu::ApplyPenaltyRows(host.data(), V, counts.data(), rows.data(), table_size);
+    }
     cpu::SampleRows(host.data(), n, V, sampling.data(), next);
   }
   return absl::OkStatus();

@@ -31,6 +31,14 @@
 
 namespace fwp {
 
+// Batch rows that take their penalties from a table in backend memory
+// (kernels/sampling.h's PenaltyRow; table_rows rows of vocab entries).
+struct PenaltyTableRows {
+  const int32_t* table = nullptr;
+  int64_t table_rows = 0;
+  absl::Span<const PenaltyRow> rows;
+};
+
 class Model {
  public:
   // Uploads `weights` (checked against ExpectedTensors) to the backend.
@@ -67,11 +75,14 @@ class Model {
   // penalties (rows are indices into slots, each (row, token) once) change
   // the logits the draws are taken from. Once the states have advanced it
   // cannot fail: without device memory for the sampler it draws on the host.
+  // Rows may instead take their penalties from a table in backend memory
+  // (PenaltyTableRows).
   absl::Status StepAndSample(StatePool& pool, absl::Span<const int32_t> slots,
                              absl::Span<const int32_t> tokens,
                              absl::Span<const RowSampling> sampling, int32_t* next,
                              absl::Span<const int32_t> logits_rows, float* logits,
-                             absl::Span<const LogitPenalty> penalties = {});
+                             absl::Span<const LogitPenalty> penalties = {},
+                             const PenaltyTableRows& table = PenaltyTableRows());
 
   // A trainable tensor: its name (model/README.md), device data, element count.
   struct Parameter {

@@ -148,6 +148,10 @@ struct Engine::Active {
   Clock::time_point first_token;
   Clock::time_point last_token;
   ScoreResult score;
+  // The penalty table's row this request filled (its slot), and the table's
+  // generation then; −1 until it has one.
+  int32_t penalty_row = -1;
+  uint64_t penalty_generation = 0;
 
   bool paused(size_t bound) const { return job->out && job->out->buffered() >= bound; }
 };
@@ -226,6 +230,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   }
   engine->pool_ = std::move(*pool);
   engine->host_pool_ = std::make_unique<HostStatePool>(model.backend(), engine->state_bytes_);
+  engine->penalty_table_ =
+      std::make_unique<PenaltyTable>(model.backend(), options.slots, engine->vocab_);
   engine->slot_owner_.assign(options.slots, nullptr);
   for (int32_t s = options.slots - 1; s >= 0; --s) engine->free_slots_.push_back(s);
   engine->logits_.resize(
@@ -1114,19 +1120,43 @@ void Engine::Step() {
     // Tokens are drawn on the backend, penalties applied there; only
     // requests whose sampler needs the whole row (log-probabilities) get
     // their logits on the host.
+    // A penalised request's penalties come from its row of the penalty table
+    // (filled once, then a token a step); where the table cannot be had, its
+    // whole list is sent with the step.
     std::vector<RowSampling> draws(decode.size());
     std::vector<int32_t> logits_rows, next(decode.size());
     std::vector<LogitPenalty> penalties;
+    std::vector<PenaltyRow> table_rows;
     for (size_t i = 0; i < decode.size(); ++i) {
-      if (decode[i]->sampler->needs_logits()) {
-        logits_rows.push_back(static_cast<int32_t>(i));
+      Active& a = *decode[i];
+      const auto row = static_cast<int32_t>(i);
+      if (a.sampler->needs_logits()) {
+        logits_rows.push_back(row);
+        continue;
+      }
+      draws[i] = a.sampler->Draw();
+      if (!a.sampler->penalised()) continue;
+      const int32_t slot = a.session->slot;
+      if ((a.penalty_row != slot || a.penalty_generation != penalty_table_->generation()) &&
+          penalty_table_->Assign(slot, a.sampler->penalties()).ok()) {
+        a.penalty_row = slot;
+        a.penalty_generation = penalty_table_->generation();
+      }
+      if (a.penalty_row == slot && a.penalty_generation == penalty_table_->generation()) {
+        table_rows.push_back(a.sampler->TableRow(row, slot));
       } else {
-        draws[i] = decode[i]->sampler->Draw();
-        decode[i]->sampler->AppendPenalties(static_cast<int32_t>(i), &penalties);
+        a.sampler->AppendPenalties(row, &penalties);
       }
     }
+    if (!penalty_table_->Flush().ok()) {  // the table's rows are lost: lists this step
+      for (const PenaltyRow& r : table_rows) {
+        decode[r.row]->sampler->AppendPenalties(r.row, &penalties);
+      }
+      table_rows.clear();
+    }
+    const PenaltyTableRows table{penalty_table_->data(), penalty_table_->rows(), table_rows};
     if (auto s = model_.StepAndSample(*pool_, slots, tokens, draws, next.data(), logits_rows,
-                                      logits_.data(), penalties);
+                                      logits_.data(), penalties, table);
         !s.ok()) {
       for (Active* a : decode) Finish(*a, FinishReason::kNone, s);
     } else {
@@ -1138,7 +1168,12 @@ void Engine::Step() {
         if (row < logits_rows.size() && logits_rows[row] == static_cast<int32_t>(i)) {
           FeedLogits(a, logits_.data() + row++ * vocab_);
         } else {
-          FeedPick(a, a.sampler->Accept(next[i]));
+          TokenSampler::Pick pick = a.sampler->Accept(next[i]);
+          if (a.penalty_row == a.session->slot &&
+              a.penalty_generation == penalty_table_->generation()) {
+            penalty_table_->Set(a.penalty_row, next[i], a.sampler->TableValue(next[i]));
+          }
+          FeedPick(a, std::move(pick));  // may finish the request
         }
       }
     }

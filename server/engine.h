@@ -43,6 +43,7 @@
 #include "model/tokenizer.h"
 #include "server/generation.h"
 #include "server/host_pool.h"
+#include "server/penalty_table.h"
 #include "server/metrics.h"
 
 namespace fwp::server {
@@ -238,6 +239,8 @@ class Engine {
   int64_t vocab_;
   int64_t state_bytes_;
   std::unique_ptr<StatePool> pool_;
+  // Penalised requests' counts, a row per slot (on the backend).
+  std::unique_ptr<PenaltyTable> penalty_table_;
   // Declared before sessions_ so that it outlives the blocks they hold.
   std::unique_ptr<HostStatePool> host_pool_;
 

@@ -107,6 +107,16 @@ void TokenSampler::AppendPenalties(int32_t row, std::vector<LogitPenalty>* out) 
   for (size_t i = first; i < out->size(); ++i) (*out)[i].row = row;
 }
 
+PenaltyRow TokenSampler::TableRow(int32_t row, int32_t table_row) const {
+  return {row, table_row, params_.repetition_penalty, params_.presence_penalty,
+          params_.frequency_penalty};
+}
+
+int32_t TokenSampler::TableValue(int32_t token) const {
+  const int32_t at = entry_of_.empty() ? -1 : entry_of_[token];
+  return at < 0 ? 0 : penalties_[at].count + 1;
+}
+
 RowSampling TokenSampler::Draw() {
   RowSampling row{params_.sampling, 0.0};
   if (!row.params.greedy()) row.uniform = rng_.Uniform();

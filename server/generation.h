@@ -76,6 +76,14 @@ class TokenSampler {
   void AppendPenalties(int32_t row, std::vector<LogitPenalty>* out) const;
   Pick Accept(int32_t token);
 
+  // The same penalties as a row of a penalty table (kernels/sampling.h):
+  // whether there are any, the list to fill a row with, the row's
+  // parameters, and a token's entry (0, or 1 + its count).
+  bool penalised() const { return !entry_of_.empty(); }
+  absl::Span<const LogitPenalty> penalties() const { return penalties_; }
+  PenaltyRow TableRow(int32_t row, int32_t table_row) const;
+  int32_t TableValue(int32_t token) const;
+
  private:
   void Record(int32_t token);  // the token as part of the output (penalties)
 

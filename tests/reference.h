@@ -240,6 +240,45 @@ inline std::vector<LogitPenalty> RandomPenalties(int64_t rows, int64_t vocab, Rn
   return out;
 }
 
+// Penalties as a request keeps them (one set of parameters a row, every
+// listed token under it), both ways: as a LogitPenalty list, and as a
+// penalty table of table_rows rows whose row for batch row r is another
+// (rows[i].table_row), the other rows filled with noise that must not be read.
+struct PenaltyTableCase {
+  std::vector<LogitPenalty> list;
+  std::vector<int32_t> table;   // [table_rows, vocab]
+  std::vector<PenaltyCount> entries;  // what fills the used rows, from zero
+  std::vector<PenaltyRow> rows;
+};
+inline PenaltyTableCase RandomPenaltyTable(int64_t rows, int64_t table_rows, int64_t vocab,
+                                           Rng& rng) {
+  PenaltyTableCase c;
+  c.table.resize(table_rows * vocab);
+  for (int32_t& x : c.table) x = static_cast<int32_t>(rng.Next() % 5);
+  std::vector<int32_t> order(table_rows);
+  for (int64_t i = 0; i < table_rows; ++i) order[i] = static_cast<int32_t>(i);
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.Next() % i]);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r % 5 == 4) continue;  // a row without penalties
+    const float repetition = r % 3 == 0 ? 1.0f : (r % 3 == 1 ? 1.3f : 0.7f);
+    const float presence = r % 2 ? 0.4f : -0.25f, frequency = r % 4 < 2 ? 0.15f : 0.0f;
+    const int32_t table_row = order[r];
+    c.rows.push_back({static_cast<int32_t>(r), table_row, repetition, presence, frequency});
+    std::fill(c.table.begin() + table_row * vocab, c.table.begin() + (table_row + 1) * vocab, 0);
+    for (int64_t t = 0; t < vocab; ++t) {
+      if (rng.Next() % 10 != 0) continue;
+      // With repetition off only output tokens are listed (count ≥ 1).
+      const auto count = static_cast<int32_t>(rng.Next() % 4) + (repetition == 1.0f ? 1 : 0);
+      c.list.push_back({static_cast<int32_t>(r), static_cast<int32_t>(t), repetition, count,
+                        presence, frequency});
+      c.table[table_row * vocab + t] = count + 1;
+      c.entries.push_back({table_row, static_cast<int32_t>(t), count + 1});
+    }
+  }
+  for (size_t i = c.rows.size(); i > 1; --i) std::swap(c.rows[i - 1], c.rows[rng.Next() % i]);
+  return c;
+}
+
 // Logits that stress the sampler's cut-offs, by kind: 0 leaves them; 1
 // rounds them to a few values (cut-offs inside groups of equal logits); 2
 // squeezes them within 1e-3 of 5 (every radix digit of the order decides);

@@ -91,5 +91,51 @@ TEST(EmulatedDevice, StepAndSampleDrawsOnTheHostWhenTheDeviceIsFull) {
   step(batch.sampling, large, 0);
 }
 
+// The same with the penalties in a table on the device: when the step cannot
+// get scratch for the table's rows, they are copied to the host and applied
+// there, to the same draws.
+TEST(EmulatedDevice, PenaltyTableRowsAreAppliedOnTheHostWhenTheDeviceIsFull) {
+  auto gpu = MakeCudaBackend(0);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const Config c = testing::SizedConfig(4096, 32, 1, 2, 16, 64);
+  auto model = Model::Create(**gpu, c, RandomWeights(c, 6, 0.5f));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t V = c.vocab_size, n = 12, table_rows = 17;
+  auto reference = (*model)->NewStatePool(n);
+  auto sampled = (*model)->NewStatePool(n);
+  ASSERT_TRUE(reference.ok() && sampled.ok());
+  auto table = Buffer::Allocate(**gpu, table_rows * V * sizeof(int32_t));
+  ASSERT_TRUE(table.ok());
+  std::vector<int32_t> slots(n), tokens(n);
+  for (int32_t i = 0; i < n; ++i) {
+    slots[i] = i;
+    tokens[i] = 50 + 31 * i;
+  }
+  Rng rng(9);
+  const auto batch = testing::RandomSamplingBatch(n, V, rng);
+  std::vector<float> logits(n * V);
+  std::vector<int32_t> next(n);
+  for (size_t full : {size_t{1}, size_t{0}}) {  // the first step without room: a fresh scratch
+    const auto t = testing::RandomPenaltyTable(n, table_rows, V, rng);
+    (*gpu)->CopyToDevice(table->data(), t.table.data(), t.table.size() * sizeof(int32_t));
+    ASSERT_TRUE((*model)->Step(**reference, slots, tokens, logits.data()).ok());
+    {
+      std::optional<FullDevice> held;
+      if (full > 0) held.emplace(0);
+      ASSERT_TRUE((*model)->StepAndSample(**sampled, slots, tokens, batch.sampling, next.data(),
+                                          {}, nullptr, {},
+                                          {static_cast<const int32_t*>(table->data()),
+                                           table_rows, t.rows}).ok());
+    }
+    cpu::ApplyPenalties(logits.data(), V, t.list.data(), static_cast<int64_t>(t.list.size()));
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(next[i], cpu::SampleWithDraw(&logits[i * V], V, batch.sampling[i].params,
+                                             batch.sampling[i].uniform))
+          << "row " << i << (full ? ", device full" : "");
+    }
+    tokens = next;
+  }
+}
+
 }  // namespace
 }  // namespace fwp

@@ -451,6 +451,40 @@ TEST_F(CudaOps, PenaltiesMatchTheCpu) {
   EXPECT_EQ(gpu_tokens, cpu_tokens);
 }
 
+// The penalty table on the GPU: rows filled by SetPenaltyCounts, then
+// applied, give the CPU twin's bits (which are the list's, sampling_test).
+TEST_F(CudaOps, PenaltyTableMatchesTheCpu) {
+  Rng rng(24);
+  const int64_t rows = 40, table_rows = 53, vocab = 3000;
+  const auto c = testing::RandomPenaltyTable(rows, table_rows, vocab, rng);
+  const auto batch = testing::RandomSamplingBatch(rows, vocab, rng);
+  // The device table starts as noise where rows are used: SetPenaltyCounts
+  // must write every listed place, and the unlisted ones are zeroed first.
+  std::vector<int32_t> start = c.table;
+  for (const PenaltyRow& r : c.rows) {
+    std::fill(start.begin() + r.table_row * vocab, start.begin() + (r.table_row + 1) * vocab, 0);
+  }
+  auto* table = static_cast<int32_t*>(Up(start));
+  ASSERT_TRUE(gpu_->SetPenaltyCounts(table, vocab, c.entries.data(),
+                                     static_cast<int64_t>(c.entries.size())).ok());
+  const std::vector<int32_t> table_down = Down(table, table_rows * vocab);
+  EXPECT_EQ(table_down, c.table);
+  std::vector<float> cpu_logits = batch.logits;
+  ASSERT_TRUE(cpu_->ApplyPenaltyRows(cpu_logits.data(), vocab, c.table.data(), c.rows.data(),
+                                     static_cast<int64_t>(c.rows.size())).ok());
+  float* gpu_logits = Up(batch.logits);
+  ASSERT_TRUE(gpu_->ApplyPenaltyRows(gpu_logits, vocab, table, c.rows.data(),
+                                     static_cast<int64_t>(c.rows.size())).ok());
+  const std::vector<float> down = Down(gpu_logits, rows * vocab);
+  int64_t changed = 0, differ = 0;
+  for (size_t i = 0; i < down.size(); ++i) {
+    differ += std::memcmp(&down[i], &cpu_logits[i], sizeof(float)) != 0;
+    changed += cpu_logits[i] != batch.logits[i];
+  }
+  EXPECT_EQ(differ, 0) << "logits that differ in their bits";
+  EXPECT_GT(changed, 1000);
+}
+
 TEST_F(CudaOps, SoftmaxCrossEntropyAndAdamW) {
   Rng rng(9);
   const int64_t rows = 20, vocab = 3000;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -193,6 +194,35 @@ TEST(Sampling, BatchedRowsDrawLikeTheRequestSampler) {
     Rng a(seed), b(seed);
     EXPECT_EQ(cpu::SampleToken(batch.logits.data(), batch.vocab, p, a),
               cpu::SampleWithDraw(batch.logits.data(), batch.vocab, p, b.Uniform()));
+  }
+}
+
+// A penalty table gives each row's logits the bits its LogitPenalty list
+// gives them, reading only the rows it names; SetPenaltyCounts fills rows
+// from zero to what the list says.
+TEST(Sampling, PenaltyTableRowsPenaliseLikeTheirLists) {
+  Rng rng(12);
+  const int64_t rows = 30, table_rows = 41, vocab = 700;
+  const auto c = testing::RandomPenaltyTable(rows, table_rows, vocab, rng);
+  const auto batch = testing::RandomSamplingBatch(rows, vocab, rng);
+  std::vector<float> by_list = batch.logits, by_table = batch.logits;
+  cpu::ApplyPenalties(by_list.data(), vocab, c.list.data(), static_cast<int64_t>(c.list.size()));
+  cpu::ApplyPenaltyRows(by_table.data(), vocab, c.table.data(), c.rows.data(),
+                        static_cast<int64_t>(c.rows.size()));
+  int64_t changed = 0;
+  for (size_t i = 0; i < by_list.size(); ++i) {
+    ASSERT_EQ(0, std::memcmp(&by_list[i], &by_table[i], sizeof(float))) << "logit " << i;
+    changed += by_table[i] != batch.logits[i];
+  }
+  EXPECT_GT(changed, 1000);
+  std::vector<int32_t> filled(table_rows * vocab, 0);
+  cpu::SetPenaltyCounts(filled.data(), vocab, c.entries.data(),
+                        static_cast<int64_t>(c.entries.size()));
+  for (const PenaltyRow& r : c.rows) {
+    EXPECT_TRUE(std::equal(filled.begin() + r.table_row * vocab,
+                           filled.begin() + (r.table_row + 1) * vocab,
+                           c.table.begin() + r.table_row * vocab))
+        << "table row " << r.table_row;
   }
 }
 

@@ -208,6 +208,57 @@ TEST(Model, StepAndSampleDrawsFromTheLogitsStepGives) {
                                        some.data(), {&bad_token, 1}).ok());
 }
 
+// Penalties taken from a table in backend memory draw what their lists draw,
+// and table rows outside the batch or the table are refused.
+TEST(Model, StepAndSampleTakesPenaltiesFromATable) {
+  auto backend = MakeCpuBackend();
+  const Config config = TinyConfig(testing::AllAttentionVariants(2, 16)[0]);
+  auto model = Model::Create(*backend, config, RandomWeights(config, 6, 0.5f));
+  ASSERT_TRUE(model.ok());
+  const int64_t V = config.vocab_size, sessions = 12, table_rows = 15;
+  auto a = (*model)->NewStatePool(sessions);
+  auto b = (*model)->NewStatePool(sessions);
+  std::vector<int32_t> slots(sessions);
+  for (int i = 0; i < sessions; ++i) slots[i] = (i * 5) % sessions;
+  Rng rng(4);
+  const auto batch = testing::RandomSamplingBatch(sessions, V, rng);
+  std::vector<int32_t> tokens = RandomTokens(sessions, V, 9);
+  auto table = Buffer::Allocate(*backend, table_rows * V * sizeof(int32_t));
+  ASSERT_TRUE(table.ok());
+  const auto* counts = static_cast<const int32_t*>(table->data());
+  int64_t penalised_draws = 0;
+  for (int step = 0; step < 5; ++step) {
+    std::vector<float> all(sessions * V);
+    ASSERT_TRUE((*model)->Step(**a, slots, tokens, all.data()).ok());
+    const auto c = testing::RandomPenaltyTable(sessions, table_rows, V, rng);
+    backend->CopyToDevice(table->data(), c.table.data(), c.table.size() * sizeof(int32_t));
+    std::vector<int32_t> next(sessions, -1);
+    ASSERT_TRUE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(), {},
+                                        nullptr, {}, {counts, table_rows, c.rows}).ok());
+    std::vector<float> penalised = all;
+    cpu::ApplyPenalties(penalised.data(), V, c.list.data(), static_cast<int64_t>(c.list.size()));
+    for (int64_t i = 0; i < sessions; ++i) {
+      const RowSampling& row = batch.sampling[i];
+      EXPECT_EQ(next[i], cpu::SampleWithDraw(&penalised[i * V], V, row.params, row.uniform))
+          << "session " << i << ", step " << step;
+      penalised_draws += next[i] != cpu::SampleWithDraw(&all[i * V], V, row.params, row.uniform);
+    }
+    tokens = next;
+  }
+  EXPECT_GT(penalised_draws, 0);
+  std::vector<int32_t> next(sessions);
+  for (const PenaltyRow& bad : {PenaltyRow{static_cast<int32_t>(sessions), 0},
+                                PenaltyRow{0, static_cast<int32_t>(table_rows)},
+                                PenaltyRow{0, -1}}) {
+    EXPECT_FALSE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(), {},
+                                         nullptr, {}, {counts, table_rows, {&bad, 1}}).ok())
+        << "row " << bad.row << ", table row " << bad.table_row;
+  }
+  const PenaltyRow twice[] = {{1, 2}, {1, 3}};
+  EXPECT_FALSE((*model)->StepAndSample(**b, slots, tokens, batch.sampling, next.data(), {},
+                                       nullptr, {}, {counts, table_rows, twice}).ok());
+}
+
 TEST(Model, StateBytesAreFixedByTheConfig) {
   auto backend = MakeCpuBackend();
   Config c = TinyConfig(testing::AllAttentionVariants(4, 16)[0]);

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "server/generation.h"
+#include "server/penalty_table.h"
 #include "server/snapshot.h"
 #include "tests/server/server_fixture.h"
 
@@ -333,6 +334,52 @@ TEST(Snapshot, ModelFingerprintIsFnv1aOfBothFilesReadPieceByPiece) {
   auto missing = ModelFingerprint(dir.path());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("config.json"));
+}
+
+// A request's row of the penalty table, filled from its list and then kept
+// up by one entry a drawn token, holds what its TokenSampler says of every
+// token; what was queued for a slot's previous request never lands on the
+// next one's row; repeated entries keep the last value.
+TEST(PenaltyTable, RowsFollowTheirSamplers) {
+  auto backend = MakeCpuBackend();
+  const int64_t vocab = 50, rows = 4;
+  PenaltyTable table(*backend, rows, vocab);
+  GenerationParams p;
+  p.repetition_penalty = 1.2f;
+  p.frequency_penalty = 0.1f;
+  const std::vector<int32_t> prompt = {30, 7, 7, 9};  // output tokens: 0–11
+  TokenSampler sampler(p, prompt, vocab);
+  ASSERT_TRUE(sampler.penalised());
+  ASSERT_TRUE(table.Assign(2, sampler.penalties()).ok());
+  Rng rng(8);
+  for (int step = 0; step < 30; ++step) {
+    const auto token = static_cast<int32_t>(rng.Next() % 12);
+    sampler.Accept(token);
+    table.Set(2, token, sampler.TableValue(token));
+    if (step % 7 == 0) table.Set(2, token, sampler.TableValue(token));  // twice: the same
+    if (step % 3 == 0) ASSERT_TRUE(table.Flush().ok());
+  }
+  ASSERT_TRUE(table.Flush().ok());
+  EXPECT_EQ(table.pending_bytes(), 0);
+  const int32_t* row = table.data() + 2 * vocab;
+  int listed = 0;
+  for (int32_t t = 0; t < vocab; ++t) {
+    EXPECT_EQ(row[t], sampler.TableValue(t)) << "token " << t;
+    listed += row[t] > 0;
+  }
+  EXPECT_GE(listed, 3);
+  EXPECT_EQ(row[30], 1);  // seen in the prompt, not in the output
+  // The slot's next request: what the last one queued is dropped.
+  table.Set(2, 40, 5);
+  GenerationParams q;
+  q.presence_penalty = 0.5f;  // lists output tokens only
+  TokenSampler next(q, prompt, vocab);
+  ASSERT_TRUE(table.Assign(2, next.penalties()).ok());
+  ASSERT_TRUE(table.Flush().ok());
+  for (int32_t t = 0; t < vocab; ++t) EXPECT_EQ(row[t], 0) << "token " << t;
+  EXPECT_EQ(next.TableRow(1, 2).presence, 0.5f);
+  EXPECT_FALSE(table.Assign(static_cast<int32_t>(rows), {}).ok());
+  EXPECT_EQ(table.generation(), 0u);
 }
 
 }  // namespace
