@@ -286,9 +286,12 @@ void ApplyPenaltyRows(cudaStream_t stream, float* logits, int64_t vocab, const i
   const auto blocks_x =
       static_cast<unsigned>(std::min<int64_t>((vocab + kBlock - 1) / kBlock, 32));
   auto* kernel = PenaltyRowsKernel;
-  kernel<<<dim3(blocks_x, static_cast<unsigned>(n)), kBlock, 0, stream>>>(logits, vocab, table,
-                                                                          device);
-  FWP_CUDA_LAUNCHED("penalty rows");
+  constexpr int64_t kMaxGridY = 65535;
+  for (int64_t first = 0; first < n; first += kMaxGridY) {
+    const auto rows_now = static_cast<unsigned>(std::min(kMaxGridY, n - first));
+    kernel<<<dim3(blocks_x, rows_now), kBlock, 0, stream>>>(logits, vocab, table, device + first);
+    FWP_CUDA_LAUNCHED("penalty rows");
+  }
 }
 
 int64_t SampleScratchBytes(int64_t rows, int64_t sampled_rows, int64_t vocab) {
