@@ -57,7 +57,7 @@ void ThreadPool::Run(Job& job) {
     (*job.fn)(i);
     if (job.finished.fetch_add(1, std::memory_order_acq_rel) + 1 == job.n) {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (caller_sleeps_) done_.notify_all();
+      if (callers_sleeping_ > 0) done_.notify_all();
     }
   }
 }
@@ -107,9 +107,9 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) 
   const auto finished = [&] { return job->finished.load(std::memory_order_acquire) == n; };
   if (!SpinUntil(finished)) {
     std::unique_lock<std::mutex> lock(mutex_);
-    caller_sleeps_ = true;
+    ++callers_sleeping_;
     done_.wait(lock, finished);
-    caller_sleeps_ = false;
+    --callers_sleeping_;
   }
   std::lock_guard<std::mutex> lock(mutex_);
   job_.reset();

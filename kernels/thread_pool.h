@@ -67,7 +67,7 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};  // written under mutex_, polled without
   std::atomic<bool> stop_{false};        // written under mutex_, polled without
   int sleepers_ = 0;                     // workers waiting on wake_; guarded by mutex_
-  bool caller_sleeps_ = false;           // the caller waits on done_; guarded by mutex_
+  int callers_sleeping_ = 0;             // callers waiting on done_; guarded by mutex_
 };
 
 // The process-wide pool of the CPU backend: one thread per core, or
