@@ -1127,6 +1127,11 @@ void Engine::Step() {
     std::vector<int32_t> logits_rows, next(decode.size());
     std::vector<LogitPenalty> penalties;
     std::vector<PenaltyRow> table_rows;
+    // Whether the request's row of the table is filled and current.
+    const auto has_table_row = [&](const Active& a) {
+      return a.penalty_row == a.session->slot &&
+             a.penalty_generation == penalty_table_->generation();
+    };
     for (size_t i = 0; i < decode.size(); ++i) {
       Active& a = *decode[i];
       const auto row = static_cast<int32_t>(i);
@@ -1137,12 +1142,11 @@ void Engine::Step() {
       draws[i] = a.sampler->Draw();
       if (!a.sampler->penalised()) continue;
       const int32_t slot = a.session->slot;
-      if ((a.penalty_row != slot || a.penalty_generation != penalty_table_->generation()) &&
-          penalty_table_->Assign(slot, a.sampler->penalties()).ok()) {
+      if (!has_table_row(a) && penalty_table_->Assign(slot, a.sampler->penalties()).ok()) {
         a.penalty_row = slot;
         a.penalty_generation = penalty_table_->generation();
       }
-      if (a.penalty_row == slot && a.penalty_generation == penalty_table_->generation()) {
+      if (has_table_row(a)) {
         table_rows.push_back(a.sampler->TableRow(row, slot));
       } else {
         a.sampler->AppendPenalties(row, &penalties);
@@ -1169,8 +1173,7 @@ void Engine::Step() {
           FeedLogits(a, logits_.data() + row++ * vocab_);
         } else {
           TokenSampler::Pick pick = a.sampler->Accept(next[i]);
-          if (a.penalty_row == a.session->slot &&
-              a.penalty_generation == penalty_table_->generation()) {
+          if (has_table_row(a)) {
             penalty_table_->Set(a.penalty_row, next[i], a.sampler->TableValue(next[i]));
           }
           FeedPick(a, std::move(pick));  // may finish the request
