@@ -253,6 +253,8 @@ Engine::Engine(const EngineOptions& options, Model& model, const Tokenizer& toke
       vocab_(model.config().vocab_size),
       state_bytes_(model.state_layout().SlotBytes()) {}
 
+int64_t Engine::penalty_table_bytes() const { return penalty_table_->bytes(); }
+
 Engine::~Engine() {
   {
     std::lock_guard<std::mutex> lock(mutex_);

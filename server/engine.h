@@ -140,6 +140,9 @@ class Engine {
 
   const EngineOptions& options() const { return options_; }
   int64_t state_bytes() const { return state_bytes_; }
+  // Backend bytes of the penalty table, allocated when a penalised request
+  // first runs (one int32 row of the vocabulary per slot).
+  int64_t penalty_table_bytes() const;
 
   struct GenerateJob {
     std::string principal;   // who asks (bearer-token name; empty without auth)

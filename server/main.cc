@@ -92,10 +92,13 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "fwp-server: serving %s on port %d (backend %s, %d slots, state %lld bytes per "
-               "session)%s\n",
+               "session; state pool %.1f MiB, penalty table %.1f MiB when first used)%s\n",
                options.model_dir.c_str(), (*server)->port(), (*server)->backend_name().c_str(),
                (*server)->engine().options().slots,
                static_cast<long long>((*server)->engine().state_bytes()),
+               static_cast<double>((*server)->engine().state_bytes()) *
+                   (*server)->engine().options().slots / (1 << 20),
+               static_cast<double>((*server)->engine().penalty_table_bytes()) / (1 << 20),
                options.metrics_port >= 0
                    ? (" metrics on :" + std::to_string((*server)->metrics_port())).c_str()
                    : "");

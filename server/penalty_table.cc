@@ -13,7 +13,7 @@ absl::Status PenaltyTable::Assign(int32_t row, absl::Span<const LogitPenalty> li
   }
   if (unavailable_) return absl::ResourceExhaustedError("no memory for the penalty table");
   if (table_.data() == nullptr) {
-    auto table = Buffer::Allocate(backend_, rows_ * vocab_ * sizeof(int32_t));
+    auto table = Buffer::Allocate(backend_, bytes());
     if (!table.ok()) {
       unavailable_ = true;
       return table.status();

@@ -34,6 +34,10 @@ class PenaltyTable {
   // tells by changing.
   absl::Status Flush();
 
+  // Bytes of one row (the table holds one per state slot).
+  static int64_t RowBytes(int64_t vocab) { return vocab * static_cast<int64_t>(sizeof(int32_t)); }
+  int64_t bytes() const { return rows_ * RowBytes(vocab_); }
+
   const int32_t* data() const { return static_cast<const int32_t*>(table_.data()); }
   int64_t rows() const { return rows_; }
   uint64_t generation() const { return generation_; }

@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/status_macros.h"
 #include "model/model_dir.h"
+#include "server/penalty_table.h"
 #include "server/snapshot.h"
 
 namespace fwp::server {
@@ -109,10 +110,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   }
   if (options.engine.slots == 0) {
     // Sized from free memory: 80% of what the backend has left after the
-    // weights, one slot per session state, at least 1 and at most
-    // kMaxAutoSlots (the engine's per-step buffers grow with the slots).
+    // weights, one slot per session state and its row of the penalty table
+    // (allocated when a penalised request first runs, so that it then fits),
+    // at least 1 and at most kMaxAutoSlots (the engine's per-step buffers grow
+    // with the slots).
     constexpr int64_t kMaxAutoSlots = 4096;
-    const int64_t slot_bytes = impl.model.model->state_layout().SlotBytes();
+    const int64_t slot_bytes = impl.model.model->state_layout().SlotBytes() +
+                               PenaltyTable::RowBytes(impl.model.config.vocab_size);
     const int64_t budget = impl.backend->AvailableBytes() / 10 * 8;
     options.engine.slots = static_cast<int32_t>(
         std::clamp<int64_t>(budget / std::max<int64_t>(slot_bytes, 1), 1, kMaxAutoSlots));
