@@ -38,13 +38,19 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
   }
   if (::close(fd) != 0) return fail("close");
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename");
-  std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (dir.empty()) dir = std::filesystem::current_path();
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  return SyncDirectory(std::filesystem::path(path).parent_path().string());
+}
+
+absl::Status SyncDirectory(const std::string& dir) {
+  const std::string name = dir.empty() ? std::string(".") : dir;
+  int fd = ::open(name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  // Some file systems cannot open or fsync a directory (EINVAL); their
+  // renames are as durable as they get.
+  if (fd < 0) return absl::OkStatus();
+  const bool synced = ::fsync(fd) == 0 || errno == EINVAL;
+  const std::string why = std::strerror(errno);
+  ::close(fd);
+  if (!synced) return absl::InternalError(absl::StrCat("cannot fsync ", name, ": ", why));
   return absl::OkStatus();
 }
 

@@ -13,6 +13,10 @@ namespace fwp {
 
 absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes);
 
+// fsyncs the directory `dir` (empty: the current one), so that the renames
+// and creations in it so far survive a crash.
+absl::Status SyncDirectory(const std::string& dir);
+
 // The bytes of a file: NotFound when it cannot be opened, Internal when it
 // cannot be read to its end.
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path);

@@ -307,7 +307,7 @@ absl::StatusOr<Config> Config::FromJson(const std::string& text) {
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
     return absl::InvalidArgumentError(
         absl::StrCat("config is not valid JSON: ", e.what()));
   }

@@ -132,7 +132,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   json header;
   try {
     header = json::parse(header_begin, header_begin + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
     return Bad(path, absl::StrCat("header is not valid JSON: ", e.what()));
   }
   if (!header.is_object()) return Bad(path, "header is not a JSON object");
@@ -175,10 +175,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
         return Bad(path, absl::StrCat(where, " has a bad dimension ", d.dump()));
       }
       info.shape.push_back(d.get<int64_t>());
-      elements *= d.get<uint64_t>();
-      if (elements > (uint64_t{1} << 40)) {
-        return Bad(path, absl::StrCat(where, " is implausibly large"));
+      // Checked before the product, which could otherwise wrap past 2^64.
+      const uint64_t n = d.get<uint64_t>();
+      if (n != 0 && elements > (uint64_t{1} << 40) / n) {
+        return Bad(path, absl::StrCat(where, " of shape ", shape.dump(), " is implausibly large"));
       }
+      elements *= n;
     }
     const json& offsets = entry.at("data_offsets");
     if (!offsets.is_array() || offsets.size() != 2 ||

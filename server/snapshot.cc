@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "model/atomic_file.h"
+#include "model/hash.h"
 
 namespace fwp::server {
 namespace {
@@ -96,7 +97,7 @@ absl::StatusOr<std::string> ReadSnapshotFile(const std::string& path, int64_t st
 absl::StatusOr<uint64_t> ModelFingerprint(const std::string& model_dir) {
   // FNV-1a over both files' bytes, read a piece at a time: a model's weights
   // are never held twice in memory to hash them.
-  uint64_t hash = 0xcbf29ce484222325ull;
+  uint64_t hash = kFnv1aSeed;
   std::vector<char> piece(1 << 20);
   for (const char* name : {"config.json", "model.safetensors"}) {
     const std::string path = absl::StrCat(model_dir, "/", name);
@@ -104,13 +105,11 @@ absl::StatusOr<uint64_t> ModelFingerprint(const std::string& model_dir) {
     if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
     while (in) {
       in.read(piece.data(), static_cast<std::streamsize>(piece.size()));
-      const std::streamsize got = in.gcount();
-      for (std::streamsize i = 0; i < got; ++i) {
-        hash = (hash ^ static_cast<unsigned char>(piece[i])) * 0x100000001b3ull;
-      }
+      hash = Fnv1a(hash, piece.data(), static_cast<size_t>(in.gcount()));
     }
     if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-    hash = (hash ^ 0xff) * 0x100000001b3ull;  // file separator
+    const unsigned char separator = 0xff;  // between the files
+    hash = Fnv1a(hash, &separator, 1);
   }
   return hash;
 }

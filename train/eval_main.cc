@@ -162,7 +162,11 @@ static int Main(int argc, char** argv) {
   const double loss = nats / count;
   std::printf("%s: %lld tokens scored, loss %.4f nats/token, perplexity %.2f", split.c_str(),
               (long long)count, loss, std::exp(loss));
-  if (*bytes > 0) std::printf(", %.4f bits/byte", nats / std::log(2.0) / *bytes);
+  // Bits per byte of the split: the mean loss per prediction times the
+  // split's predictions per byte (windows score only whole windows, fewer
+  // predictions than the split's bytes hold; a stream scores them all).
+  const auto predictions = static_cast<double>(tokens.size() - 1);
+  if (*bytes > 0) std::printf(", %.4f bits/byte", loss * predictions / std::log(2.0) / *bytes);
   std::printf(" (context %s, %s)\n", context.c_str(), backend->Name());
   return 0;
 }

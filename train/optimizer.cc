@@ -44,6 +44,8 @@ double Optimizer::Step() {
   double sum = 0.0;
   for (size_t i = 0; i < params_.size(); ++i) sum += backend.SumSquares(grads_[i].f32(), params_[i].size);
   const double norm = std::sqrt(sum);
+  // Clipped, it would scale by clip/inf = 0, and inf · 0 is NaN in every weight.
+  if (!std::isfinite(norm)) return norm;
   ++step_;
   AdamWParams p;
   p.lr = LearningRate(config_, step_);

@@ -41,7 +41,9 @@ class Optimizer {
   void ZeroGrads();
 
   // Clips the summed gradients to clip_norm and applies one update; returns
-  // the gradient norm before clipping. Does not zero the gradients.
+  // the gradient norm before clipping. Does not zero the gradients. A norm
+  // that is not finite (a gradient overflowed) changes nothing — the weights,
+  // moments and step stay as they were — and is returned as it is.
   double Step();
 
   int64_t step() const { return step_; }

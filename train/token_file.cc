@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/atomic_file.h"
+#include "model/hash.h"
 
 namespace fwp {
 namespace {
@@ -58,6 +59,12 @@ absl::StatusOr<TokenFile> ReadTokenFile(const std::string& path) {
     }
   }
   return file;
+}
+
+uint64_t Fingerprint(const TokenFile& file) {
+  const auto vocab = static_cast<uint64_t>(file.vocab_size);
+  return Fnv1a(Fnv1a(kFnv1aSeed, &vocab, sizeof(vocab)), file.tokens.data(),
+               file.tokens.size() * sizeof(int32_t));
 }
 
 }  // namespace fwp

@@ -24,4 +24,8 @@ absl::Status WriteTokenFile(const std::string& path, const TokenFile& file);
 // Refuses a file that is short, has another magic, or holds an id ≥ V.
 absl::StatusOr<TokenFile> ReadTokenFile(const std::string& path);
 
+// A hash of the vocabulary size and every id (FNV-1a): a training run
+// records its files' and refuses to resume on files that changed.
+uint64_t Fingerprint(const TokenFile& file);
+
 }  // namespace fwp

@@ -181,6 +181,9 @@ static int Main(int argc, char** argv) {
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
   const bool resume = absl::GetFlag(FLAGS_resume);
+  // A checkpoint a crash left half moved in is completed (or, cut off while
+  // written, dropped) before anything reads the run.
+  if (auto s = fwp::FinishCheckpoint(out); !s.ok()) return Fail(s);
   const int64_t steps = absl::GetFlag(FLAGS_steps);
   if (steps < 0) return Fail(absl::InvalidArgumentError("--steps must be ≥ 1 (or 0: the default)"));
   const std::string init = absl::GetFlag(FLAGS_init);

@@ -7,8 +7,12 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "kernels/random.h"
 #include "kernels/status_macros.h"
 #include "model/atomic_file.h"
@@ -19,6 +23,9 @@
 
 namespace fwp {
 namespace {
+
+// Where SaveCheckpoint writes a checkpoint before it moves it in.
+std::string StagingDir(const std::string& out_dir) { return out_dir + "/.checkpoint"; }
 
 using nlohmann::json;
 
@@ -47,6 +54,10 @@ json ToJson(const TrainerConfig& c, int64_t step) {
             {"clip_norm", o.clip_norm}}}};
   j["keep_best"] = c.keep_best;
   if (!c.data.empty()) j["data"] = c.data;
+  j["train_tokens"] = c.train_tokens;
+  j["valid_tokens"] = c.valid_tokens;
+  j["train_fingerprint"] = absl::StrFormat("%016x", c.train_fingerprint);
+  j["valid_fingerprint"] = absl::StrFormat("%016x", c.valid_fingerprint);
   return j;
 }
 
@@ -92,6 +103,17 @@ absl::StatusOr<TrainerConfig> FromJson(const std::string& path) {
     c.carry_state = j.value("carry_state", false);
     c.keep_best = j.value("keep_best", false);  // runs from before keep_best
     c.data = j.value("data", std::string());    // runs from before data was recorded
+    // Runs from before the token files were recorded: 0.
+    c.train_tokens = j.value("train_tokens", int64_t{0});
+    c.valid_tokens = j.value("valid_tokens", int64_t{0});
+    for (auto [key, field] : {std::pair{"train_fingerprint", &c.train_fingerprint},
+                              std::pair{"valid_fingerprint", &c.valid_fingerprint}}) {
+      const std::string hex = j.value(key, std::string("0"));
+      if (!absl::SimpleHexAtoi(hex, field)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", key, " is not a hexadecimal number: \"", hex, "\""));
+      }
+    }
     const json& o = j.at("optimizer");
     c.optimizer.lr = o.at("lr");
     c.optimizer.min_lr_ratio = o.at("min_lr_ratio");
@@ -182,10 +204,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     const TrainerConfig& trainer, TokenFile train, TokenFile valid, std::string out_dir,
     std::string tokenizer_path) {
   FWP_RETURN_IF_ERROR(CheckTrainerConfig(trainer));
+  // trainer.json must be writable at the first checkpoint, not fail there
+  // after the training time is spent (JSON holds only UTF-8 strings).
+  try {
+    (void)ToJson(trainer, 0).dump();
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the run's settings cannot be recorded in trainer.json (is the --data path \"",
+        absl::CHexEscape(trainer.data), "\" UTF-8?): ", e.what()));
+  }
   FWP_RETURN_IF_ERROR(CheckData(train, "train", config, trainer.seq));
   FWP_RETURN_IF_ERROR(CheckData(valid, "valid", config, trainer.seq));
   std::unique_ptr<Trainer> t(new Trainer());
   t->config_ = trainer;
+  t->config_.train_fingerprint = Fingerprint(train);
+  t->config_.valid_fingerprint = Fingerprint(valid);
+  t->config_.train_tokens = static_cast<int64_t>(train.tokens.size());
+  t->config_.valid_tokens = static_cast<int64_t>(valid.tokens.size());
   t->model_config_ = config;
   FWP_ASSIGN_OR_RETURN(t->model_, Model::Create(backend, config, weights));
   FWP_ASSIGN_OR_RETURN(t->optimizer_, Optimizer::Create(*t->model_, trainer.optimizer));
@@ -209,11 +244,56 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   return t;
 }
 
+absl::Status FinishCheckpoint(const std::string& out_dir) {
+  namespace fs = std::filesystem;
+  const fs::path staging = StagingDir(out_dir);
+  std::error_code error;
+  if (!fs::exists(staging, error)) return absl::OkStatus();
+  auto fail = [&](const std::string& what) {
+    return absl::InternalError(absl::StrCat("cannot finish the checkpoint in ", out_dir, ": ",
+                                            what, ": ", error.message()));
+  };
+  if (!fs::exists(staging / "trainer.json", error)) {
+    // Cut off while written: <out_dir> holds the checkpoint before it.
+    fs::remove_all(staging, error);
+    return error ? fail(absl::StrCat("removing ", staging.string())) : absl::OkStatus();
+  }
+  // Whole: move its files in (a rerun after a crash here moves the rest),
+  // trainer.json last, so that CheckpointStep names the step only once the
+  // files of that step are all in place.
+  for (const auto& entry : fs::directory_iterator(staging, error)) {
+    if (entry.path().filename() == "trainer.json" || !entry.is_regular_file()) continue;
+    fs::rename(entry.path(), fs::path(out_dir) / entry.path().filename(), error);
+    if (error) return fail(absl::StrCat("moving ", entry.path().string()));
+  }
+  if (error) return fail(absl::StrCat("listing ", staging.string()));
+  fs::rename(staging / "trainer.json", fs::path(out_dir) / "trainer.json", error);
+  if (error) return fail("moving trainer.json");
+  FWP_RETURN_IF_ERROR(SyncDirectory(out_dir));
+  fs::remove_all(staging, error);
+  return error ? fail(absl::StrCat("removing ", staging.string())) : absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(Backend& backend,
                                                          const std::string& out_dir,
                                                          TokenFile train, TokenFile valid,
                                                          int64_t steps, const std::string& data) {
+  FWP_RETURN_IF_ERROR(FinishCheckpoint(out_dir));
   FWP_ASSIGN_OR_RETURN(TrainerConfig trainer, ReadTrainerConfig(out_dir));
+  // The same step must draw the same batches (and the valid loss mean the
+  // same): the token files must be the ones the run began on.
+  for (const auto& [name, file, fingerprint, count] :
+       {std::tuple{"train", &train, trainer.train_fingerprint, trainer.train_tokens},
+        std::tuple{"valid", &valid, trainer.valid_fingerprint, trainer.valid_tokens}}) {
+    if (fingerprint == 0 || Fingerprint(*file) == fingerprint) continue;
+    const auto now = static_cast<int64_t>(file->tokens.size());
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the ", name, " tokens are not those the run in ", out_dir, " was trained on (",
+        count == now ? absl::StrCat(now, " tokens then and now, other ids")
+                     : absl::StrCat(count, " tokens then, ", now, " now"),
+        "): --resume would not continue it exactly; prepare the data as it was, or start a "
+        "new run from its weights with --init ", out_dir));
+  }
   if (steps > 0) trainer.steps = steps;
   if (!data.empty()) trainer.data = data;
   FWP_ASSIGN_OR_RETURN(HostModel checkpoint, ReadHostModel(out_dir));
@@ -327,13 +407,20 @@ absl::StatusOr<Model::Loss> Trainer::Evaluate() {
 }
 
 absl::Status Trainer::SaveCheckpoint() {
-  // Each file names its step, so that a checkpoint cut off while it was
-  // written (the files are atomic one by one, not as a set) is refused by
-  // Resume instead of mixing steps.
+  // The set goes to a staging folder first (FinishCheckpoint): a crash while
+  // it is written leaves <out> at the checkpoint before, whole. Each file
+  // also names its step, so that a set mixed by other means (files copied
+  // by hand) is refused by Resume instead of mixing steps.
+  const std::string staging = StagingDir(out_dir_);
+  std::error_code error;
+  std::filesystem::remove_all(staging, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat("cannot remove ", staging, ": ", error.message()));
+  }
   const std::map<std::string, std::string> step = {{"step", absl::StrCat(optimizer_->step())}};
   FWP_RETURN_IF_ERROR(
-      WriteModelDir(out_dir_, model_config_, model_->Weights(), tokenizer_path_, step));
-  FWP_RETURN_IF_ERROR(optimizer_->Save(out_dir_ + "/optimizer.safetensors"));
+      WriteModelDir(staging, model_config_, model_->Weights(), tokenizer_path_, step));
+  FWP_RETURN_IF_ERROR(optimizer_->Save(staging + "/optimizer.safetensors"));
   if (!carry_.empty()) {
     // [batch × accum streams, state floats], stream s in pool s / batch.
     const int64_t floats = carry_[0]->slot_bytes() / 4;
@@ -347,15 +434,16 @@ absl::Status Trainer::SaveCheckpoint() {
       positions[s] = pool.position(slot);
     }
     FWP_RETURN_IF_ERROR(WriteSafetensors(
-        out_dir_ + "/carry.safetensors",
+        staging + "/carry.safetensors",
         {{"states", DType::kF32, {streams, floats},
           {reinterpret_cast<const uint8_t*>(states.data()), states.size() * 4}},
          {"positions", DType::kI64, {streams},
           {reinterpret_cast<const uint8_t*>(positions.data()), positions.size() * 8}}},
         step));
   }
-  return WriteFileAtomically(out_dir_ + "/trainer.json",
-                             ToJson(config_, optimizer_->step()).dump(2) + "\n");
+  FWP_RETURN_IF_ERROR(WriteFileAtomically(staging + "/trainer.json",
+                                          ToJson(config_, optimizer_->step()).dump(2) + "\n"));
+  return FinishCheckpoint(out_dir_);
 }
 
 absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report,
@@ -368,6 +456,12 @@ absl::Status Trainer::Run(const std::function<void(const StepReport&)>& report,
       return absl::InternalError(absl::StrCat("loss is not finite at step ", r.step,
                                               ": lower --lr (", config_.optimizer.lr,
                                               ") or --clip, or check the data"));
+    }
+    if (!std::isfinite(r.grad_norm)) {  // the optimiser left the weights as they were
+      return absl::InternalError(absl::StrCat(
+          "the gradient is not finite at step ", r.step, " (the loss is ", r.loss,
+          "); the step was not applied: lower --lr (", config_.optimizer.lr,
+          "), or check the data"));
     }
     const bool last = r.step == config_.steps;
     if ((config_.eval_every > 0 && r.step % config_.eval_every == 0) || last) {

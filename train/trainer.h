@@ -7,7 +7,9 @@
 // A checkpoint directory is a model directory (config.json,
 // model.safetensors, tokenizer.model) plus optimizer.safetensors,
 // trainer.json (the settings and the step) and, with carry_state, the
-// carried states (carry.safetensors).
+// carried states (carry.safetensors). It is written into <out>/.checkpoint
+// and then moved in (FinishCheckpoint), so that a crash never leaves a mixed
+// or half-written one.
 #pragma once
 
 #include <cstdint>
@@ -53,6 +55,12 @@ struct TrainerConfig {
   // --resume reads the same token files (empty: a run from before it was
   // recorded).
   std::string data;
+  // What the run's token files held (train/token_file.h's Fingerprint, and
+  // their sizes), set by Trainer::Create and recorded in trainer.json, so
+  // that --resume on files prepared again differently is refused (the same
+  // step would draw other batches). 0: a run from before they were recorded.
+  uint64_t train_fingerprint = 0, valid_fingerprint = 0;
+  int64_t train_tokens = 0, valid_tokens = 0;
   OptimizerConfig optimizer;
 };
 
@@ -73,6 +81,16 @@ absl::Status CheckTrainerConfig(const TrainerConfig& c);
 // The step of the checkpoint in `out_dir` (its trainer.json); NotFound when
 // the directory holds no run.
 absl::StatusOr<int64_t> CheckpointStep(const std::string& out_dir);
+
+// A checkpoint is written whole into <out_dir>/.checkpoint (trainer.json
+// last, every file fsynced), then moved into <out_dir> file by file,
+// trainer.json last, and the folder removed. FinishCheckpoint completes what
+// a crash (kill, power loss) interrupted: a folder that holds trainer.json
+// holds a whole, durable checkpoint, whose moves it finishes; one without it
+// was cut off while written and is removed (<out_dir> still holds the
+// checkpoint before it, whole). OK when there is nothing to do. Resume calls
+// it, and so does fwp-train before it looks at <out_dir>.
+absl::Status FinishCheckpoint(const std::string& out_dir);
 
 // The settings recorded with the checkpoint in `out_dir` (its trainer.json).
 absl::StatusOr<TrainerConfig> ReadTrainerConfig(const std::string& out_dir);

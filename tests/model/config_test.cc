@@ -161,6 +161,9 @@ TEST(Config, RefusesBadFieldsNamingThem) {
   EXPECT_NE(ErrorWith("1e-6", "-1").find("'norm_eps'"), std::string::npos);
   EXPECT_NE(ErrorWith("\"gelu\"", "\"swish\"").find("'activation'"), std::string::npos);
   EXPECT_NE(ErrorWith("}", ",}").find("not valid JSON"), std::string::npos);
+  // A number past double's range is the JSON library's out_of_range, not a
+  // parse error: refused all the same (it used to end the process).
+  EXPECT_NE(ErrorWith("1e-6", "1e999").find("not valid JSON"), std::string::npos);
 }
 
 }  // namespace

@@ -114,6 +114,13 @@ TEST(Safetensors, RefusesEachKindOfCorruptionWithItsMessage) {
   EXPECT_NE(ErrorOf(Handmade("{" + a, 8)).find("not valid JSON"), std::string::npos);
   const std::string a_neg = R"("a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]})";
   EXPECT_NE(ErrorOf(Handmade("{" + a_neg + "}", 8)).find("bad dimension"), std::string::npos);
+  // A number past double's range (the JSON library's out_of_range).
+  const std::string a_huge = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,1e999]})";
+  EXPECT_NE(ErrorOf(Handmade("{" + a_huge + "}", 8)).find("not valid JSON"), std::string::npos);
+  // Dimensions whose product wraps past 2^64 (to 0 here: 2^40 · 2^24).
+  const std::string a_wrap =
+      R"("a":{"dtype":"F32","shape":[1099511627776,16777216],"data_offsets":[0,0]})";
+  EXPECT_NE(ErrorOf(Handmade("{" + a_wrap + "}", 0)).find("implausibly large"), std::string::npos);
   // Non-finite values are refused when read.
   EXPECT_NE(ErrorOf(Handmade("{" + a + "}", 8, std::numeric_limits<float>::infinity()))
                 .find("non-finite"),

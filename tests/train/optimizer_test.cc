@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
 #include "kernels/random.h"
 #include "tests/sized_config.h"
 
@@ -50,6 +53,37 @@ void OverfitOneBatch(Backend& backend) {
   }
   EXPECT_NEAR(first, std::log(32.0), 0.3);
   EXPECT_LT(last, 0.3) << "from " << first;
+}
+
+// A gradient that overflowed (inf) must not reach the weights: clipping
+// would scale it by clip/inf = 0, and inf · 0 = NaN in every weight.
+TEST(Optimizer, AStepWithANonFiniteGradientChangesNothing) {
+  auto backend = MakeCpuBackend();
+  const Config c = testing::SizedConfig(32, 32, 2, 2, 16, 64);
+  auto model = Model::Create(*backend, c, RandomWeights(c, 1));
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto opt = Optimizer::Create(**model, OptimizerConfig{});
+  ASSERT_TRUE(opt.ok());
+  const int64_t batch = 2, time = 8;
+  std::vector<int32_t> tokens(batch * time), targets(batch * time);
+  for (int64_t i = 0; i < batch * time; ++i) {
+    tokens[i] = static_cast<int32_t>(i % 32);
+    targets[i] = static_cast<int32_t>((i * 7 + 3) % 32);
+  }
+  (*opt)->ZeroGrads();
+  ASSERT_TRUE((*model)->ForwardBackward(tokens, targets, batch, &(*opt)->grads()).ok());
+  const HostWeights before = (*model)->Weights();
+  const float inf = std::numeric_limits<float>::infinity();
+  backend->CopyToDevice((*opt)->grads()[1].data(), &inf, sizeof(float));
+  EXPECT_FALSE(std::isfinite((*opt)->Step()));
+  EXPECT_EQ((*opt)->step(), 0);
+  EXPECT_EQ((*model)->Weights(), before);
+  // The next, finite step is the first.
+  const float zero = 0.0f;
+  backend->CopyToDevice((*opt)->grads()[1].data(), &zero, sizeof(float));
+  EXPECT_TRUE(std::isfinite((*opt)->Step()));
+  EXPECT_EQ((*opt)->step(), 1);
+  EXPECT_NE((*model)->Weights(), before);
 }
 
 TEST(Training, ATinyModelOverfitsOneBatchOnTheCpu) {

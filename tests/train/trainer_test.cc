@@ -288,9 +288,74 @@ TEST(Trainer, AStoppedRunIsCheckpointedWhereItStoodAndResumesExactly) {
   EXPECT_EQ(losses, uninterrupted);
 }
 
-// A checkpoint is four files, each written atomically but not as a set: a
-// kill between them leaves files of two steps, which Resume refuses (each
-// file names its step) instead of continuing from a mixture.
+// A checkpoint is written into <out>/.checkpoint and then moved in; a crash
+// at any point leaves a run that resumes exactly, from the new checkpoint
+// when it was whole (the moves are finished) or from the one before.
+TEST(Trainer, ACrashWhileACheckpointIsWrittenOrMovedInLosesNothing) {
+  namespace fs = std::filesystem;
+  auto backend = MakeCpuBackend();
+  backend->SetBatchInvariant(false);
+  const Config config = TinyConfig();
+  const HostWeights init = RandomWeights(config, 3);
+  TrainerConfig settings = Settings(8, true);
+  settings.checkpoint_every = 2;
+  const std::string out = FreshDir("fwp_trainer_crash");
+  const std::string at4 = FreshDir("fwp_trainer_crash_at4");
+  const std::string at6 = FreshDir("fwp_trainer_crash_at6");
+  auto t = Trainer::Create(*backend, config, init, settings, Stream(3000, 1), Stream(500, 2), out, "");
+  ASSERT_TRUE(t.ok());
+  std::vector<double> uninterrupted;
+  ASSERT_TRUE((*t)->Run([&](const StepReport& r) {
+    uninterrupted.push_back(r.loss);
+    if (r.step == 4) fs::copy(out, at4, fs::copy_options::recursive);
+    if (r.step == 6) fs::copy(out, at6, fs::copy_options::recursive);
+  }).ok());
+  t->reset();
+  ASSERT_EQ(uninterrupted.size(), 8u);
+  ASSERT_FALSE(fs::exists(at4 + "/.checkpoint"));  // moved in and gone after each save
+  // `moved` of step 6's files already in <out>, the rest (with trainer.json
+  // when `whole`) still in the staging folder; the base is step 4's run.
+  auto crashed = [&](const std::string& name, bool whole, std::vector<std::string> moved) {
+    const std::string dir = FreshDir(name);
+    fs::copy(at4, dir, fs::copy_options::recursive);
+    fs::create_directories(dir + "/.checkpoint");
+    for (const auto& entry : fs::directory_iterator(at6)) {
+      const std::string file = entry.path().filename().string();
+      if (file == "trainer.json" && !whole) continue;
+      const bool in = std::find(moved.begin(), moved.end(), file) != moved.end();
+      fs::copy_file(entry.path(), (in ? dir : dir + "/.checkpoint") + "/" + file,
+                    fs::copy_options::overwrite_existing);
+    }
+    if (!whole) fs::resize_file(dir + "/.checkpoint/carry.safetensors", 100);  // mid-write
+    return dir;
+  };
+  struct Case {
+    const char* name;
+    bool whole;
+    std::vector<std::string> moved;
+    int64_t resumes_at;
+  };
+  for (const Case& c : {Case{"fwp_trainer_crash_writing", false, {}, 4},
+                        Case{"fwp_trainer_crash_written", true, {}, 6},
+                        Case{"fwp_trainer_crash_moving", true,
+                             {"model.safetensors", "optimizer.safetensors"}, 6}}) {
+    const std::string dir = crashed(c.name, c.whole, c.moved);
+    if (c.whole) {  // the step-4 trainer.json with step-6 weights: mixed until finished
+      EXPECT_EQ(*CheckpointStep(dir), 4) << c.name;
+    }
+    auto r = Trainer::Resume(*backend, dir, Stream(3000, 1), Stream(500, 2), 0);
+    ASSERT_TRUE(r.ok()) << c.name << ": " << r.status();
+    EXPECT_EQ((*r)->step(), c.resumes_at) << c.name;
+    EXPECT_FALSE(fs::exists(dir + "/.checkpoint")) << c.name;
+    const auto rest = RunFor(**r);
+    EXPECT_EQ(rest, std::vector<double>(uninterrupted.begin() + c.resumes_at, uninterrupted.end()))
+        << c.name;
+  }
+}
+
+// Files of one checkpoint copied over by hand from another step mix steps,
+// which Resume refuses (each file names its step) instead of continuing
+// from a mixture.
 TEST(Trainer, ACheckpointCutOffWhileWrittenIsRefused) {
   auto backend = MakeCpuBackend();
   const Config config = TinyConfig();
@@ -317,6 +382,48 @@ TEST(Trainer, ACheckpointCutOffWhileWrittenIsRefused) {
         << file << ": " << r.status();
   }
   EXPECT_TRUE(Trainer::Resume(*backend, out, Stream(3000, 1), Stream(500, 2), 6).ok());
+}
+
+// Token files prepared again (other text, or the same count of other ids)
+// would give the same step other batches: --resume refuses them.
+TEST(Trainer, ResumeRefusesTokenFilesThatChanged) {
+  auto backend = MakeCpuBackend();
+  const Config config = TinyConfig();
+  const std::string out = FreshDir("fwp_trainer_changed_data");
+  auto t = Trainer::Create(*backend, config, RandomWeights(config, 1), Settings(2), Stream(3000, 1),
+                           Stream(500, 2), out, "");
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*t)->Run([](const StepReport&) {}).ok());
+  t->reset();
+  auto same = Trainer::Resume(*backend, out, Stream(3000, 1), Stream(500, 2), 4);
+  EXPECT_TRUE(same.ok()) << same.status();
+  same->reset();
+  auto ids = Trainer::Resume(*backend, out, Stream(3000, 7), Stream(500, 2), 4);
+  ASSERT_FALSE(ids.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(ids.status())) << ids.status();
+  EXPECT_NE(ids.status().message().find("the train tokens are not those"), std::string::npos)
+      << ids.status();
+  EXPECT_NE(ids.status().message().find("3000 tokens then and now"), std::string::npos)
+      << ids.status();
+  auto longer = Trainer::Resume(*backend, out, Stream(3000, 1), Stream(600, 2), 4);
+  ASSERT_FALSE(longer.ok());
+  EXPECT_NE(longer.status().message().find("valid tokens are not those"), std::string::npos)
+      << longer.status();
+  EXPECT_NE(longer.status().message().find("500 tokens then, 600 now"), std::string::npos)
+      << longer.status();
+}
+
+// A --data path trainer.json cannot hold (not UTF-8) is refused at the
+// start, not at the first checkpoint.
+TEST(Trainer, RefusesADataPathThatCannotBeRecorded) {
+  auto backend = MakeCpuBackend();
+  const Config config = TinyConfig();
+  TrainerConfig settings = Settings(2);
+  settings.data = "/data/\xff\xfe";
+  auto t = Trainer::Create(*backend, config, RandomWeights(config, 1), settings, Stream(3000, 1),
+                           Stream(500, 2), FreshDir("fwp_trainer_bad_path"), "");
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("UTF-8"), std::string::npos) << t.status();
 }
 
 TEST(Trainer, RefusesDataThatDoesNotFitTheModel) {
