@@ -461,9 +461,11 @@ void Engine::Drain(std::chrono::milliseconds grace) {
   lock.unlock();
   std::promise<void> done;
   Post([&] {
+    // UNAVAILABLE, which clients and load balancers retry elsewhere.
     for (auto& active : active_) {
       if (active->phase != Active::Phase::kDone) {
-        Finish(*active, FinishReason::kCancelled, absl::OkStatus());
+        Finish(*active, FinishReason::kCancelled,
+               absl::UnavailableError("the server is draining (shutting down)"));
       }
     }
     active_.clear();
@@ -471,11 +473,17 @@ void Engine::Drain(std::chrono::milliseconds grace) {
     if (!options_.snapshot_dir.empty()) {
       int written = 0;
       for (auto& [id, session] : sessions_) {
-        if (session->ephemeral || session->tier == Tier::kDisk) continue;
+        if (session->ephemeral) continue;
+        if (session->tier == Tier::kDisk) {  // on disk, unless the disk refused it
+          std::lock_guard<std::mutex> lock(writer_mutex_);
+          if (unwritable_.count(id) == 0) continue;
+        }
         if (auto s = WriteToDisk(*session); !s.ok()) {
           std::fprintf(stderr, "fwp-server: session %s not saved: %s\n", id.c_str(),
                        std::string(s.message()).c_str());
         } else {
+          std::lock_guard<std::mutex> lock(writer_mutex_);
+          unwritable_.erase(id);
           ++written;
         }
       }
@@ -626,7 +634,11 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
       std::shared_ptr<const std::string> unwritten;
       {
         std::lock_guard<std::mutex> lock(writer_mutex_);
-        if (auto it = unwritten_.find(session.id); it != unwritten_.end()) unwritten = it->second;
+        if (auto it = unwritten_.find(session.id); it != unwritten_.end()) {
+          unwritten = it->second;
+        } else if (auto it = unwritable_.find(session.id); it != unwritable_.end()) {
+          unwritten = it->second;
+        }
       }
       auto snapshot =
           unwritten != nullptr
@@ -681,11 +693,10 @@ absl::Status Engine::MakeResident(Session& session) {
   if (session.tier == Tier::kHost) {
     block = std::move(session.host);
     --host_sessions_;
-  } else if (!options_.snapshot_every_turn) {
-    // The session lives in memory now; a stale file must not come back.
-    SettleWrite(session.id);
-    std::error_code ignored;
-    std::filesystem::remove(SnapshotPath(session.id), ignored);
+  } else {
+    // The session lives in memory now; a stale file must not come back
+    // (with --snapshot_every_turn the file is the last turn's, and stays).
+    DropSnapshot(session.id, /*remove_file=*/!options_.snapshot_every_turn);
   }
   const char* bytes = block ? block.get() : state.empty() ? nullptr : state.data();
   if (bytes == nullptr) {
@@ -719,24 +730,50 @@ absl::Status Engine::WriteToDisk(Session& session) {
   return WriteFileAtomically(SnapshotPath(session.id), bytes);
 }
 
-void Engine::WriteThen(Session& session, std::function<void()> then) {
+void Engine::WriteThen(Session& session, std::function<void(absl::Status)> then) {
   auto bytes = EncodeSession(session);
   if (!bytes.ok()) {
     std::fprintf(stderr, "fwp-server: cannot write session %s: %s\n", session.id.c_str(),
                  std::string(bytes.status().message()).c_str());
-    return then();
+    ++metrics_->snapshot_write_failures;
+    return then(bytes.status());
   }
-  QueueWrite(session.id, std::move(*bytes), std::move(then));
+  QueueWrite(session.id, std::make_shared<const std::string>(std::move(*bytes)), std::move(then));
 }
 
-void Engine::QueueWrite(const std::string& id, std::string bytes, std::function<void()> then) {
-  auto shared = std::make_shared<const std::string>(std::move(bytes));
+void Engine::QueueWrite(const std::string& id, std::shared_ptr<const std::string> bytes,
+                        std::function<void(absl::Status)> then) {
   {
     std::lock_guard<std::mutex> lock(writer_mutex_);
-    unwritten_[id] = shared;
-    writes_.push_back({id, std::move(shared), std::move(then)});
+    unwritten_[id] = bytes;
+    unwritable_.erase(id);  // superseded
+    writes_.push_back({id, std::move(bytes), std::move(then)});
   }
   writer_wake_.notify_one();
+}
+
+void Engine::RetryUnwritable() {
+  const auto now = Clock::now();
+  if (now < next_write_retry_) return;
+  next_write_retry_ = now + kRetryWrites;
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> retry;
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    retry.swap(unwritable_);
+  }
+  for (auto& [id, bytes] : retry) QueueWrite(id, std::move(bytes), nullptr);
+}
+
+void Engine::DropSnapshot(const std::string& id, bool remove_file) {
+  SettleWrite(id);
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    unwritable_.erase(id);
+  }
+  if (remove_file) {
+    std::error_code ignored;
+    std::filesystem::remove(SnapshotPath(id), ignored);
+  }
 }
 
 void Engine::SettleWrite(const std::string& id) {
@@ -755,15 +792,21 @@ void Engine::WriterLoop() {
     writing_ = true;
     lock.unlock();
     const std::string path = SnapshotPath(write.id);
-    if (auto s = WriteFileAtomically(path, *write.bytes); !s.ok()) {
-      std::fprintf(stderr, "fwp-server: cannot write %s: %s\n", path.c_str(),
-                   std::string(s.message()).c_str());
+    const absl::Status written = WriteFileAtomically(path, *write.bytes);
+    if (!written.ok()) {
+      std::fprintf(stderr, "fwp-server: cannot write %s: %s%s\n", path.c_str(),
+                   std::string(written.message()).c_str(),
+                   write.then ? "" : " (the session stays in memory; written again later)");
+      ++metrics_->snapshot_write_failures;
     }
-    if (write.then) write.then();
+    if (write.then) write.then(written);
     lock.lock();
     writing_ = false;
     if (auto it = unwritten_.find(write.id); it != unwritten_.end() && it->second == write.bytes) {
-      unwritten_.erase(it);  // a newer write of the same session may still wait
+      // (A newer write of the same session may still wait.) A spill the disk
+      // refused is the session's only copy: it stays in memory.
+      if (!written.ok() && !write.then) unwritable_[write.id] = write.bytes;
+      unwritten_.erase(it);
     }
     writer_idle_.notify_all();
   }
@@ -776,6 +819,7 @@ void Engine::FlushWrites() {
 
 void Engine::SpillHost() {
   if (options_.snapshot_dir.empty()) return;
+  RetryUnwritable();
   while (host_sessions_ * state_bytes_ > options_.host_bytes) {
     Session* victim = nullptr;
     for (auto& [id, s] : sessions_) {
@@ -788,7 +832,7 @@ void Engine::SpillHost() {
     // Written by the writer thread; the engine does not wait on the disk.
     auto bytes = EncodeSession(*victim);  // host tier: cannot fail
     if (!bytes.ok()) return;
-    QueueWrite(victim->id, std::move(*bytes), nullptr);
+    QueueWrite(victim->id, std::make_shared<const std::string>(std::move(*bytes)), nullptr);
     victim->host.reset();
     victim->tier = Tier::kDisk;
     --host_sessions_;
@@ -803,11 +847,7 @@ void Engine::RemoveSession(Session* session) {
   } else if (session->tier == Tier::kHost) {
     --host_sessions_;
   }
-  if (!options_.snapshot_dir.empty()) {
-    SettleWrite(session->id);
-    std::error_code ignored;
-    std::filesystem::remove(SnapshotPath(session->id), ignored);
-  }
+  if (!options_.snapshot_dir.empty()) DropSnapshot(session->id, /*remove_file=*/true);
   sessions_.erase(session->id);
 }
 
@@ -826,9 +866,11 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
     active->created_session = true;
   } else {
     session = Lookup(job->principal, job->session_id);
-    if (session.ok() && (*session)->busy && job->mode == Job::Mode::kGenerate) {
+    if (session.ok() && (*session)->busy &&
+        (job->mode == Job::Mode::kGenerate || job->mode == Job::Mode::kScore)) {
       // Requests on one session run one after the other (a chat's next turn
-      // may arrive before a cancelled reply has let go).
+      // may arrive before a cancelled reply has let go; a score reads the
+      // state a running turn has only half written).
       active->job = std::move(job);
       active->waiting_for_session = active->job->session_id;
       if (active->job->out) active->job->out->SetSessionId(active->waiting_for_session);
@@ -959,7 +1001,15 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
   // 2. The answer, delivered now or, with --snapshot_every_turn, once the
   // session is on disk (a replica killed right after a reply must not lose
   // the turn).
-  std::function<void()> answer;
+  // `saved`: the turn's snapshot write (OK without one); a turn that could
+  // not be saved is answered with an error, not acknowledged.
+  std::function<void(absl::Status saved)> answer;
+  const auto unsaved = [id = session != nullptr ? session->id : std::string()](
+                           const absl::Status& saved) {
+    return absl::InternalError(absl::StrCat(
+        "the turn ran but session ", id, " could not be saved to --snapshot_dir (",
+        saved.message(), "); this replica holds it in memory only"));
+  };
   switch (job.mode) {
     case Job::Mode::kGenerate: {
       Event event;
@@ -973,7 +1023,8 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
         event.usage.generated_tokens = a.generated;
         event.usage.total_time_s = Seconds(Clock::now() - job.arrival);
       }
-      answer = [out = job.out, event = std::move(event)]() mutable {
+      answer = [out = job.out, event = std::move(event), unsaved](absl::Status saved) mutable {
+        if (!saved.ok()) event.status = unsaved(saved);
         out->Push(std::move(event));
       };
       break;
@@ -984,7 +1035,9 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
                     : absl::StatusOr<SessionInfo>(
                           status.ok() ? absl::CancelledError("cancelled") : status);
       if (result.ok()) result->busy = false;
-      answer = [done = job.on_info, result = std::move(result)] { done(result); };
+      answer = [done = job.on_info, result = std::move(result), unsaved](absl::Status saved) {
+        done(saved.ok() ? result : unsaved(saved));
+      };
       break;
     }
     case Job::Mode::kScore: {
@@ -992,7 +1045,9 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
           completed ? absl::StatusOr<ScoreResult>(std::move(a.score))
                     : absl::StatusOr<ScoreResult>(
                           status.ok() ? absl::CancelledError("cancelled") : status);
-      answer = [done = job.on_score, result = std::move(result)] { done(result); };
+      answer = [done = job.on_score, result = std::move(result), unsaved](absl::Status saved) {
+        done(saved.ok() ? result : unsaved(saved));
+      };
       break;
     }
   }
@@ -1009,7 +1064,7 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
     }
     a.session = nullptr;
   }
-  if (!deferred) answer();
+  if (!deferred) answer(absl::OkStatus());
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!admitted) --queued_;
@@ -1092,9 +1147,18 @@ void Engine::Step() {
         continue;
       }
       if (it->second->busy) continue;  // its turn has not come yet
-      a->session = it->second.get();
-      a->session->busy = true;
       a->waiting_for_session.clear();
+      if (a->job->mode == Job::Mode::kScore) {  // a copy, as in StartJob
+        auto copy = CopySession(*it->second, a->job->principal, /*ephemeral=*/true);
+        if (!copy.ok()) {
+          Finish(*a, FinishReason::kNone, copy.status());
+          continue;
+        }
+        a->session = *copy;
+      } else {
+        a->session = it->second.get();
+      }
+      a->session->busy = true;
     }
     if (blocked && a->session->tier != Tier::kDevice) continue;
     absl::Status resident = MakeResident(*a->session);

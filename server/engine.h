@@ -215,9 +215,16 @@ class Engine {
   absl::Status WriteToDisk(Session& session);
   // --snapshot_every_turn: the snapshot is encoded on the engine thread and
   // written (fsync, rename) by the writer thread, which then runs `then`
-  // (the request's answer), so a turn is durable before it is acknowledged
-  // and the engine never waits on the disk.
-  void WriteThen(Session& session, std::function<void()> then);
+  // with the write's status (the request's answer: an error when the turn
+  // could not be saved), so a turn is durable before it is acknowledged and
+  // the engine never waits on the disk.
+  void WriteThen(Session& session, std::function<void(absl::Status)> then);
+  // Spilled sessions whose snapshot could not be written are kept in memory
+  // (`unwritable_`) and written again every kRetryWrites.
+  void RetryUnwritable();
+  // The session is back in memory or gone: any copy of it that waits for
+  // the disk is dropped, and (remove_file) its snapshot file removed.
+  void DropSnapshot(const std::string& id, bool remove_file);
   void WriterLoop();
   void FlushWrites();
   void RemoveSession(Session* session);
@@ -273,11 +280,12 @@ class Engine {
   struct PendingWrite {
     std::string id;
     std::shared_ptr<const std::string> bytes;
-    std::function<void()> then;
+    std::function<void(absl::Status)> then;  // null: a spill
   };
   // Queues a snapshot for the writer; until it is on disk, LoadState reads
   // it from `unwritten_` (a spilled session may be touched at once).
-  void QueueWrite(const std::string& id, std::string bytes, std::function<void()> then);
+  void QueueWrite(const std::string& id, std::shared_ptr<const std::string> bytes,
+                  std::function<void(absl::Status)> then);
   // Waits for a pending write of `id`, so that removing its file sticks.
   void SettleWrite(const std::string& id);
   std::mutex writer_mutex_;
@@ -285,6 +293,11 @@ class Engine {
   std::condition_variable writer_idle_;
   std::deque<PendingWrite> writes_;
   std::unordered_map<std::string, std::shared_ptr<const std::string>> unwritten_;
+  // Spills the disk refused (full, I/O error): the sessions' only copies,
+  // read by LoadState and written again by RetryUnwritable.
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> unwritable_;
+  static constexpr std::chrono::seconds kRetryWrites{5};
+  Clock::time_point next_write_retry_;
   bool writing_ = false;
   bool writer_stop_ = false;
   std::thread writer_;

@@ -512,6 +512,34 @@ TEST_F(ServerTest, RequestsOnOneSessionRunOneAfterAnother) {
   EXPECT_EQ(info.tokens(), 3 + 2 + 30 + 1 + 6);
 }
 
+// A Score naming a session that is mid-turn waits for the turn, and scores
+// the state the turn leaves (every token the session holds), not a state
+// half written.
+TEST_F(ServerTest, ScoringABusySessionWaitsForItsTurn) {
+  auto s = CreateSession(stub(), {5, 6});
+  ASSERT_TRUE(s.ok());
+  const std::vector<int32_t> text = {11, 12, 13};
+  grpc::ClientContext context;
+  auto reader = stub().Generate(&context, Greedy({7}, 400, s->session_id()));
+  v1::GenerateResponse m;
+  ASSERT_TRUE(reader->Read(&m));  // the turn is running (for a few hundred ms)
+  grpc::ClientContext score_context;
+  v1::ScoreRequest request;
+  request.set_session_id(s->session_id());
+  for (int32_t t : text) request.mutable_prompt()->mutable_ids()->add_ids(t);
+  v1::ScoreResponse during;
+  ASSERT_TRUE(stub().Score(&score_context, request, &during).ok());
+  const Completion turn = Collect(*reader);
+  ASSERT_TRUE(turn.status.ok());
+  EXPECT_EQ(turn.reason, v1::FINISH_REASON_LENGTH) << "the turn ran to its end";
+  // The same score once the session is idle: the same figures.
+  grpc::ClientContext after_context;
+  v1::ScoreResponse after;
+  ASSERT_TRUE(stub().Score(&after_context, request, &after).ok());
+  EXPECT_EQ(during.scored_tokens(), after.scored_tokens());
+  EXPECT_EQ(during.logprob(), after.logprob());
+}
+
 TEST_F(ServerTest, DeletingABusySessionCancelsItsRequest) {
   auto s = CreateSession(stub(), {5, 6});
   ASSERT_TRUE(s.ok());
@@ -680,6 +708,54 @@ TEST(ServerTiers, SessionsParkedToHostAndDiskContinueBitIdentically) {
   EXPECT_THAT(hosted.tiers_before, ::testing::Each(v1::TIER_HOST));
   for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(hosted.continuations[i].logprobs, reference.continuations[i].logprobs);
+  }
+}
+
+// The disk refuses a spill (here its folder is gone; full or failing in
+// life): the session stays in memory, continues bit-identically, is counted,
+// and is written at shutdown once the disk takes it again.
+TEST(ServerTiers, ASpillTheDiskRefusesKeepsTheSessionInMemory) {
+  Running roomy = StartServer(TestOptions());
+  const auto prompt = PromptIds(*roomy.stub, "The jury said it did find");
+  const auto more = PromptIds(*roomy.stub, " the county");
+  auto ref = CreateSession(*roomy.stub, prompt);
+  ASSERT_TRUE(ref.ok());
+  const Completion reference = Generate(*roomy.stub, Greedy(more, 12, ref->session_id()));
+  ASSERT_TRUE(reference.status.ok());
+
+  TempDir dir;
+  const std::string snapshots = dir.path() + "/snapshots";
+  std::filesystem::create_directories(snapshots);
+  ServerOptions tight = TestOptions();
+  tight.engine.slots = 1;
+  tight.engine.host_bytes = 0;  // every parked session goes to disk
+  tight.engine.snapshot_dir = snapshots;
+  Running r = StartServer(tight);
+  auto a = CreateSession(*r.stub, prompt);
+  ASSERT_TRUE(a.ok());
+  std::filesystem::rename(snapshots, dir.path() + "/away");
+  auto b = CreateSession(*r.stub, {5, 6});  // takes the slot: a is spilled
+  ASSERT_TRUE(b.ok());
+  v1::SessionInfo info;
+  ASSERT_TRUE(GetSession(*r.stub, a->session_id(), &info).ok());
+  EXPECT_EQ(info.tier(), v1::TIER_DISK);
+  for (int i = 0; i < 200 && r.server->metrics().snapshot_write_failures.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the writer thread's
+  }
+  EXPECT_GE(r.server->metrics().snapshot_write_failures.load(), 1u);
+  // Back from memory, exactly as it left.
+  const Completion cont = Generate(*r.stub, Greedy(more, 12, a->session_id()));
+  ASSERT_TRUE(cont.status.ok()) << cont.status.error_message();
+  EXPECT_EQ(cont.tokens, reference.tokens);
+  EXPECT_EQ(cont.logprobs, reference.logprobs);
+  // Refused again (b is spilled now, a too once more), then the disk is back:
+  // the drain writes what it could not.
+  auto c = CreateSession(*r.stub, {7});
+  ASSERT_TRUE(c.ok());
+  std::filesystem::rename(dir.path() + "/away", snapshots);
+  r.server->Shutdown(std::chrono::milliseconds(100));
+  for (const auto& id : {a->session_id(), b->session_id(), c->session_id()}) {
+    EXPECT_TRUE(std::filesystem::exists(snapshots + "/" + id + ".fwps")) << id;
   }
 }
 
@@ -898,9 +974,39 @@ TEST(ServerLimits, HealthIsServingThenNotServingWhileDraining) {
   EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   auto refused = Generate(*r.stub, GreedyText("The jury", 4));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  auto rest = Collect(*stream);  // cancelled when the grace period ends
-  EXPECT_EQ(rest.reason, v1::FINISH_REASON_CANCELLED);
+  // Cut off when the grace period ends: UNAVAILABLE, as for the refused
+  // call (clients and load balancers take it elsewhere).
+  auto rest = Collect(*stream);
+  EXPECT_EQ(rest.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(rest.status.error_message(), HasSubstr("draining"));
   drain.join();
+}
+
+// A turn's snapshot the disk refuses is not acknowledged: with
+// --snapshot_every_turn the request fails, naming why, and the session
+// (in memory) goes on.
+TEST(ServerLimits, ATurnThatCannotBeSavedIsNotAcknowledged) {
+  TempDir dir;
+  const std::string snapshots = dir.path() + "/snapshots";
+  std::filesystem::create_directories(snapshots);
+  ServerOptions options = TestOptions();
+  options.engine.snapshot_dir = snapshots;
+  options.engine.snapshot_every_turn = true;
+  Running r = StartServer(options);
+  auto request = GreedyText("The jury", 3);
+  request.set_keep_session(true);
+  const Completion saved = Generate(*r.stub, request);
+  ASSERT_TRUE(saved.status.ok()) << saved.status.error_message();
+  EXPECT_TRUE(std::filesystem::exists(snapshots + "/" + saved.session_id + ".fwps"));
+  std::filesystem::remove_all(snapshots);
+  auto next = Greedy({77}, 3, saved.session_id);
+  const Completion unsaved = Generate(*r.stub, next);
+  EXPECT_EQ(unsaved.status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(unsaved.status.error_message(), HasSubstr("could not be saved"));
+  EXPECT_GE(r.server->metrics().snapshot_write_failures.load(), 1u);
+  std::filesystem::create_directories(snapshots);
+  EXPECT_TRUE(Generate(*r.stub, next).status.ok());
+  EXPECT_TRUE(std::filesystem::exists(snapshots + "/" + saved.session_id + ".fwps"));
 }
 
 TEST(ServerAuth, BearerTokensGateCallsAndSessions) {
