@@ -127,6 +127,10 @@ struct Engine::Job {
   std::shared_ptr<Stream> out;                                  // kGenerate
   InfoCallback on_info;                                         // kPrefill
   std::function<void(absl::StatusOr<ScoreResult>)> on_score;   // kScore
+  // kPrefill, kScore: whether the caller has gone (client cancel, deadline);
+  // polled each step like a stream's cancel, never after the answer.
+  std::function<bool()> gone;
+  bool cancel = false;  // engine thread: DeleteSession cancelled it
 };
 
 struct Engine::Active {
@@ -329,7 +333,7 @@ absl::Status Engine::Submit(GenerateJob g) {
 }
 
 void Engine::CreateSession(std::string principal, std::string id, std::vector<int32_t> prompt,
-                           InfoCallback done) {
+                           InfoCallback done, std::function<bool()> gone) {
   if (auto s = ValidatePrompt(prompt, static_cast<int32_t>(vocab_), options_.max_prompt_tokens,
                               "prompt", /*allow_empty=*/true);
       !s.ok()) {
@@ -345,6 +349,7 @@ void Engine::CreateSession(std::string principal, std::string id, std::vector<in
     job->principal = std::move(principal);
     job->session_id = std::move(id);  // created by StartJob
     job->prompt = std::move(prompt);
+    job->gone = std::move(gone);
     job->on_info = done;
     if (auto s = Enqueue(std::move(job)); !s.ok()) done(s);
     return;
@@ -414,7 +419,12 @@ void Engine::DeleteSession(std::string principal, std::string id,
       // Delete wins: the request running on it is cancelled, and the session
       // goes when that request ends (it is unreachable from now on).
       for (auto& a : active_) {
-        if (a->session == *session && a->job->out) a->job->out->Cancel();
+        if (a->session != *session) continue;
+        if (a->job->out) {
+          a->job->out->Cancel();
+        } else {
+          a->job->cancel = true;  // a CreateSession's prompt
+        }
       }
       (*session)->ephemeral = true;
     } else {
@@ -429,7 +439,8 @@ void Engine::ReleaseSession(std::string principal, std::string id) {
 }
 
 void Engine::Score(std::string principal, std::string id, std::vector<int32_t> tokens,
-                   std::function<void(absl::StatusOr<ScoreResult>)> done) {
+                   std::function<void(absl::StatusOr<ScoreResult>)> done,
+                   std::function<bool()> gone) {
   if (auto s = ValidatePrompt(tokens, static_cast<int32_t>(vocab_), options_.max_prompt_tokens,
                               "prompt");
       !s.ok()) {
@@ -441,6 +452,7 @@ void Engine::Score(std::string principal, std::string id, std::vector<int32_t> t
   job->session_id = std::move(id);
   job->prompt = std::move(tokens);
   job->on_score = done;
+  job->gone = std::move(gone);
   if (auto s = Enqueue(std::move(job)); !s.ok()) done(s);
 }
 
@@ -515,18 +527,22 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
     // Written by an earlier run of this server or by another replica.
     auto snapshot = ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id);
     if (snapshot.ok()) {
-      // A well-formed file of this model may still hold tokens this server
-      // would refuse in a request (written by hand, or under other limits).
+      // A well-formed file of this model may still hold ids outside the
+      // vocabulary (written by hand). Its pending count may pass
+      // --max_prompt_tokens: prompts cut off before they were fed add up.
       if (auto s = ValidatePrompt(snapshot->pending, static_cast<int32_t>(vocab_),
-                                  options_.max_prompt_tokens, "pending tokens",
+                                  kMaxSnapshotPending, "pending tokens",
                                   /*allow_empty=*/true);
           !s.ok()) {
         snapshot = absl::DataLossError(absl::StrCat(SnapshotPath(id), ": ", s.message()));
       }
     }
     if (!snapshot.ok()) {
-      return absl::DataLossError(absl::StrCat("session ", id, " cannot be restored: ",
-                                              snapshot.status().message()));
+      // UNAVAILABLE (the disk could not be read now) stays what it is.
+      return absl::Status(absl::IsUnavailable(snapshot.status()) ? absl::StatusCode::kUnavailable
+                                                                 : absl::StatusCode::kDataLoss,
+                          absl::StrCat("session ", id, " cannot be restored: ",
+                                       snapshot.status().message()));
     }
     auto owned = std::make_unique<Session>();
     owned->id = id;
@@ -645,9 +661,11 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
               ? DecodeSnapshot(*unwritten, fingerprint_, state_bytes_, session.id)
               : ReadSnapshot(SnapshotPath(session.id), fingerprint_, state_bytes_, session.id);
       if (!snapshot.ok()) {
-        return absl::DataLossError(absl::StrCat("session ", session.id,
-                                                " cannot be restored: ",
-                                                snapshot.status().message()));
+        return absl::Status(
+            absl::IsUnavailable(snapshot.status()) ? absl::StatusCode::kUnavailable
+                                                   : absl::StatusCode::kDataLoss,
+            absl::StrCat("session ", session.id, " cannot be restored: ",
+                         snapshot.status().message()));
       }
       *state = std::move(snapshot->state);
       return absl::OkStatus();
@@ -1128,8 +1146,13 @@ void Engine::Step() {
   const auto start = Clock::now();
   // 1. Cancelled or timed-out streams free their slots.
   for (auto& a : active_) {
+    if (a->phase == Active::Phase::kDone) continue;
     if (a->job->out && a->job->out->cancelled()) {
       Finish(*a, FinishReason::kCancelled, absl::OkStatus());
+    } else if (a->job->cancel || (a->job->gone && a->job->gone())) {
+      Finish(*a, FinishReason::kCancelled,
+             absl::CancelledError(a->job->cancel ? "the session was deleted"
+                                                 : "the client cancelled, or its deadline passed"));
     }
   }
   // 2. Admission, first come first served; once a request finds no slot,

@@ -159,9 +159,11 @@ class Engine {
   absl::Status Submit(GenerateJob job);
 
   using InfoCallback = std::function<void(absl::StatusOr<SessionInfo>)>;
-  // `id` empty: a random one.
+  // `id` empty: a random one. `gone` (may be null) says whether the caller
+  // has gone (cancelled, past its deadline): a prompt still being fed is then
+  // stopped and its session dropped, as a stream's. Score likewise.
   void CreateSession(std::string principal, std::string id, std::vector<int32_t> prompt,
-                     InfoCallback done);
+                     InfoCallback done, std::function<bool()> gone = nullptr);
   void ForkSession(std::string principal, std::string id, InfoCallback done);
   void GetSession(std::string principal, std::string id, InfoCallback done);
   // A request running on the session is cancelled; the session is gone for
@@ -172,7 +174,8 @@ class Engine {
   // stream goes away).
   void ReleaseSession(std::string principal, std::string id);
   void Score(std::string principal, std::string id, std::vector<int32_t> tokens,
-             std::function<void(absl::StatusOr<ScoreResult>)> done);
+             std::function<void(absl::StatusOr<ScoreResult>)> done,
+             std::function<bool()> gone = nullptr);
 
   // Graceful shutdown: refuse new work (UNAVAILABLE), let running requests
   // finish for up to `grace`, cancel the rest, then write every session to

@@ -497,7 +497,8 @@ grpc::ServerUnaryReactor* FwpService::CreateSession(grpc::CallbackServerContext*
   }
   auto* reactor = context->DefaultReactor();
   engine_.CreateSession(*principal, request->session_id(), std::move(prompt),
-                        InfoCompletion(metrics_, "CreateSession", reactor, response));
+                        InfoCompletion(metrics_, "CreateSession", reactor, response),
+                        [context] { return context->IsCancelled(); });
   return reactor;
 }
 
@@ -610,7 +611,8 @@ grpc::ServerUnaryReactor* FwpService::Score(grpc::CallbackServerContext* context
                   response->set_perplexity(
                       r.tokens.empty() ? 0.0 : std::exp(-r.logprob / r.tokens.size()));
                   return absl::OkStatus();
-                }));
+                }),
+                [context] { return context->IsCancelled(); });
   return reactor;
 }
 

@@ -22,13 +22,15 @@ namespace fwp::server {
 namespace {
 
 constexpr char kMagic[8] = {'F', 'W', 'P', 'S', 'N', 'A', 'P', '\0'};
-constexpr uint32_t kVersion = 1;
+// Version 2's checksum covers the header too (but its own field); version
+// 1's, still read, covers only what follows the header.
+constexpr uint32_t kVersion = 2;
 constexpr uint32_t kHeaderBytes = 64;
 constexpr size_t kIdBytes = 32;
 // Bounds on the header's counts: what no session reaches (2^48 tokens fed),
 // and what a snapshot may hold besides its state.
 constexpr int64_t kMaxPosition = int64_t{1} << 48;
-constexpr uint32_t kMaxPending = 1u << 24;
+constexpr uint32_t kMaxPending = kMaxSnapshotPending;
 constexpr uint32_t kMaxOwnerBytes = 4096;
 
 template <typename T>
@@ -42,8 +44,7 @@ T Get(const std::string& in, size_t offset) {
   return value;
 }
 
-uint32_t Crc32(const char* data, size_t size) {
-  uLong crc = crc32(0L, Z_NULL, 0);
+uint32_t Crc32(const char* data, size_t size, uLong crc = crc32(0L, Z_NULL, 0)) {
   while (size > 0) {  // zlib takes uInt lengths
     const uInt piece = static_cast<uInt>(std::min<size_t>(size, 1u << 30));
     crc = crc32(crc, reinterpret_cast<const Bytef*>(data), piece);
@@ -51,6 +52,16 @@ uint32_t Crc32(const char* data, size_t size) {
     size -= piece;
   }
   return static_cast<uint32_t>(crc);
+}
+
+// The checksum of a snapshot `in` of `version` (its payload: the bytes
+// after the header).
+uint32_t SnapshotCrc(const std::string& in, uint32_t version) {
+  const size_t payload = in.size() - kHeaderBytes;
+  if (version == 1) return Crc32(in.data() + kHeaderBytes, payload);
+  uint32_t crc = Crc32(in.data(), 48);                  // up to the checksum field
+  crc = Crc32(in.data() + 52, kHeaderBytes - 52, crc);  // past it: reserved
+  return Crc32(in.data() + kHeaderBytes, payload, crc);
 }
 
 // A snapshot file's bytes. The engine thread reads it, so what is not a
@@ -62,7 +73,9 @@ absl::StatusOr<std::string> ReadSnapshotFile(const std::string& path, int64_t st
   if (fd < 0) {
     const int err = errno;
     const std::string why = absl::StrCat(path, ": cannot open: ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(why) : absl::DataLossError(why);
+    // Not a verdict on the file (EACCES, EMFILE, EIO): what reads it may try
+    // again, and must not take it for corrupt (DeleteSession removes those).
+    return err == ENOENT ? absl::NotFoundError(why) : absl::UnavailableError(why);
   }
   struct FdCloser {
     int fd;
@@ -84,7 +97,9 @@ absl::StatusOr<std::string> ReadSnapshotFile(const std::string& path, int64_t st
   while (got < bytes.size()) {
     const ssize_t n = read(fd, bytes.data() + got, bytes.size() - got);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::DataLossError(absl::StrCat(path, ": read error: ", std::strerror(errno)));
+    if (n < 0) {
+      return absl::UnavailableError(absl::StrCat(path, ": read error: ", std::strerror(errno)));
+    }
     if (n == 0) break;  // shrank while read: the decoder names the short file
     got += static_cast<size_t>(n);
   }
@@ -135,7 +150,7 @@ std::string EncodeSnapshot(const SessionSnapshot& s, uint64_t fingerprint) {
   std::memcpy(out.data() + at, s.owner.data(), s.owner.size());
   at += s.owner.size();
   if (!s.state.empty()) std::memcpy(out.data() + at, s.state.data(), s.state.size());
-  Put<uint32_t>(out, 48, Crc32(out.data() + kHeaderBytes, payload));
+  Put<uint32_t>(out, 48, SnapshotCrc(out, kVersion));
   return out;
 }
 
@@ -146,7 +161,7 @@ absl::StatusOr<SessionSnapshot> DecodeSnapshot(const std::string& in, uint64_t f
     return absl::DataLossError("not an fwp session snapshot (bad magic)");
   }
   const uint32_t version = Get<uint32_t>(in, 8);
-  if (version != kVersion) {
+  if (version != kVersion && version != 1) {
     return absl::DataLossError(
         absl::StrCat("snapshot version ", version, " is not supported (this server reads ",
                      kVersion, ")"));
@@ -178,8 +193,7 @@ absl::StatusOr<SessionSnapshot> DecodeSnapshot(const std::string& in, uint64_t f
     return absl::DataLossError(absl::StrCat("snapshot is ", in.size(), " bytes; its header says ",
                                             kHeaderBytes + payload, " (truncated or padded)"));
   }
-  const uint32_t crc = Crc32(in.data() + kHeaderBytes, payload);
-  if (crc != Get<uint32_t>(in, 48)) {
+  if (SnapshotCrc(in, version) != Get<uint32_t>(in, 48)) {
     return absl::DataLossError("snapshot checksum mismatch (the file is corrupt)");
   }
   size_t at = kHeaderBytes;

@@ -2,14 +2,15 @@
 //
 //   offset  size  field (little-endian)
 //        0     8  magic "FWPSNAP\0"
-//        8     4  version (1)
+//        8     4  version (2; version 1 is still read)
 //       12     4  header bytes (64)
 //       16     8  model fingerprint (ModelFingerprint of the serving model)
 //       24     8  position: tokens fed into the state
 //       32     8  state bytes (the model's slot size)
 //       40     4  pending tokens (seen but not yet fed: usually 1, the last)
 //       44     4  owner bytes (the bearer-token name that created it; may be 0)
-//       48     4  CRC-32 (zlib) of everything after the header
+//       48     4  CRC-32 (zlib) of the header's other bytes and everything
+//                 after it (version 1: only what follows the header)
 //       52    12  reserved, zero
 //       64        session id (32 ASCII hex digits), pending ids (int32 each),
 //                 owner, then the raw state (float32, StateLayout order)
@@ -37,6 +38,8 @@ struct SessionSnapshot {
 };
 
 inline constexpr char kSnapshotSuffix[] = ".fwps";
+// The most pending tokens a snapshot holds.
+inline constexpr uint32_t kMaxSnapshotPending = 1u << 24;
 
 // A 64-bit fingerprint (FNV-1a) of a model directory's config.json and
 // model.safetensors bytes: snapshots carry it, so a state is never loaded

@@ -1,9 +1,12 @@
 // Server-side generation logic: penalties, log-probabilities, stop strings,
 // parameter validation, and the snapshot format.
+#include <zlib.h>
+
 #include <cmath>
-#include <tuple>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -289,7 +292,29 @@ TEST(Snapshot, RefusesEachKindOfDamageNamingIt) {
   std::string flipped = good;
   flipped[good.size() / 2] ^= 1;
   refuse(flipped, 99, 4096, "", "checksum");
+  // The header is covered too: a flipped bit of the position (in range)
+  // would restore the session at another token count.
+  std::string position = good;
+  position[24] ^= 4;
+  refuse(position, 99, 4096, "", "checksum");
   refuse(good, 99, 4096, "ffffffffffffffffffffffffffffffff", "not ffff");
+}
+
+// Version 1 (its checksum over what follows the header only), as servers
+// before version 2 wrote them, is still read.
+TEST(Snapshot, ReadsVersionOne) {
+  const SessionSnapshot s = Sample();
+  std::string v1 = EncodeSnapshot(s, 99);
+  const uint32_t one = 1;
+  std::memcpy(v1.data() + 8, &one, 4);
+  const uint32_t crc = static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(v1.data() + 64), v1.size() - 64));
+  std::memcpy(v1.data() + 48, &crc, 4);
+  auto back = DecodeSnapshot(v1, 99, 4096, s.session_id);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->position, 1234);
+  EXPECT_EQ(back->state, s.state);
+  EXPECT_NE(v1, EncodeSnapshot(s, 99)) << "this server writes version 2";
 }
 
 TEST(Snapshot, WritesAtomicallyAndReadsBackWithThePathInErrors) {

@@ -540,6 +540,37 @@ TEST_F(ServerTest, ScoringABusySessionWaitsForItsTurn) {
   EXPECT_EQ(during.logprob(), after.logprob());
 }
 
+// A unary call whose client has gone (deadline) stops at the next step, as a
+// stream does: it holds no slot and no compute for the rest of its prompt.
+TEST_F(ServerTest, AScoreOrPrefillWhoseDeadlinePassedStopsAtTheNextStep) {
+  std::vector<int32_t> text(60000);
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<int32_t>(5 + i % 4000);
+  for (const char* method : {"Score", "CreateSession"}) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+    grpc::Status status;
+    if (std::string(method) == "Score") {
+      v1::ScoreRequest request;
+      for (int32_t t : text) request.mutable_prompt()->mutable_ids()->add_ids(t);
+      v1::ScoreResponse response;
+      status = stub().Score(&context, request, &response);
+    } else {
+      v1::CreateSessionRequest request;
+      for (int32_t t : text) request.mutable_prompt()->mutable_ids()->add_ids(t);
+      v1::SessionInfo response;
+      status = stub().CreateSession(&context, request, &response);
+    }
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << method;
+    // Feeding 60,000 tokens takes seconds here; stopped, it is gone at once.
+    const auto since = std::chrono::steady_clock::now();
+    while (r_.server->engine().inflight() > 0 &&
+           std::chrono::steady_clock::now() - since < std::chrono::seconds(1)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(r_.server->engine().inflight(), 0) << method << " still runs";
+  }
+}
+
 TEST_F(ServerTest, DeletingABusySessionCancelsItsRequest) {
   auto s = CreateSession(stub(), {5, 6});
   ASSERT_TRUE(s.ok());
