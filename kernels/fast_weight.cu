@@ -36,6 +36,9 @@
 // chunk, so rounding cannot accumulate over the sequence.
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "kernels/cuda_ops.h"
 #include "kernels/feature_map.cuh"
@@ -1296,10 +1299,21 @@ dim3 Grid(const Shape& s, int64_t batch) {
   return dim3(static_cast<unsigned>(batch * s.heads), static_cast<unsigned>(s.tiles));
 }
 
+// Raises `kernel`'s dynamic shared-memory limit to `bytes` on the current
+// device, once per size it grows to (the driver call is not free, and every
+// decode step of every layer launches these kernels).
 template <typename Kernel>
 void AllowShared(Kernel kernel, size_t bytes, const char* what) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> allowed;  // (kernel, device) → bytes
+  int device = 0;
+  FWP_CUDA_CHECK(what, cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  size_t& at = allowed[{reinterpret_cast<const void*>(kernel), device}];
+  if (bytes <= at) return;
   FWP_CUDA_CHECK(what, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(bytes)));
+  at = bytes;
 }
 
 }  // namespace

@@ -13,6 +13,8 @@
 // of 16 through shared memory (transposed, so the inner loop reads
 // broadcasts). Decode shapes (m ≤ a few hundred, n·k weights) are bound by
 // reading B once per 64 rows of A.
+#include <algorithm>
+
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -85,10 +87,17 @@ __global__ void __launch_bounds__(kThreads)
 void InvariantMatmul(cudaStream_t stream, const float* a, const float* b, const float* bias,
                      float* c, int64_t m, int64_t n, int64_t k, bool accumulate) {
   if (m == 0 || n == 0) return;
-  const dim3 grid(static_cast<unsigned>((n + kTileN - 1) / kTileN),
-                  static_cast<unsigned>((m + kTileM - 1) / kTileM));
-  InvariantMatmulKernel<<<grid, kThreads, 0, stream>>>(a, b, bias, c, m, n, k, accumulate);
-  FWP_CUDA_LAUNCHED("invariant matmul");
+  // Rows are grid y, at most 65,535 tiles a launch; each row's bits are its
+  // own, so the launches split nothing.
+  constexpr int64_t kMaxRows = int64_t{65535} * kTileM;
+  for (int64_t m0 = 0; m0 < m; m0 += kMaxRows) {
+    const int64_t rows = std::min(kMaxRows, m - m0);
+    const dim3 grid(static_cast<unsigned>((n + kTileN - 1) / kTileN),
+                    static_cast<unsigned>((rows + kTileM - 1) / kTileM));
+    InvariantMatmulKernel<<<grid, kThreads, 0, stream>>>(a + m0 * k, b, bias, c + m0 * n, rows,
+                                                         n, k, accumulate);
+    FWP_CUDA_LAUNCHED("invariant matmul");
+  }
 }
 
 }  // namespace fwp::cuda

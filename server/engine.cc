@@ -201,6 +201,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   if (options.prefill_piece < 1) {
     return absl::InvalidArgumentError("--prefill_piece must be ≥ 1");
   }
+  if (options.step_tokens > (int64_t{1} << 20)) {  // a step's buffers are sized by it
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--step_tokens (", options.step_tokens, ") must be at most 1048576"));
+  }
   if (options.step_tokens < options.prefill_piece) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--step_tokens (", options.step_tokens, ") must be at least --prefill_piece (",
