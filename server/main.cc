@@ -22,6 +22,11 @@ ABSL_FLAG(std::string, address, "0.0.0.0:50051", "gRPC listen address (port 0: a
 ABSL_FLAG(std::string, port_file, "", "write the bound gRPC port to this file once serving");
 ABSL_FLAG(int, metrics_port, 9090, "Prometheus /metrics HTTP port (-1: off, 0: any free port)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (with --tls_key: serve TLS)");
+ABSL_FLAG(int, http_port, -1, "port of the HTTP/JSON gateway (POST /v1/generate, OpenAI-style "
+          "/v1/completions, ...; see server/http_gateway.h); -1: off, 0: any free port");
+ABSL_FLAG(std::string, http_address, "0.0.0.0", "address the HTTP gateway listens on");
+ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once (a streaming request holds "
+          "one for its length)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key");
 ABSL_FLAG(std::string, auth_tokens_file, "", "bearer tokens, one \"name token\" per line; "
           "when set every call needs \"authorization: Bearer <token>\"");
@@ -57,6 +62,9 @@ int main(int argc, char** argv) {
   options.backend = absl::GetFlag(FLAGS_backend);
   options.address = absl::GetFlag(FLAGS_address);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.http_port = absl::GetFlag(FLAGS_http_port);
+  options.http_address = absl::GetFlag(FLAGS_http_address);
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
@@ -85,6 +93,10 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  if (options.http_port >= 0 && !options.tls_cert.empty()) {
+    std::fprintf(stderr, "fwp-server: the HTTP gateway (--http_port) is plain HTTP while gRPC "
+                         "uses TLS: keep it on a private network or behind a TLS proxy\n");
+  }
   auto server = fwp::server::Server::Start(options);
   if (!server.ok()) {
     std::fprintf(stderr, "fwp-server: %s\n", std::string(server.status().message()).c_str());
@@ -99,9 +111,12 @@ int main(int argc, char** argv) {
                static_cast<double>((*server)->engine().state_bytes()) *
                    (*server)->engine().options().slots / (1 << 20),
                static_cast<double>((*server)->engine().penalty_table_bytes()) / (1 << 20),
-               options.metrics_port >= 0
-                   ? (" metrics on :" + std::to_string((*server)->metrics_port())).c_str()
-                   : "");
+               (std::string(options.metrics_port >= 0
+                                ? " metrics on :" + std::to_string((*server)->metrics_port())
+                                : "") +
+                (options.http_port >= 0 ? " http on :" + std::to_string((*server)->http_port())
+                                        : ""))
+                   .c_str());
   if (const std::string port_file = absl::GetFlag(FLAGS_port_file); !port_file.empty()) {
     std::ofstream(port_file) << (*server)->port() << "\n";
   }

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/status_macros.h"
 #include "model/model_dir.h"
+#include "server/http_gateway.h"
 #include "server/penalty_table.h"
 #include "server/snapshot.h"
 
@@ -30,6 +32,7 @@ struct Server::Impl {
   std::unique_ptr<grpc::Server> grpc_server;
   httplib::Server http;
   std::thread http_thread;
+  std::unique_ptr<HttpGateway> gateway;
   std::string backend_name;
 };
 
@@ -79,6 +82,10 @@ absl::Status CheckListenOptions(const ServerOptions& options) {
       port < 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--address must be host:port with a port in [0, 65535], got \"", options.address, "\""));
+  }
+  if (options.http_port < -1 || options.http_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--http_port must be -1 (off) or a port in [0, 65535], got ", options.http_port));
   }
   if (options.metrics_port < -1 || options.metrics_port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -203,8 +210,30 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     }
     impl.http_thread = std::thread([&impl] { impl.http.listen_after_bind(); });
   }
+  if (options.http_port >= 0) {
+    // Over the server's own in-process channel: the gateway's calls are
+    // the gRPC service's, answered alike.
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    HttpGatewayOptions http;
+    http.address = options.http_address;
+    http.port = options.http_port;
+    http.threads = options.http_threads;
+    // JSON spells a request out at several times its message's bytes.
+    http.max_body_bytes = std::min<int64_t>(options.service.max_request_bytes * 8, INT32_MAX);
+    http.model_name = std::filesystem::path(options.model_dir).lexically_normal().filename();
+    if (http.model_name.empty()) {
+      http.model_name =
+          std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
+    }
+    FWP_ASSIGN_OR_RETURN(impl.gateway,
+                         HttpGateway::Start(impl.grpc_server->InProcessChannel(args), http));
+  }
   return server;
 }
+
+int Server::http_port() const { return impl_->gateway ? impl_->gateway->port() : 0; }
 
 const std::string& Server::backend_name() const { return impl_->backend_name; }
 
@@ -213,6 +242,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   shut_down_ = true;
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
   engine_->Drain(grace);
+  if (impl_->gateway) impl_->gateway->Stop();  // its streams ended with the drain
   impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   if (impl_->http_thread.joinable()) {
     impl_->http.stop();

@@ -1,6 +1,6 @@
 // fwp-server as a library: loads a model directory onto a backend, starts
 // the engine, the gRPC server (fwp.v1.Fwp, grpc.health.v1, reflection) and
-// the Prometheus endpoint. main.cc adds flags and signals; the end-to-end
+// the Prometheus endpoint and (--http_port) the HTTP/JSON gateway. main.cc adds flags and signals; the end-to-end
 // tests run it in-process over a real loopback channel.
 #pragma once
 
@@ -21,6 +21,9 @@ struct ServerOptions {
   std::string address = "127.0.0.1:50051";  // port 0: pick a free one
   int metrics_port = -1;                 // -1: off; 0: pick a free one
   std::string metrics_address = "0.0.0.0";
+  int http_port = -1;                    // the HTTP/JSON gateway; -1: off; 0: pick a free one
+  std::string http_address = "0.0.0.0";
+  int http_threads = 64;                 // HTTP connections served at once
   std::string tls_cert;                  // PEM files; both or neither
   std::string tls_key;
   std::string auth_tokens_file;          // lines "name token"; empty: no auth
@@ -36,6 +39,7 @@ class Server {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  int http_port() const;  // 0 without the gateway
   Engine& engine() { return *engine_; }
   Metrics& metrics() { return metrics_; }
   const std::string& backend_name() const;

@@ -12,6 +12,7 @@ check() {  # program, a flag it defines
   fi
 }
 check fwp-server slots
+check fwp-server http_port
 check fwp-train steps
 check fwp-eval split
 check fwp-prepare vocab

@@ -1,0 +1,552 @@
+#include "server/http_gateway.h"
+
+#include <chrono>
+#include <ctime>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include <google/protobuf/util/json_util.h>
+#include <httplib.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "fwp/v1/fwp.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "server/service.h"
+
+namespace fwp::server {
+
+using nlohmann::json;
+
+namespace {
+
+// google.rpc's usual mapping of gRPC codes to HTTP statuses.
+int HttpStatus(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return 200;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::OUT_OF_RANGE: return 400;
+    case grpc::StatusCode::UNAUTHENTICATED: return 401;
+    case grpc::StatusCode::PERMISSION_DENIED: return 403;
+    case grpc::StatusCode::NOT_FOUND: return 404;
+    case grpc::StatusCode::ALREADY_EXISTS:
+    case grpc::StatusCode::ABORTED: return 409;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return 429;
+    case grpc::StatusCode::CANCELLED: return 499;
+    case grpc::StatusCode::UNIMPLEMENTED: return 501;
+    case grpc::StatusCode::UNAVAILABLE: return 503;
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return 504;
+    default: return 500;
+  }
+}
+
+std::string ErrorJson(const grpc::Status& status) {
+  return json{{"error",
+               {{"code", HttpStatus(status.error_code())},
+                {"status", GrpcCodeName(status.error_code())},
+                {"message", status.error_message()}}}}
+      .dump();
+}
+
+void SetError(httplib::Response& res, const grpc::Status& status) {
+  res.status = HttpStatus(status.error_code());
+  res.set_content(ErrorJson(status) + "\n", "application/json");
+}
+
+grpc::Status BadRequest(std::string message) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+// The request body as a message of type M (an empty body: the default one).
+template <typename M>
+grpc::Status FromJson(const httplib::Request& req, M* message) {
+  if (req.body.empty()) return grpc::Status::OK;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(req.body, message, options);
+  if (!status.ok()) {
+    return BadRequest(absl::StrCat("the body is not a ", M::descriptor()->full_name(),
+                                   " in JSON: ", status.message().as_string()));
+  }
+  return grpc::Status::OK;
+}
+
+// A call's context from its HTTP request: the headers the service reads
+// (authorization, and x-session-id for load balancers) and X-Timeout-Ms.
+grpc::Status Prepare(const httplib::Request& req, grpc::ClientContext* context) {
+  for (const char* header : {"authorization", "x-session-id"}) {
+    if (req.has_header(header)) context->AddMetadata(header, req.get_header_value(header));
+  }
+  if (req.has_header("x-timeout-ms")) {
+    int64_t ms = 0;
+    if (!absl::SimpleAtoi(req.get_header_value("x-timeout-ms"), &ms) || ms < 1) {
+      return BadRequest(absl::StrCat("X-Timeout-Ms must be a whole number of milliseconds ≥ 1, "
+                                     "got \"", req.get_header_value("x-timeout-ms"), "\""));
+    }
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+  }
+  return grpc::Status::OK;
+}
+
+// One unary call: the body (or `request` as given) in, the answer out.
+template <typename Req, typename Resp, typename Call>
+void Unary(const httplib::Request& req, httplib::Response& res, Req request, Call call) {
+  grpc::ClientContext context;
+  if (auto s = Prepare(req, &context); !s.ok()) return SetError(res, s);
+  Resp response;
+  const grpc::Status status = call(&context, request, &response);
+  if (!status.ok()) return SetError(res, status);
+  res.set_content(ToJson(response) + "\n", "application/json");
+}
+
+// A Generate call an HTTP response streams: its first message is read
+// before the response starts, so that a refused request gets its HTTP
+// status; the rest as the client takes them.
+struct StreamCall {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader;
+  std::optional<v1::GenerateResponse> first;
+  bool finished = false;
+
+  // Starts the call; not OK when it ended without a message.
+  grpc::Status Start(v1::Fwp::Stub& stub, const v1::GenerateRequest& request) {
+    reader = stub.Generate(&context, request);
+    v1::GenerateResponse m;
+    if (reader->Read(&m)) {
+      first = std::move(m);
+      return grpc::Status::OK;
+    }
+    finished = true;
+    const grpc::Status status = reader->Finish();
+    return status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended empty")
+                       : status;
+  }
+  // The next message; nullopt at the end, with `status` its outcome.
+  std::optional<v1::GenerateResponse> Next(grpc::Status* status) {
+    if (first) {
+      auto m = std::move(first);
+      first.reset();
+      return m;
+    }
+    v1::GenerateResponse m;
+    if (!finished && reader->Read(&m)) return m;
+    if (!finished) {
+      finished = true;
+      *status = reader->Finish();
+    }
+    return std::nullopt;
+  }
+  ~StreamCall() {
+    if (reader && !finished) {  // the client went away: the request is cancelled
+      context.TryCancel();
+      v1::GenerateResponse m;
+      while (reader->Read(&m)) {
+      }
+      (void)reader->Finish();
+    }
+  }
+};
+
+// Streams `call` into `res`: line(m) for each message, then end(status)
+// (when not empty).
+void StreamInto(httplib::Response& res, std::shared_ptr<StreamCall> call, const char* type,
+                std::function<std::string(const v1::GenerateResponse&)> line,
+                std::function<std::string(const grpc::Status&)> end) {
+  res.set_chunked_content_provider(
+      type,
+      [call, line = std::move(line), end = std::move(end)](size_t, httplib::DataSink& sink) {
+        grpc::Status status;
+        if (auto m = call->Next(&status)) {
+          const std::string text = line(*m);
+          return text.empty() || sink.write(text.data(), text.size());  // false: gone
+        }
+        if (const std::string text = end(status); !text.empty()) {
+          sink.write(text.data(), text.size());
+        }
+        sink.done();
+        return true;
+      },
+      [call](bool) {});  // the call lives until the response is done with
+}
+
+// ---- OpenAI completions ----------------------------------------------------
+
+struct Completion {
+  v1::GenerateRequest request;
+  bool stream = false;
+  bool include_usage = false;
+};
+
+absl::StatusOr<Completion> ParseCompletion(const std::string& body) {
+  const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError("the body is not a JSON object");
+  }
+  Completion c;
+  v1::GenerateRequest& g = c.request;
+  bool temperature_given = false;
+  const auto bad = [](const std::string& key, const char* what) {
+    return absl::InvalidArgumentError(absl::StrCat("'", key, "' must be ", what));
+  };
+  for (const auto& [key, v] : j.items()) {
+    if (v.is_null()) continue;  // as absent
+    if (key == "model" || key == "user") {
+      if (!v.is_string()) return bad(key, "a string");
+    } else if (key == "prompt") {
+      if (v.is_string()) {
+        g.mutable_prompt()->set_text(v.get<std::string>());
+      } else if (v.is_array() && v.size() == 1 && v[0].is_string()) {
+        g.mutable_prompt()->set_text(v[0].get<std::string>());
+      } else if (v.is_array() && !v.empty() && v[0].is_number_integer()) {
+        for (const json& id : v) {
+          if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
+            return bad(key, "a string, one string in an array, or an array of token ids");
+          }
+          g.mutable_prompt()->mutable_ids()->add_ids(id.get<int32_t>());
+        }
+      } else {
+        return bad(key, "a string, one string in an array, or an array of token ids");
+      }
+    } else if (key == "max_tokens") {
+      if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > INT32_MAX) {
+        return bad(key, "a whole number ≥ 1");
+      }
+      g.mutable_stopping()->set_max_tokens(v.get<int32_t>());
+    } else if (key == "temperature" || key == "top_p" || key == "presence_penalty" ||
+               key == "frequency_penalty" || key == "min_p" || key == "repetition_penalty") {
+      if (!v.is_number()) return bad(key, "a number");
+      const float x = v.get<float>();
+      auto* s = g.mutable_sampling();
+      if (key == "temperature") s->set_temperature(x), temperature_given = true;
+      if (key == "top_p") s->set_top_p(x);
+      if (key == "presence_penalty") s->set_presence_penalty(x);
+      if (key == "frequency_penalty") s->set_frequency_penalty(x);
+      if (key == "min_p") s->set_min_p(x);
+      if (key == "repetition_penalty") s->set_repetition_penalty(x);
+    } else if (key == "top_k") {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
+        return bad(key, "a whole number ≥ 0");
+      }
+      g.mutable_sampling()->set_top_k(v.get<int32_t>());
+    } else if (key == "seed") {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0) return bad(key, "a whole number ≥ 0");
+      g.mutable_sampling()->set_seed(v.get<uint64_t>());
+    } else if (key == "stop") {
+      if (v.is_string()) {
+        g.mutable_stopping()->add_stop(v.get<std::string>());
+      } else if (v.is_array()) {
+        for (const json& s : v) {
+          if (!s.is_string()) return bad(key, "a string or an array of strings");
+          g.mutable_stopping()->add_stop(s.get<std::string>());
+        }
+      } else {
+        return bad(key, "a string or an array of strings");
+      }
+    } else if (key == "n" || key == "best_of") {
+      if (!v.is_number_integer() || v.get<int64_t>() != 1) {
+        return bad(key, "1 (one completion a request; send more requests)");
+      }
+    } else if (key == "echo") {
+      if (!v.is_boolean() || v.get<bool>()) return bad(key, "false");
+    } else if (key == "logprobs") {
+      if (!v.is_number_integer() || v.get<int64_t>() != 0) {
+        return absl::InvalidArgumentError(
+            "'logprobs' is not served by /v1/completions: POST /v1/generate with \"logprobs\": "
+            "true and \"top_logprobs\" gives them");
+      }
+    } else if (key == "suffix") {
+      if (!v.is_string() || !v.get<std::string>().empty()) return bad(key, "empty");
+    } else if (key == "logit_bias") {
+      if (!v.is_object() || !v.empty()) return bad(key, "empty");
+    } else if (key == "stream") {
+      if (!v.is_boolean()) return bad(key, "true or false");
+      c.stream = v.get<bool>();
+    } else if (key == "stream_options") {
+      if (!v.is_object()) return bad(key, "an object");
+      for (const auto& [option, value] : v.items()) {
+        if (option != "include_usage" || !value.is_boolean()) {
+          return bad(key, "{\"include_usage\": true or false}");
+        }
+        c.include_usage = value.get<bool>();
+      }
+    } else if (key == "session_id") {  // fwp: continue a session
+      if (!v.is_string()) return bad(key, "a string");
+      g.set_session_id(v.get<std::string>());
+    } else if (key == "keep_session" || key == "ignore_eos") {
+      if (!v.is_boolean()) return bad(key, "true or false");
+      if (key == "keep_session") g.set_keep_session(v.get<bool>());
+      if (key == "ignore_eos") g.mutable_stopping()->set_ignore_eos(v.get<bool>());
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown field '", key, "'"));
+    }
+  }
+  if (!g.has_prompt()) return absl::InvalidArgumentError("'prompt' is required");
+  // OpenAI's default is 1, fwp.proto's greedy.
+  if (!temperature_given) g.mutable_sampling()->set_temperature(1.0f);
+  return c;
+}
+
+json FinishReasonJson(v1::FinishReason reason) {
+  switch (reason) {
+    case v1::FINISH_REASON_LENGTH: return "length";
+    case v1::FINISH_REASON_EOS:
+    case v1::FINISH_REASON_STOP: return "stop";
+    case v1::FINISH_REASON_CANCELLED: return "cancelled";
+    default: return nullptr;
+  }
+}
+
+// One choice of a completion (or of a streamed piece of one).
+json Choice(const std::string& text, json finish_reason) {
+  json choice = json::object();
+  choice["text"] = text;
+  choice["index"] = 0;
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = std::move(finish_reason);
+  return choice;
+}
+
+json UsageJson(const v1::Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens()},
+          {"completion_tokens", u.generated_tokens()},
+          {"total_tokens", u.prompt_tokens() + u.generated_tokens()}};
+}
+
+std::string CompletionId() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("cmpl-%016x%08x", rng(), static_cast<uint32_t>(rng()));
+}
+
+}  // namespace
+
+struct HttpGateway::Impl {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Fwp::Stub> stub;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  HttpGatewayOptions options;
+  httplib::Server http;
+  std::thread thread;
+  int port = 0;
+
+  void Routes();
+  void Completions(const httplib::Request& req, httplib::Response& res);
+};
+
+void HttpGateway::Impl::Routes() {
+  v1::Fwp::Stub& s = *stub;
+  http.Post("/v1/generate", [&s](const httplib::Request& req, httplib::Response& res) {
+    v1::GenerateRequest request;
+    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
+    auto call = std::make_shared<StreamCall>();
+    if (auto st = Prepare(req, &call->context); !st.ok()) return SetError(res, st);
+    if (auto st = call->Start(s, request); !st.ok()) return SetError(res, st);
+    StreamInto(
+        res, call, "application/x-ndjson",
+        [](const v1::GenerateResponse& m) { return ToJson(m) + "\n"; },
+        [](const grpc::Status& st) { return st.ok() ? std::string() : ErrorJson(st) + "\n"; });
+  });
+  // The unary calls: the body (or the path's session id) in, the answer out.
+  http.Post("/v1/score", [&s](const httplib::Request& req, httplib::Response& res) {
+    v1::ScoreRequest request;
+    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
+    Unary<v1::ScoreRequest, v1::ScoreResponse>(
+        req, res, request, [&](auto* c, const auto& r, auto* out) { return s.Score(c, r, out); });
+  });
+  http.Post("/v1/tokenize", [&s](const httplib::Request& req, httplib::Response& res) {
+    v1::TokenizeRequest request;
+    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
+    Unary<v1::TokenizeRequest, v1::TokenizeResponse>(
+        req, res, request, [&](auto* c, const auto& r, auto* out) { return s.Tokenize(c, r, out); });
+  });
+  http.Post("/v1/detokenize", [&s](const httplib::Request& req, httplib::Response& res) {
+    v1::DetokenizeRequest request;
+    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
+    Unary<v1::DetokenizeRequest, v1::DetokenizeResponse>(
+        req, res, request,
+        [&](auto* c, const auto& r, auto* out) { return s.Detokenize(c, r, out); });
+  });
+  http.Post("/v1/sessions", [&s](const httplib::Request& req, httplib::Response& res) {
+    v1::CreateSessionRequest request;
+    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
+    Unary<v1::CreateSessionRequest, v1::SessionInfo>(
+        req, res, request,
+        [&](auto* c, const auto& r, auto* out) { return s.CreateSession(c, r, out); });
+  });
+  http.Get(R"(/v1/sessions/([^/]+))", [&s](const httplib::Request& req, httplib::Response& res) {
+    v1::GetSessionRequest request;
+    request.set_session_id(req.matches[1]);
+    Unary<v1::GetSessionRequest, v1::SessionInfo>(
+        req, res, request,
+        [&](auto* c, const auto& r, auto* out) { return s.GetSession(c, r, out); });
+  });
+  http.Delete(R"(/v1/sessions/([^/]+))", [&s](const httplib::Request& req, httplib::Response& res) {
+    v1::DeleteSessionRequest request;
+    request.set_session_id(req.matches[1]);
+    Unary<v1::DeleteSessionRequest, v1::DeleteSessionResponse>(
+        req, res, request,
+        [&](auto* c, const auto& r, auto* out) { return s.DeleteSession(c, r, out); });
+  });
+  http.Post(R"(/v1/sessions/([^/]+)/fork)",
+            [&s](const httplib::Request& req, httplib::Response& res) {
+              v1::ForkSessionRequest request;
+              request.set_session_id(req.matches[1]);
+              Unary<v1::ForkSessionRequest, v1::SessionInfo>(
+                  req, res, request,
+                  [&](auto* c, const auto& r, auto* out) { return s.ForkSession(c, r, out); });
+            });
+  http.Get("/v1/model", [&s](const httplib::Request& req, httplib::Response& res) {
+    Unary<v1::ModelInfoRequest, v1::ModelInfoResponse>(
+        req, res, v1::ModelInfoRequest(),
+        [&](auto* c, const auto& r, auto* out) { return s.ModelInfo(c, r, out); });
+  });
+  http.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status status =
+        health->Check(&context, grpc::health::v1::HealthCheckRequest(), &response);
+    const bool serving =
+        status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    res.status = serving ? 200 : 503;
+    res.set_content(serving ? "SERVING\n" : "NOT_SERVING\n", "text/plain");
+  });
+  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    json model = json::object();
+    model["id"] = options.model_name;
+    model["object"] = "model";
+    model["owned_by"] = "fwp";
+    json list = json::object();
+    list["object"] = "list";
+    list["data"] = json::array();
+    list["data"].push_back(std::move(model));
+    res.set_content(list.dump() + "\n", "application/json");
+  });
+  http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    Completions(req, res);
+  });
+}
+
+void HttpGateway::Impl::Completions(const httplib::Request& req, httplib::Response& res) {
+  auto parsed = ParseCompletion(req.body);
+  if (!parsed.ok()) return SetError(res, BadRequest(std::string(parsed.status().message())));
+  auto call = std::make_shared<StreamCall>();
+  if (auto st = Prepare(req, &call->context); !st.ok()) return SetError(res, st);
+  if (auto st = call->Start(*stub, parsed->request); !st.ok()) return SetError(res, st);
+  const std::string id = CompletionId();
+  const int64_t created = std::time(nullptr);
+  const json head = {{"id", id},
+                     {"object", "text_completion"},
+                     {"created", created},
+                     {"model", options.model_name}};
+  if (!parsed->stream) {  // the whole completion, one answer
+    std::string text, session;
+    json reason = nullptr;
+    v1::Usage usage;
+    grpc::Status status;
+    while (auto m = call->Next(&status)) {
+      text += m->text();
+      if (!m->session_id().empty()) session = m->session_id();
+      if (m->finished()) {
+        reason = FinishReasonJson(m->finish_reason());
+        usage = m->usage();
+      }
+    }
+    if (!status.ok()) return SetError(res, status);
+    json answer = head;
+    answer["choices"] = json::array();
+    answer["choices"].push_back(Choice(text, reason));
+    answer["usage"] = UsageJson(usage);
+    if (parsed->request.keep_session() || !parsed->request.session_id().empty()) {
+      answer["session_id"] = session;  // fwp: the session to continue
+    }
+    res.set_content(answer.dump() + "\n", "application/json");
+    return;
+  }
+  res.set_header("Cache-Control", "no-cache");
+  const bool include_usage = parsed->include_usage;
+  const bool show_session =
+      parsed->request.keep_session() || !parsed->request.session_id().empty();
+  StreamInto(
+      res, call, "text/event-stream",
+      [head, include_usage, show_session](const v1::GenerateResponse& m) {
+        json event = head;
+        event["choices"] = json::array();
+        event["choices"].push_back(
+            Choice(m.text(), m.finished() ? FinishReasonJson(m.finish_reason()) : json(nullptr)));
+        if (show_session && !m.session_id().empty()) event["session_id"] = m.session_id();
+        std::string out = absl::StrCat("data: ", event.dump(), "\n\n");
+        if (m.finished() && include_usage) {
+          json usage = head;
+          usage["choices"] = json::array();
+          usage["usage"] = UsageJson(m.usage());
+          absl::StrAppend(&out, "data: ", usage.dump(), "\n\n");
+        }
+        return out;
+      },
+      [](const grpc::Status& st) {
+        return st.ok() ? std::string("data: [DONE]\n\n")
+                       : absl::StrCat("data: ", ErrorJson(st), "\n\n");
+      });
+}
+
+absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
+    std::shared_ptr<grpc::Channel> channel, const HttpGatewayOptions& options) {
+  if (options.threads < 1 || options.threads > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_threads must be in [1, 4096], got ", options.threads));
+  }
+  std::unique_ptr<HttpGateway> gateway(new HttpGateway());
+  gateway->impl_ = std::make_unique<Impl>();
+  Impl& impl = *gateway->impl_;
+  impl.channel = std::move(channel);
+  impl.stub = v1::Fwp::NewStub(impl.channel);
+  impl.health = grpc::health::v1::Health::NewStub(impl.channel);
+  impl.options = options;
+  const int threads = options.threads;
+  impl.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  impl.http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
+  // An idle keep-alive connection holds a thread, and Stop waits for it.
+  impl.http.set_keep_alive_timeout(2);
+  // SO_REUSEADDR only (httplib's default adds SO_REUSEPORT, which would let
+  // a second server share the port).
+  impl.http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  impl.Routes();
+  if (options.port == 0) {
+    impl.port = impl.http.bind_to_any_port(options.address);
+  } else if (impl.http.bind_to_port(options.address, options.port)) {
+    impl.port = options.port;
+  }
+  if (impl.port <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for HTTP on ", options.address, ":", options.port));
+  }
+  impl.thread = std::thread([&impl] { impl.http.listen_after_bind(); });
+  return gateway;
+}
+
+int HttpGateway::port() const { return impl_->port; }
+
+void HttpGateway::Stop() {
+  if (impl_ && impl_->thread.joinable()) {
+    impl_->http.stop();
+    impl_->thread.join();
+  }
+}
+
+HttpGateway::~HttpGateway() { Stop(); }
+
+}  // namespace fwp::server
