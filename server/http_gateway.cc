@@ -100,15 +100,41 @@ grpc::Status Prepare(const httplib::Request& req, grpc::ClientContext* context) 
   return grpc::Status::OK;
 }
 
-// One unary call: the body (or `request` as given) in, the answer out.
-template <typename Req, typename Resp, typename Call>
-void Unary(const httplib::Request& req, httplib::Response& res, Req request, Call call) {
+// A unary method of the stub (its synchronous overload).
+template <typename Req, typename Resp>
+using UnaryMethod = grpc::Status (v1::Fwp::Stub::*)(grpc::ClientContext*, const Req&, Resp*);
+
+// One unary call: `request` in, the answer (or the error) out.
+template <typename Req, typename Resp>
+void Unary(v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method, const Req& request,
+           const httplib::Request& req, httplib::Response& res) {
   grpc::ClientContext context;
   if (auto s = Prepare(req, &context); !s.ok()) return SetError(res, s);
   Resp response;
-  const grpc::Status status = call(&context, request, &response);
+  const grpc::Status status = (stub.*method)(&context, request, &response);
   if (!status.ok()) return SetError(res, status);
   res.set_content(ToJson(response) + "\n", "application/json");
+}
+
+// POST path: the body is the request.
+template <typename Req, typename Resp>
+void PostBody(httplib::Server& http, const char* path, v1::Fwp::Stub& stub,
+              UnaryMethod<Req, Resp> method) {
+  http.Post(path, [&stub, method](const httplib::Request& req, httplib::Response& res) {
+    Req request;
+    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
+    Unary(stub, method, request, req, res);
+  });
+}
+
+// A route whose path names the session (the pattern's one group).
+template <typename Req, typename Resp>
+auto OnSession(v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method) {
+  return [&stub, method](const httplib::Request& req, httplib::Response& res) {
+    Req request;
+    request.set_session_id(req.matches[1]);
+    Unary(stub, method, request, req, res);
+  };
 }
 
 // A Generate call an HTTP response streams: its first message is read
@@ -358,58 +384,22 @@ void HttpGateway::Impl::Routes() {
         [](const grpc::Status& st) { return st.ok() ? std::string() : ErrorJson(st) + "\n"; });
   });
   // The unary calls: the body (or the path's session id) in, the answer out.
-  http.Post("/v1/score", [&s](const httplib::Request& req, httplib::Response& res) {
-    v1::ScoreRequest request;
-    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
-    Unary<v1::ScoreRequest, v1::ScoreResponse>(
-        req, res, request, [&](auto* c, const auto& r, auto* out) { return s.Score(c, r, out); });
-  });
-  http.Post("/v1/tokenize", [&s](const httplib::Request& req, httplib::Response& res) {
-    v1::TokenizeRequest request;
-    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
-    Unary<v1::TokenizeRequest, v1::TokenizeResponse>(
-        req, res, request, [&](auto* c, const auto& r, auto* out) { return s.Tokenize(c, r, out); });
-  });
-  http.Post("/v1/detokenize", [&s](const httplib::Request& req, httplib::Response& res) {
-    v1::DetokenizeRequest request;
-    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
-    Unary<v1::DetokenizeRequest, v1::DetokenizeResponse>(
-        req, res, request,
-        [&](auto* c, const auto& r, auto* out) { return s.Detokenize(c, r, out); });
-  });
-  http.Post("/v1/sessions", [&s](const httplib::Request& req, httplib::Response& res) {
-    v1::CreateSessionRequest request;
-    if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
-    Unary<v1::CreateSessionRequest, v1::SessionInfo>(
-        req, res, request,
-        [&](auto* c, const auto& r, auto* out) { return s.CreateSession(c, r, out); });
-  });
-  http.Get(R"(/v1/sessions/([^/]+))", [&s](const httplib::Request& req, httplib::Response& res) {
-    v1::GetSessionRequest request;
-    request.set_session_id(req.matches[1]);
-    Unary<v1::GetSessionRequest, v1::SessionInfo>(
-        req, res, request,
-        [&](auto* c, const auto& r, auto* out) { return s.GetSession(c, r, out); });
-  });
-  http.Delete(R"(/v1/sessions/([^/]+))", [&s](const httplib::Request& req, httplib::Response& res) {
-    v1::DeleteSessionRequest request;
-    request.set_session_id(req.matches[1]);
-    Unary<v1::DeleteSessionRequest, v1::DeleteSessionResponse>(
-        req, res, request,
-        [&](auto* c, const auto& r, auto* out) { return s.DeleteSession(c, r, out); });
-  });
+  using S = v1::Fwp::Stub;
+  PostBody<v1::ScoreRequest, v1::ScoreResponse>(http, "/v1/score", s, &S::Score);
+  PostBody<v1::TokenizeRequest, v1::TokenizeResponse>(http, "/v1/tokenize", s, &S::Tokenize);
+  PostBody<v1::DetokenizeRequest, v1::DetokenizeResponse>(http, "/v1/detokenize", s,
+                                                           &S::Detokenize);
+  PostBody<v1::CreateSessionRequest, v1::SessionInfo>(http, "/v1/sessions", s,
+                                                      &S::CreateSession);
+  const char* session = R"(/v1/sessions/([^/]+))";
+  http.Get(session, OnSession<v1::GetSessionRequest, v1::SessionInfo>(s, &S::GetSession));
+  http.Delete(session, OnSession<v1::DeleteSessionRequest, v1::DeleteSessionResponse>(
+                           s, &S::DeleteSession));
   http.Post(R"(/v1/sessions/([^/]+)/fork)",
-            [&s](const httplib::Request& req, httplib::Response& res) {
-              v1::ForkSessionRequest request;
-              request.set_session_id(req.matches[1]);
-              Unary<v1::ForkSessionRequest, v1::SessionInfo>(
-                  req, res, request,
-                  [&](auto* c, const auto& r, auto* out) { return s.ForkSession(c, r, out); });
-            });
+            OnSession<v1::ForkSessionRequest, v1::SessionInfo>(s, &S::ForkSession));
   http.Get("/v1/model", [&s](const httplib::Request& req, httplib::Response& res) {
-    Unary<v1::ModelInfoRequest, v1::ModelInfoResponse>(
-        req, res, v1::ModelInfoRequest(),
-        [&](auto* c, const auto& r, auto* out) { return s.ModelInfo(c, r, out); });
+    Unary<v1::ModelInfoRequest, v1::ModelInfoResponse>(s, &S::ModelInfo, v1::ModelInfoRequest(),
+                                                       req, res);
   });
   http.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
     grpc::ClientContext context;
