@@ -2,6 +2,7 @@
 // CUDA ops (kernels/*.cu). Allocation failures come back as
 // RESOURCE_EXHAUSTED so that a server can refuse work instead of crashing;
 // a failed launch aborts (cuda_common.cuh).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -23,6 +24,12 @@ class CudaBackend final : public Backend {
   CudaBackend(int device, cudaStream_t stream, cublasHandle_t cublas)
       : device_(device), stream_(stream), cublas_(cublas) {
     name_ = absl::StrCat("cuda:", device);
+    // FWP_CUDA_SAMPLER_BYTES: the most scratch the sampler's rows take at
+    // once (12 bytes per sampled row and vocabulary entry); more rows are
+    // sampled in pieces.
+    if (const char* env = std::getenv("FWP_CUDA_SAMPLER_BYTES")) {
+      sampler_bytes_ = std::max<int64_t>(std::atoll(env), 1);
+    }
   }
   ~CudaBackend() override {
     if (scratch_) cudaFree(scratch_);
@@ -206,15 +213,26 @@ class CudaBackend final : public Backend {
 
   absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                           const RowSampling* sampling, int32_t* tokens) override {
+    // Rows are drawn each on its own, so pieces change no token: each piece
+    // holds as many sampled (non-greedy) rows as sampler_bytes_ allows (at
+    // 4,096 rows of a 128k vocabulary, all at once would hold 6.4 GB).
+    const int64_t most = std::max<int64_t>(
+        1, sampler_bytes_ / (vocab * static_cast<int64_t>(sizeof(uint64_t) + sizeof(uint32_t))));
     std::vector<int32_t> work(rows, -1);
-    int32_t sampled = 0;
-    for (int64_t i = 0; i < rows; ++i) {
-      if (!sampling[i].params.greedy()) work[i] = sampled++;
+    for (int64_t first = 0; first < rows;) {
+      int32_t sampled = 0;
+      int64_t end = first;
+      for (; end < rows; ++end) {
+        const bool greedy = sampling[end].params.greedy();
+        if (!greedy && sampled == most) break;
+        work[end - first] = greedy ? -1 : sampled++;
+      }
+      FWP_ASSIGN_OR_RETURN(void* scratch,
+                           TryScratch(cuda::SampleScratchBytes(end - first, sampled, vocab)));
+      cuda::SampleRows(stream_, logits + first * vocab, end - first, vocab, sampling + first,
+                       work.data(), sampled, tokens + first, scratch);
+      first = end;
     }
-    FWP_ASSIGN_OR_RETURN(void* scratch,
-                         TryScratch(cuda::SampleScratchBytes(rows, sampled, vocab)));
-    cuda::SampleRows(stream_, logits, rows, vocab, sampling, work.data(), sampled, tokens,
-                     scratch);
     return absl::OkStatus();
   }
 
@@ -251,6 +269,7 @@ class CudaBackend final : public Backend {
   std::string name_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  int64_t sampler_bytes_ = int64_t{256} << 20;
 };
 
 }  // namespace

@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -413,6 +415,30 @@ TEST_F(CudaOps, SampleRowsMatchesTheCpu) {
                                  gpu_tokens.data()).ok());
     EXPECT_EQ(gpu_tokens, cpu_tokens) << "vocab " << vocab;
   }
+}
+
+// A sampler capped to a few rows of scratch (FWP_CUDA_SAMPLER_BYTES) draws in
+// pieces, and every token is still the CPU's.
+TEST_F(CudaOps, SampleRowsInPiecesWhenItsScratchIsCapped) {
+  Rng rng(22);
+  const int64_t vocab = 3000;
+  auto batch = testing::RandomSamplingBatch(96, vocab, rng);
+  ::setenv("FWP_CUDA_SAMPLER_BYTES", std::to_string(5 * vocab * 12).c_str(), 1);
+  auto capped = MakeCudaBackend(0);
+  ::unsetenv("FWP_CUDA_SAMPLER_BYTES");
+  ASSERT_TRUE(capped.ok()) << capped.status();
+  std::vector<int32_t> cpu_tokens(batch.rows, -1), gpu_tokens(batch.rows, -1);
+  ASSERT_TRUE(cpu_->SampleRows(batch.logits.data(), batch.rows, vocab, batch.sampling.data(),
+                               cpu_tokens.data()).ok());
+  float* logits = static_cast<float*>(*(*capped)->AllocateRaw(batch.logits.size() * 4));
+  (*capped)->CopyToDevice(logits, batch.logits.data(), batch.logits.size() * 4);
+  ASSERT_TRUE((*capped)->SampleRows(logits, batch.rows, vocab, batch.sampling.data(),
+                                    gpu_tokens.data()).ok());
+  (*capped)->FreeRaw(logits);
+  EXPECT_EQ(gpu_tokens, cpu_tokens);
+  int64_t sampled = 0;
+  for (const auto& r : batch.sampling) sampled += !r.params.greedy();
+  EXPECT_GT(sampled, 10) << "more sampled rows than one piece holds";
 }
 
 // The penalties change the very logits the CPU's do, to the bit, and only
