@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <new>
 #include <utility>
 
@@ -126,6 +128,16 @@ std::vector<std::string> ParseFlags(int argc, char** argv, std::string_view usag
   for (std::string& a : args) pointers.push_back(a.data());
   const std::vector<char*> rest =
       absl::ParseCommandLine(static_cast<int>(pointers.size()), pointers.data());
+  if (rest.size() > 1) {
+    const std::string program = std::filesystem::path(rest[0]).filename().string();
+    std::string words;
+    for (size_t i = 1; i < rest.size(); ++i) absl::StrAppend(&words, i > 1 ? " " : "", rest[i]);
+    std::fprintf(stderr,
+                 "%s: unexpected argument%s '%s': flags are --name=value, and a value with "
+                 "spaces needs quotes (--prompt \"The jury said\"); --help lists them\n",
+                 program.c_str(), rest.size() > 2 ? "s" : "", words.c_str());
+    std::exit(2);
+  }
   return std::vector<std::string>(rest.begin(), rest.end());
 }
 

@@ -6,7 +6,9 @@
 // --help lists the program's own flags (absl's default lists only flags
 // defined in a file named after the program, which none of ours is),
 // --helpfull every flag, and --some-flag is accepted for --some_flag.
-// Positional arguments are returned (the program name first).
+// No program takes positional arguments: one (`--prompt The jury said`
+// leaves "jury" and "said") ends the program with a message and status 2.
+// The program name is returned.
 #pragma once
 
 #include <string>

@@ -5,6 +5,8 @@
 #include <sstream>
 
 #include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
 ABSL_FLAG(std::string, address, "localhost:50051", "server (or load balancer) address");
@@ -51,6 +53,24 @@ void PrepareContext(grpc::ClientContext& context, const ChannelOptions& options,
   if (!options.token.empty()) context.AddMetadata("authorization", "Bearer " + options.token);
   if (!session_id.empty()) context.AddMetadata("x-session-id", session_id);
   if (timeout.count() > 0) context.set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+absl::StatusOr<std::string> StopString(const std::string& value) {
+  std::string text, error;
+  if (!absl::CUnescape(value, &text, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat("--stop \"", value, "\": ", error));
+  }
+  if (text.empty()) return absl::InvalidArgumentError("--stop strings must not be empty");
+  return text;
+}
+
+std::string CodeName(grpc::StatusCode code) {
+  // gRPC's codes are Abseil's, number for number.
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+std::string Describe(const grpc::Status& status) {
+  return absl::StrCat(CodeName(status.error_code()), ": ", status.error_message());
 }
 
 }  // namespace fwp::client

@@ -31,4 +31,13 @@ void PrepareContext(grpc::ClientContext& context, const ChannelOptions& options,
                     const std::string& session_id = "",
                     std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
 
+// A --stop value as the text to stop at: C escapes decoded ("\\n" is a
+// newline, "\\x2c" a comma); refused when it is empty or badly escaped.
+absl::StatusOr<std::string> StopString(const std::string& value);
+
+// "UNAVAILABLE", "INVALID_ARGUMENT", ...: a status code's name.
+std::string CodeName(grpc::StatusCode code);
+// "CODE: message", for a failed call's report.
+std::string Describe(const grpc::Status& status);
+
 }  // namespace fwp::client

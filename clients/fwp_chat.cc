@@ -39,9 +39,14 @@ ABSL_FLAG(int, max_tokens, 256, "tokens per reply at most");
 ABSL_FLAG(double, temperature, 0.8, "sampling temperature (0: greedy)");
 ABSL_FLAG(double, top_p, 0.95, "nucleus mass");
 ABSL_FLAG(double, repetition_penalty, 1.1, "1: off");
-ABSL_FLAG(std::string, stop, "", "a stop string for replies (e.g. \"\\n\")");
+ABSL_FLAG(std::string, stop, "", "a stop string for replies; C escapes are decoded "
+          "(--stop '\\n': stop at a newline)");
 
 namespace {
+
+// Session calls (create, fork, get, delete) give up after this: a hung
+// server or a dropped connection must not hang the terminal.
+constexpr std::chrono::seconds kCallTimeout(30);
 
 std::atomic<bool> interrupted{false};
 void OnInterrupt(int) { interrupted = true; }
@@ -64,6 +69,14 @@ class Chat {
     }
     max_tokens_ = absl::GetFlag(FLAGS_max_tokens);
     temperature_ = absl::GetFlag(FLAGS_temperature);
+    if (!absl::GetFlag(FLAGS_stop).empty()) {
+      auto stop = fwp::client::StopString(absl::GetFlag(FLAGS_stop));
+      if (!stop.ok()) {
+        std::fprintf(stderr, "fwp-chat: %s\n", std::string(stop.status().message()).c_str());
+        std::exit(2);
+      }
+      stop_ = *stop;
+    }
   }
 
   ~Chat() { CloseStream(); }
@@ -73,7 +86,7 @@ class Chat {
   bool NewSession() {
     const std::string id = RandomSessionId();
     grpc::ClientContext context;
-    fwp::client::PrepareContext(context, options_, id);
+    fwp::client::PrepareContext(context, options_, id, kCallTimeout);
     fwp::v1::CreateSessionRequest request;
     request.set_session_id(id);
     fwp::v1::SessionInfo info;
@@ -102,7 +115,7 @@ class Chat {
     s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
     s->set_repetition_penalty(static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
     request.mutable_stopping()->set_max_tokens(max_tokens_);
-    if (!absl::GetFlag(FLAGS_stop).empty()) request.mutable_stopping()->add_stop(absl::GetFlag(FLAGS_stop));
+    if (!stop_.empty()) request.mutable_stopping()->add_stop(stop_);
     const auto start = std::chrono::steady_clock::now();
     interrupted = false;
     if (!stream_->Write(request)) {
@@ -173,7 +186,7 @@ class Chat {
     } else if (command == "/fork") {
       CloseStream();
       grpc::ClientContext context;
-      fwp::client::PrepareContext(context, options_, session_);
+      fwp::client::PrepareContext(context, options_, session_, kCallTimeout);
       fwp::v1::ForkSessionRequest request;
       request.set_session_id(session_);
       fwp::v1::SessionInfo info;
@@ -242,7 +255,7 @@ class Chat {
     for (const auto& id : created_) {
       if (saved_.count(id)) continue;
       grpc::ClientContext context;
-      fwp::client::PrepareContext(context, options_, id);
+      fwp::client::PrepareContext(context, options_, id, kCallTimeout);
       fwp::v1::DeleteSessionRequest request;
       request.set_session_id(id);
       fwp::v1::DeleteSessionResponse response;
@@ -288,14 +301,14 @@ class Chat {
 
   grpc::Status GetInfo(const std::string& id, fwp::v1::SessionInfo* info) {
     grpc::ClientContext context;
-    fwp::client::PrepareContext(context, options_, id);
+    fwp::client::PrepareContext(context, options_, id, kCallTimeout);
     fwp::v1::GetSessionRequest request;
     request.set_session_id(id);
     return stub_->GetSession(&context, request, info);
   }
 
   bool Error(const std::string& what, const grpc::Status& status) {
-    std::cout << "[" << what << ": " << status.error_message() << "]\n";
+    std::cout << "[" << what << ": " << fwp::client::Describe(status) << "]\n";
     return false;
   }
 
@@ -323,6 +336,7 @@ class Chat {
   bool first_turn_ = true;
   int max_tokens_ = 256;
   double temperature_ = 0.8;
+  std::string stop_;  // --stop, unescaped
   fwp::v1::Usage last_usage_;
   int last_tokens_ = 0;
   double last_ttft_s_ = 0.0;

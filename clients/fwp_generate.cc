@@ -32,7 +32,8 @@ ABSL_FLAG(double, repetition_penalty, 1.0, "1: off");
 ABSL_FLAG(double, presence_penalty, 0.0, "[-2, 2]");
 ABSL_FLAG(double, frequency_penalty, 0.0, "[-2, 2]");
 ABSL_FLAG(int64_t, seed, -1, "random seed (-1: the server draws one)");
-ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated; C escapes are "
+          "decoded (\\n a newline, \\x2c a comma inside one)");
 ABSL_FLAG(std::string, stop_token_ids, "", "stop token ids, comma-separated");
 ABSL_FLAG(bool, ignore_eos, false, "keep going past the end-of-sequence token");
 ABSL_FLAG(bool, logprobs, false, "report each token's log-probability (with --json)");
@@ -94,7 +95,14 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_seed) >= 0) s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   auto* stop = request.mutable_stopping();
   if (absl::GetFlag(FLAGS_max_tokens) != 0) stop->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
-  for (const auto& text : absl::GetFlag(FLAGS_stop)) stop->add_stop(text);
+  for (const auto& value : absl::GetFlag(FLAGS_stop)) {
+    auto text = fwp::client::StopString(value);
+    if (!text.ok()) {
+      std::fprintf(stderr, "fwp-generate: %s\n", std::string(text.status().message()).c_str());
+      return 2;
+    }
+    stop->add_stop(*text);
+  }
   if (!ParseIds(absl::GetFlag(FLAGS_stop_token_ids), stop->mutable_stop_token_ids(),
                 "--stop_token_ids")) {
     return 2;
@@ -157,8 +165,7 @@ int main(int argc, char** argv) {
   grpc::Status status = reader->Finish();
   if (!json && printed) std::cout << "\n";
   if (!status.ok()) {
-    std::fprintf(stderr, "fwp-generate: error %d: %s\n", static_cast<int>(status.error_code()),
-                 status.error_message().c_str());
+    std::fprintf(stderr, "fwp-generate: %s\n", fwp::client::Describe(status).c_str());
     return 1;
   }
   const auto& u = last.usage();

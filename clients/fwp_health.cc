@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = stub->Check(&context, request, &response);
   if (!status.ok()) {
-    std::printf("UNREACHABLE (%s)\n", status.error_message().c_str());
+    // UNAVAILABLE: nothing answers there; NOT_FOUND: no such --service.
+    std::printf("%s\n", fwp::client::Describe(status).c_str());
     return 2;
   }
   std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());

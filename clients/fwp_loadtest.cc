@@ -44,7 +44,9 @@ ABSL_FLAG(std::string, mode, "closed", "closed | open | chat");
 ABSL_FLAG(std::string, levels, "1,4,16,64", "closed/chat: concurrent clients per level");
 ABSL_FLAG(std::string, rates, "1,4,16", "open: request rates per level (requests/s)");
 ABSL_FLAG(int, requests, 100, "requests per level at most (chat: turns)");
-ABSL_FLAG(double, duration_s, 30.0, "seconds per level at most");
+ABSL_FLAG(double, duration_s, 30.0, "seconds per level at most (no request starts later)");
+ABSL_FLAG(double, drain_s, 30.0, "seconds the requests still running at a level's end get to "
+          "finish; those cut then are counted apart (\"cut\"), not in the latencies");
 ABSL_FLAG(std::string, prompt_tokens, "16:64", "prompt length range MIN:MAX (uniform)");
 ABSL_FLAG(std::string, max_tokens, "32:128", "output length range MIN:MAX (uniform)");
 ABSL_FLAG(int, turns, 4, "chat: turns per session");
@@ -106,11 +108,6 @@ Stats Percentiles(std::vector<double> v) {
   return s;
 }
 
-std::string CodeName(grpc::StatusCode code) {
-  // gRPC's codes are Abseil's, number for number.
-  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-}
-
 class LoadTest {
  public:
   LoadTest(std::shared_ptr<grpc::Channel> channel, fwp::client::ChannelOptions options,
@@ -128,6 +125,8 @@ class LoadTest {
     const auto start = Clock::now();
     deadline_ = start + std::chrono::milliseconds(
                             static_cast<int64_t>(absl::GetFlag(FLAGS_duration_s) * 1000));
+    cutoff_ = deadline_ + std::chrono::milliseconds(
+                              static_cast<int64_t>(absl::GetFlag(FLAGS_drain_s) * 1000));
     std::vector<std::thread> threads;
     if (mode == "open") {
       std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) + static_cast<uint64_t>(level * 1000));
@@ -185,7 +184,7 @@ class LoadTest {
     request.mutable_sampling()->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
     grpc::ClientContext context;
     fwp::client::PrepareContext(context, options_);
-    context.set_deadline(SystemTime(deadline_));
+    context.set_deadline(SystemTime(cutoff_));
     Result r;
     r.start = Clock::now();
     auto reader = stub_->Generate(&context, request);
@@ -200,12 +199,15 @@ class LoadTest {
   void ChatClient(int client, int max_requests) {
     std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) * 7919 + client);
     while (Clock::now() < deadline_) {
+      // Random, not from --seed: another run (or one cut short, whose
+      // sessions remain) must not meet these ids.
+      static thread_local std::mt19937_64 ids(std::random_device{}());
       std::string id;
-      for (int i = 0; i < 2; ++i) id += absl::StrFormat("%016x", rng());
+      for (int i = 0; i < 2; ++i) id += absl::StrFormat("%016x", ids());
       {
         grpc::ClientContext context;
         fwp::client::PrepareContext(context, options_, id);
-        context.set_deadline(SystemTime(deadline_));
+        context.set_deadline(SystemTime(cutoff_));
         fwp::v1::CreateSessionRequest request;
         request.set_session_id(id);
         fwp::v1::SessionInfo info;
@@ -220,10 +222,11 @@ class LoadTest {
       }
       grpc::ClientContext context;
       fwp::client::PrepareContext(context, options_, id);
-      context.set_deadline(SystemTime(deadline_));
+      context.set_deadline(SystemTime(cutoff_));
       auto stream = stub_->Chat(&context);
       bool broken = false;
-      for (int turn = 0; turn < absl::GetFlag(FLAGS_turns) && !broken; ++turn) {
+      for (int turn = 0; turn < absl::GetFlag(FLAGS_turns) && !broken && Clock::now() < deadline_;
+           ++turn) {
         if (sent_.fetch_add(1) >= max_requests) {
           --sent_;
           break;
@@ -275,15 +278,19 @@ class LoadTest {
   nlohmann::json Report(const std::string& mode, double level, double wall_s) {
     std::vector<double> ttft, itl, tpot, e2e;
     std::map<std::string, int> errors;
-    int ok = 0;
-    int64_t tokens = 0;
+    int ok = 0, cut = 0;
+    int64_t tokens = 0;  // of the requests that completed
     for (const auto& r : results_) {
-      tokens += static_cast<int64_t>(r.tokens.size());
+      if (r.code == grpc::StatusCode::DEADLINE_EXCEEDED) {  // the only deadline is the cut-off
+        ++cut;
+        continue;
+      }
       if (r.code != grpc::StatusCode::OK) {
-        ++errors[CodeName(r.code)];
+        ++errors[fwp::client::CodeName(r.code)];
         continue;
       }
       ++ok;
+      tokens += static_cast<int64_t>(r.tokens.size());
       if (r.tokens.empty()) continue;
       ttft.push_back(Seconds(r.tokens.front() - r.start));
       e2e.push_back(Seconds(r.tokens.back() - r.start));
@@ -303,6 +310,7 @@ class LoadTest {
             {"sent", static_cast<int>(results_.size())},
             {"ok", ok},
             {"errors", error_count},
+            {"cut", cut},
             {"errors_by_code", errors},
             {"duration_s", wall_s},
             {"request_throughput", ok / wall_s},
@@ -318,21 +326,23 @@ class LoadTest {
   int32_t vocab_;
   Range prompt_, output_;
   std::atomic<int> sent_{0};
-  Clock::time_point deadline_;
+  Clock::time_point deadline_;  // no request starts after it
+  Clock::time_point cutoff_;    // running ones are cut (deadline_ + --drain_s)
   std::mutex mutex_;
   std::vector<Result> results_;
 };
 
 void PrintTable(const nlohmann::json& levels) {
-  std::printf("%8s %6s %6s %6s %8s %10s | %8s %8s %8s | %7s %7s %7s | %7s %7s | %8s %8s\n",
-              "level", "sent", "ok", "errors", "req/s", "tok/s", "TTFT p50", "p90", "p99",
+  std::printf("%8s %6s %6s %6s %5s %8s %10s | %8s %8s %8s | %7s %7s %7s | %7s %7s | %8s %8s\n",
+              "level", "sent", "ok", "errors", "cut", "req/s", "tok/s", "TTFT p50", "p90", "p99",
               "ITL p50", "p90", "p99", "TPOT p50", "p99", "E2E p50", "p99");
   for (const auto& l : levels) {
     const double level = l.contains("rate") ? l["rate"].get<double>() : l["concurrency"].get<double>();
     const auto ms = [&](const char* key, const char* p) { return 1e3 * l[key][p].get<double>(); };
-    std::printf("%8g %6d %6d %6d %8.2f %10.1f | %6.1fms %6.1fms %6.1fms | %5.1fms %5.1fms "
+    std::printf("%8g %6d %6d %6d %5d %8.2f %10.1f | %6.1fms %6.1fms %6.1fms | %5.1fms %5.1fms "
                 "%5.1fms | %5.1fms %5.1fms | %7.3fs %7.3fs\n",
                 level, l["sent"].get<int>(), l["ok"].get<int>(), l["errors"].get<int>(),
+                l["cut"].get<int>(),
                 l["request_throughput"].get<double>(), l["output_tokens_per_s"].get<double>(),
                 ms("ttft_s", "p50"), ms("ttft_s", "p90"), ms("ttft_s", "p99"), ms("itl_s", "p50"),
                 ms("itl_s", "p90"), ms("itl_s", "p99"), ms("tpot_s", "p50"), ms("tpot_s", "p99"),
@@ -415,7 +425,7 @@ int main(int argc, char** argv) {
     grpc::Status status = stub->ModelInfo(&context, fwp::v1::ModelInfoRequest(), &info);
     if (!status.ok()) {
       std::fprintf(stderr, "fwp-loadtest: %s: %s\n", options.address.c_str(),
-                   status.error_message().c_str());
+                   fwp::client::Describe(status).c_str());
       return 1;
     }
   }

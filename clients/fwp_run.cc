@@ -125,7 +125,8 @@ int Run(const std::vector<std::string>& settings) {
           "--prompt needs a tokenizer (--model, or --tokenizer with --random-init); "
           "or give --prompt_ids"));
     }
-    if (tokenizer->bos_id() >= 0) prompt.push_back(tokenizer->bos_id());
+    // No BOS: the models are trained on documents without one, and the
+    // server adds none (fwp-run and fwp-generate continue a prompt alike).
     for (int32_t id : tokenizer->Encode(absl::GetFlag(FLAGS_prompt))) prompt.push_back(id);
   }
   if (prompt.empty()) return Fail(absl::InvalidArgumentError("the prompt is empty"));

@@ -267,6 +267,9 @@ absl::Status FinishCheckpoint(const std::string& out_dir) {
     if (error) return fail(absl::StrCat("moving ", entry.path().string()));
   }
   if (error) return fail(absl::StrCat("listing ", staging.string()));
+  // The moves are on disk before trainer.json names their step (renames in
+  // one directory may otherwise reach the disk in any order).
+  FWP_RETURN_IF_ERROR(SyncDirectory(out_dir));
   fs::rename(staging / "trainer.json", fs::path(out_dir) / "trainer.json", error);
   if (error) return fail("moving trainer.json");
   FWP_RETURN_IF_ERROR(SyncDirectory(out_dir));
