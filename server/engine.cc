@@ -570,7 +570,18 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
 }
 
 absl::Status Engine::CanAddSession() const {
-  if (!options_.snapshot_dir.empty()) return absl::OkStatus();
+  if (!options_.snapshot_dir.empty()) {
+    // Spills the disk refused wait in memory, outside --host_bytes: once they
+    // fill as much again, new sessions are refused until the disk takes them.
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    if (static_cast<int64_t>(unwritable_.size()) * state_bytes_ > options_.host_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          unwritable_.size(), " sessions wait in memory for --snapshot_dir, which refuses their "
+          "snapshots (fwp_snapshot_write_failures_total; is the disk full?): no new sessions "
+          "until it takes them"));
+    }
+    return absl::OkStatus();
+  }
   const int64_t host_capacity = options_.host_bytes / std::max<int64_t>(state_bytes_, 1);
   int64_t live = 0;
   for (const auto& [id, session] : sessions_) live += session->tier != Tier::kDisk;
@@ -1171,6 +1182,13 @@ void Engine::Step() {
         Finish(*a, FinishReason::kNone,
                absl::NotFoundError(absl::StrCat("session ", a->waiting_for_session,
                                                 " was deleted")));
+        continue;
+      }
+      // Deleted and made again by another principal meanwhile: not theirs.
+      if (!a->job->principal.empty() && it->second->owner != a->job->principal) {
+        Finish(*a, FinishReason::kNone,
+               absl::PermissionDeniedError(absl::StrCat("session ", a->waiting_for_session,
+                                                        " belongs to another token")));
         continue;
       }
       if (it->second->busy) continue;  // its turn has not come yet

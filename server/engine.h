@@ -291,7 +291,7 @@ class Engine {
                   std::function<void(absl::Status)> then);
   // Waits for a pending write of `id`, so that removing its file sticks.
   void SettleWrite(const std::string& id);
-  std::mutex writer_mutex_;
+  mutable std::mutex writer_mutex_;
   std::condition_variable writer_wake_;
   std::condition_variable writer_idle_;
   std::deque<PendingWrite> writes_;

@@ -1,7 +1,11 @@
 #include "server/http_gateway.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <ctime>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <thread>
@@ -45,11 +49,12 @@ int HttpStatus(grpc::StatusCode code) {
 }
 
 std::string ErrorJson(const grpc::Status& status) {
+  // The message may quote the request's bytes, which need not be UTF-8.
   return json{{"error",
                {{"code", HttpStatus(status.error_code())},
                 {"status", GrpcCodeName(status.error_code())},
                 {"message", status.error_message()}}}}
-      .dump();
+      .dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 void SetError(httplib::Response& res, const grpc::Status& status) {
@@ -87,17 +92,67 @@ grpc::Status FromJson(const httplib::Request& req, M* message) {
 // (authorization, and x-session-id for load balancers) and X-Timeout-Ms.
 grpc::Status Prepare(const httplib::Request& req, grpc::ClientContext* context) {
   for (const char* header : {"authorization", "x-session-id"}) {
-    if (req.has_header(header)) context->AddMetadata(header, req.get_header_value(header));
+    if (!req.has_header(header)) continue;
+    const std::string value = req.get_header_value(header);
+    // gRPC takes printable ASCII only in metadata (it aborts on anything
+    // else), and nothing longer is a token or a session id.
+    const bool printable = std::all_of(value.begin(), value.end(),
+                                       [](unsigned char c) { return c >= 0x20 && c <= 0x7e; });
+    if (!printable || value.size() > 4096) {
+      return BadRequest(absl::StrCat("the ", header, " header must be printable ASCII of at most "
+                                     "4096 bytes"));
+    }
+    context->AddMetadata(header, value);
   }
   if (req.has_header("x-timeout-ms")) {
     int64_t ms = 0;
-    if (!absl::SimpleAtoi(req.get_header_value("x-timeout-ms"), &ms) || ms < 1) {
-      return BadRequest(absl::StrCat("X-Timeout-Ms must be a whole number of milliseconds ≥ 1, "
-                                     "got \"", req.get_header_value("x-timeout-ms"), "\""));
+    constexpr int64_t kMostMs = int64_t{1} << 40;  // 35 years: past it, chrono would overflow
+    if (!absl::SimpleAtoi(req.get_header_value("x-timeout-ms"), &ms) || ms < 1 || ms > kMostMs) {
+      return BadRequest(absl::StrCat("X-Timeout-Ms must be a whole number of milliseconds in "
+                                     "[1, 2^40], got \"", req.get_header_value("x-timeout-ms"),
+                                     "\""));
     }
     context->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
   }
   return grpc::Status::OK;
+}
+
+// The gateway's workers in use. API calls take one for as long as their
+// response lasts (a stream: its whole length) and are refused (429) when all
+// but a few are taken, so that /healthz always finds one free; Stop waits
+// for them to finish their responses.
+struct Load {
+  std::mutex mutex;
+  std::condition_variable idle;
+  int busy = 0;
+  int most = 1;
+};
+
+class Held {
+ public:
+  // Null when every worker the API may use is taken.
+  static std::shared_ptr<Held> Take(Load& load) {
+    std::lock_guard<std::mutex> lock(load.mutex);
+    if (load.busy >= load.most) return nullptr;
+    ++load.busy;
+    return std::shared_ptr<Held>(new Held(load));
+  }
+  ~Held() {
+    std::lock_guard<std::mutex> lock(load_.mutex);
+    --load_.busy;
+    load_.idle.notify_all();
+  }
+
+ private:
+  explicit Held(Load& load) : load_(load) {}
+  Load& load_;
+};
+
+grpc::Status Busy(const Load& load) {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      absl::StrCat("the HTTP gateway serves ", load.most,
+                                   " calls at once (--http_threads), all taken: retry later, "
+                                   "or use gRPC, which multiplexes"));
 }
 
 // A unary method of the stub (its synchronous overload).
@@ -106,8 +161,10 @@ using UnaryMethod = grpc::Status (v1::Fwp::Stub::*)(grpc::ClientContext*, const 
 
 // One unary call: `request` in, the answer (or the error) out.
 template <typename Req, typename Resp>
-void Unary(v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method, const Req& request,
+void Unary(Load& load, v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method, const Req& request,
            const httplib::Request& req, httplib::Response& res) {
+  const auto held = Held::Take(load);
+  if (held == nullptr) return SetError(res, Busy(load));
   grpc::ClientContext context;
   if (auto s = Prepare(req, &context); !s.ok()) return SetError(res, s);
   Resp response;
@@ -118,22 +175,22 @@ void Unary(v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method, const Req& reques
 
 // POST path: the body is the request.
 template <typename Req, typename Resp>
-void PostBody(httplib::Server& http, const char* path, v1::Fwp::Stub& stub,
+void PostBody(httplib::Server& http, Load& load, const char* path, v1::Fwp::Stub& stub,
               UnaryMethod<Req, Resp> method) {
-  http.Post(path, [&stub, method](const httplib::Request& req, httplib::Response& res) {
+  http.Post(path, [&load, &stub, method](const httplib::Request& req, httplib::Response& res) {
     Req request;
     if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
-    Unary(stub, method, request, req, res);
+    Unary(load, stub, method, request, req, res);
   });
 }
 
 // A route whose path names the session (the pattern's one group).
 template <typename Req, typename Resp>
-auto OnSession(v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method) {
-  return [&stub, method](const httplib::Request& req, httplib::Response& res) {
+auto OnSession(Load& load, v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method) {
+  return [&load, &stub, method](const httplib::Request& req, httplib::Response& res) {
     Req request;
     request.set_session_id(req.matches[1]);
-    Unary(stub, method, request, req, res);
+    Unary(load, stub, method, request, req, res);
   };
 }
 
@@ -141,6 +198,7 @@ auto OnSession(v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method) {
 // before the response starts, so that a refused request gets its HTTP
 // status; the rest as the client takes them.
 struct StreamCall {
+  std::shared_ptr<Held> held;  // released with the response
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader;
   std::optional<v1::GenerateResponse> first;
@@ -252,8 +310,8 @@ absl::StatusOr<Completion> ParseCompletion(const std::string& body) {
       g.mutable_stopping()->set_max_tokens(v.get<int32_t>());
     } else if (key == "temperature" || key == "top_p" || key == "presence_penalty" ||
                key == "frequency_penalty" || key == "min_p" || key == "repetition_penalty") {
-      if (!v.is_number()) return bad(key, "a number");
-      const float x = v.get<float>();
+      if (!v.is_number() || std::abs(v.get<double>()) > 1e30) return bad(key, "a number");
+      const float x = static_cast<float>(v.get<double>());
       auto* s = g.mutable_sampling();
       if (key == "temperature") s->set_temperature(x), temperature_given = true;
       if (key == "top_p") s->set_top_p(x);
@@ -267,7 +325,7 @@ absl::StatusOr<Completion> ParseCompletion(const std::string& body) {
       }
       g.mutable_sampling()->set_top_k(v.get<int32_t>());
     } else if (key == "seed") {
-      if (!v.is_number_integer() || v.get<int64_t>() < 0) return bad(key, "a whole number ≥ 0");
+      if (!v.is_number_unsigned()) return bad(key, "a whole number ≥ 0");
       g.mutable_sampling()->set_seed(v.get<uint64_t>());
     } else if (key == "stop") {
       if (v.is_string()) {
@@ -365,6 +423,7 @@ struct HttpGateway::Impl {
   httplib::Server http;
   std::thread thread;
   int port = 0;
+  Load load;
 
   void Routes();
   void Completions(const httplib::Request& req, httplib::Response& res);
@@ -372,10 +431,12 @@ struct HttpGateway::Impl {
 
 void HttpGateway::Impl::Routes() {
   v1::Fwp::Stub& s = *stub;
-  http.Post("/v1/generate", [&s](const httplib::Request& req, httplib::Response& res) {
+  http.Post("/v1/generate", [this, &s](const httplib::Request& req, httplib::Response& res) {
     v1::GenerateRequest request;
     if (auto st = FromJson(req, &request); !st.ok()) return SetError(res, st);
     auto call = std::make_shared<StreamCall>();
+    call->held = Held::Take(load);
+    if (call->held == nullptr) return SetError(res, Busy(load));
     if (auto st = Prepare(req, &call->context); !st.ok()) return SetError(res, st);
     if (auto st = call->Start(s, request); !st.ok()) return SetError(res, st);
     StreamInto(
@@ -385,20 +446,20 @@ void HttpGateway::Impl::Routes() {
   });
   // The unary calls: the body (or the path's session id) in, the answer out.
   using S = v1::Fwp::Stub;
-  PostBody<v1::ScoreRequest, v1::ScoreResponse>(http, "/v1/score", s, &S::Score);
-  PostBody<v1::TokenizeRequest, v1::TokenizeResponse>(http, "/v1/tokenize", s, &S::Tokenize);
-  PostBody<v1::DetokenizeRequest, v1::DetokenizeResponse>(http, "/v1/detokenize", s,
+  PostBody<v1::ScoreRequest, v1::ScoreResponse>(http, load, "/v1/score", s, &S::Score);
+  PostBody<v1::TokenizeRequest, v1::TokenizeResponse>(http, load, "/v1/tokenize", s, &S::Tokenize);
+  PostBody<v1::DetokenizeRequest, v1::DetokenizeResponse>(http, load, "/v1/detokenize", s,
                                                            &S::Detokenize);
-  PostBody<v1::CreateSessionRequest, v1::SessionInfo>(http, "/v1/sessions", s,
+  PostBody<v1::CreateSessionRequest, v1::SessionInfo>(http, load, "/v1/sessions", s,
                                                       &S::CreateSession);
   const char* session = R"(/v1/sessions/([^/]+))";
-  http.Get(session, OnSession<v1::GetSessionRequest, v1::SessionInfo>(s, &S::GetSession));
+  http.Get(session, OnSession<v1::GetSessionRequest, v1::SessionInfo>(load, s, &S::GetSession));
   http.Delete(session, OnSession<v1::DeleteSessionRequest, v1::DeleteSessionResponse>(
-                           s, &S::DeleteSession));
+                           load, s, &S::DeleteSession));
   http.Post(R"(/v1/sessions/([^/]+)/fork)",
-            OnSession<v1::ForkSessionRequest, v1::SessionInfo>(s, &S::ForkSession));
-  http.Get("/v1/model", [&s](const httplib::Request& req, httplib::Response& res) {
-    Unary<v1::ModelInfoRequest, v1::ModelInfoResponse>(s, &S::ModelInfo, v1::ModelInfoRequest(),
+            OnSession<v1::ForkSessionRequest, v1::SessionInfo>(load, s, &S::ForkSession));
+  http.Get("/v1/model", [this, &s](const httplib::Request& req, httplib::Response& res) {
+    Unary<v1::ModelInfoRequest, v1::ModelInfoResponse>(load, s, &S::ModelInfo, v1::ModelInfoRequest(),
                                                        req, res);
   });
   http.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
@@ -431,6 +492,8 @@ void HttpGateway::Impl::Completions(const httplib::Request& req, httplib::Respon
   auto parsed = ParseCompletion(req.body);
   if (!parsed.ok()) return SetError(res, BadRequest(std::string(parsed.status().message())));
   auto call = std::make_shared<StreamCall>();
+  call->held = Held::Take(load);
+  if (call->held == nullptr) return SetError(res, Busy(load));
   if (auto st = Prepare(req, &call->context); !st.ok()) return SetError(res, st);
   if (auto st = call->Start(*stub, parsed->request); !st.ok()) return SetError(res, st);
   const std::string id = CompletionId();
@@ -505,6 +568,8 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
   impl.options = options;
   const int threads = options.threads;
   impl.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // A few workers are kept from the API for /healthz (and /v1/models).
+  impl.load.most = std::max(1, threads - std::min(4, threads / 2));
   impl.http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
   // An idle keep-alive connection holds a thread, and Stop waits for it.
   impl.http.set_keep_alive_timeout(2);
@@ -525,16 +590,25 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
         absl::StrCat("cannot listen for HTTP on ", options.address, ":", options.port));
   }
   impl.thread = std::thread([&impl] { impl.http.listen_after_bind(); });
+  // Until it runs, httplib's stop() would not stop it (and Stop would wait
+  // on the thread for good).
+  while (!impl.http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   return gateway;
 }
 
 int HttpGateway::port() const { return impl_->port; }
 
 void HttpGateway::Stop() {
-  if (impl_ && impl_->thread.joinable()) {
-    impl_->http.stop();
-    impl_->thread.join();
+  if (!impl_ || !impl_->thread.joinable()) return;
+  {
+    // Responses still being written (a drained stream's last lines, its
+    // error) are let finish, for a while: stop() cuts them off.
+    std::unique_lock<std::mutex> lock(impl_->load.mutex);
+    impl_->load.idle.wait_for(lock, std::chrono::seconds(10),
+                              [&] { return impl_->load.busy == 0; });
   }
+  impl_->http.stop();
+  impl_->thread.join();
 }
 
 HttpGateway::~HttpGateway() { Stop(); }

@@ -209,6 +209,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                                  options.metrics_port));
     }
     impl.http_thread = std::thread([&impl] { impl.http.listen_after_bind(); });
+    // Until it runs, httplib's stop() would not stop it (Shutdown would hang).
+    while (!impl.http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   if (options.http_port >= 0) {
     // Over the server's own in-process channel: the gateway's calls are

@@ -125,6 +125,13 @@ TEST_F(HttpGatewayTest, ErrorsHaveTheirHttpStatusAndNameWhatIsWrong) {
   httplib::Headers timeout = {{"X-Timeout-Ms", "soon"}};
   error(http.Post("/v1/generate", timeout, R"({"prompt": {"text": "a"}})", "application/json"),
         400, "X-Timeout-Ms");
+  // A header gRPC would refuse (it aborts the process on non-printable
+  // metadata): %ff arrives as the byte 0xff.
+  error(http.Post("/v1/generate", httplib::Headers{{"x-session-id", "%ff"}},
+                  R"({"prompt": {"text": "a"}})", "application/json"),
+        400, "printable ASCII");
+  error(http.Get("/v1/model", httplib::Headers{{"authorization", "Bearer \ttab"}}), 400,
+        "printable ASCII");
   // The server goes on serving.
   const auto ok = http.Post("/v1/tokenize", R"({"text": "The jury"})", "application/json");
   ASSERT_TRUE(ok);
@@ -259,6 +266,64 @@ TEST_F(HttpGatewayTest, AClientThatGoesAwayCancelsItsRequest) {
   }
   EXPECT_EQ(r_.server->engine().inflight(), 0);
   EXPECT_LT(r_.server->metrics().generated_tokens.load(), 4000u);
+}
+
+// The API may take all workers but a few: one more call is told 429 at
+// once, and /healthz still answers.
+TEST(HttpGateway, CallsBeyondItsWorkersAreRefusedAndHealthStillAnswers) {
+  ServerOptions options = TestOptions();
+  options.http_port = 0;
+  options.http_threads = 2;  // one for the API, one kept for /healthz
+  Running r = StartServer(options);
+  ASSERT_NE(r.server, nullptr);
+  std::thread stream([&] {
+    httplib::Client http("127.0.0.1", r.server->http_port());
+    http.set_read_timeout(60, 0);
+    (void)http.Post("/v1/generate",
+                    R"({"prompt": {"text": "a"}, "stopping": {"max_tokens": 600, "ignore_eos": true}})",
+                    "application/json");
+  });
+  while (r.server->engine().inflight() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  httplib::Client http("127.0.0.1", r.server->http_port());
+  const auto refused = http.Post("/v1/tokenize", R"({"text": "a"})", "application/json");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 429) << refused->body;
+  EXPECT_THAT(refused->body, HasSubstr("--http_threads"));
+  const auto health = http.Get("/healthz");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  stream.join();
+  const auto after = http.Post("/v1/tokenize", R"({"text": "a"})", "application/json");
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->status, 200);
+}
+
+// A stream the drain cuts off ends with its error line, not a truncated
+// body: the gateway stops only after its responses are written.
+TEST(HttpGateway, AStreamCutByTheDrainEndsWithItsErrorLine) {
+  ServerOptions options = TestOptions();
+  options.http_port = 0;
+  Running r = StartServer(options);
+  ASSERT_NE(r.server, nullptr);
+  std::string body;
+  std::thread stream([&] {
+    httplib::Client http("127.0.0.1", r.server->http_port());
+    http.set_read_timeout(60, 0);
+    const auto res = http.Post(
+        "/v1/generate",
+        R"({"prompt": {"text": "a"}, "stopping": {"max_tokens": 4000, "ignore_eos": true}})",
+        "application/json");
+    if (res) body = res->body;
+  });
+  while (r.server->metrics().generated_tokens.load() < 5) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  r.server->Shutdown(std::chrono::milliseconds(0));
+  stream.join();
+  ASSERT_FALSE(body.empty());
+  const std::string last = body.substr(body.rfind('\n', body.size() - 2) + 1);
+  const json error = json::parse(last);
+  EXPECT_EQ(error["error"]["status"], "UNAVAILABLE") << last;
 }
 
 TEST(HttpGateway, AuthIsTheGrpcServicesAndHealthTurnsAtTheDrain) {
