@@ -8,9 +8,12 @@
 // /load NAME, /stats, /max_tokens N, /temperature X, /help, /quit.
 // Ctrl-C cancels the reply being streamed, not the program; Ctrl-D quits.
 // Sessions saved with /save are kept on the server and named in
-// --sessions_file; unsaved sessions are deleted on quit.
+// --sessions_file; unsaved sessions are deleted on quit (/quit, Ctrl-D, and
+// SIGTERM or SIGHUP: the terminal closed).
 #include <editline/readline.h>
+#include <semaphore.h>
 #include <signal.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -50,6 +53,14 @@ constexpr std::chrono::seconds kCallTimeout(30);
 
 std::atomic<bool> interrupted{false};
 void OnInterrupt(int) { interrupted = true; }
+// SIGTERM, SIGHUP (the terminal closed): a thread waiting on this deletes
+// the sessions not saved, as /quit does, and ends the program (the prompt's
+// read does not return on a signal).
+sem_t quit_signal;
+void OnQuit(int) {
+  interrupted = true;  // cancels a reply
+  sem_post(&quit_signal);
+}
 
 std::string RandomSessionId() {
   std::random_device device;
@@ -92,7 +103,7 @@ class Chat {
     fwp::v1::SessionInfo info;
     grpc::Status status = stub_->CreateSession(&context, request, &info);
     if (!status.ok()) return Error("cannot create a session", status);
-    created_.insert(id);
+    Insert(created_, id);
     SwitchTo(id);
     return true;
   }
@@ -196,7 +207,7 @@ class Chat {
       } else {
         std::cout << "[forked " << session_ << " into " << info.session_id()
                   << "; continuing in the fork]\n";
-        created_.insert(info.session_id());
+        Insert(created_, info.session_id());
         SwitchTo(info.session_id());
       }
     } else if (command == "/save") {
@@ -205,16 +216,19 @@ class Chat {
       } else {
         auto names = ReadNames();
         names[arg] = session_;
-        WriteNames(names);
-        saved_.insert(session_);
-        std::cout << "[saved session " << session_ << " as \"" << arg << "\"]\n";
+        if (!WriteNames(names)) {  // not named anywhere: /quit still deletes it
+          std::cout << "[cannot write " << sessions_file_ << ": the session is not saved]\n";
+        } else {
+          Insert(saved_, session_);
+          std::cout << "[saved session " << session_ << " as \"" << arg << "\"]\n";
+        }
       }
     } else if (command == "/load") {
       auto names = ReadNames();
       if (arg.empty() || names.count(arg) == 0) {
         std::cout << "[no saved session \"" << arg << "\" in " << sessions_file_ << "]\n";
       } else if (Use(names[arg])) {
-        saved_.insert(names[arg]);
+        Insert(saved_, names[arg]);
         std::cout << "[loaded \"" << arg << "\": session " << session_ << "]\n";
       }
     } else if (command == "/stats") {
@@ -252,8 +266,21 @@ class Chat {
   // Deletes the sessions made in this run that were not saved.
   void Cleanup() {
     CloseStream();
-    for (const auto& id : created_) {
-      if (saved_.count(id)) continue;
+    DeleteUnsaved();
+  }
+
+  // Cleanup without closing the stream (from the quitting thread, while the
+  // main one may be using it): the server cancels what runs on a deleted
+  // session.
+  void DeleteUnsaved() {
+    std::set<std::string> created, saved;
+    {
+      std::lock_guard<std::mutex> lock(sets_mutex_);
+      created = created_;
+      saved = saved_;
+    }
+    for (const auto& id : created) {
+      if (saved.count(id)) continue;
       grpc::ClientContext context;
       fwp::client::PrepareContext(context, options_, id, kCallTimeout);
       fwp::v1::DeleteSessionRequest request;
@@ -320,15 +347,22 @@ class Chat {
     return names;
   }
 
-  void WriteNames(const std::map<std::string, std::string>& names) {
+  bool WriteNames(const std::map<std::string, std::string>& names) {
     std::ofstream out(sessions_file_, std::ios::trunc);
     for (const auto& [name, id] : names) out << name << " " << id << "\n";
+    out.close();
+    return static_cast<bool>(out);
   }
 
   std::unique_ptr<fwp::v1::Fwp::Stub> stub_;
   fwp::client::ChannelOptions options_;
   std::string sessions_file_;
   std::string session_;
+  void Insert(std::set<std::string>& set, const std::string& id) {
+    std::lock_guard<std::mutex> lock(sets_mutex_);
+    set.insert(id);
+  }
+  std::mutex sets_mutex_;  // the quitting thread reads the sets
   std::set<std::string> created_, saved_;
   std::mutex context_mutex_;
   std::unique_ptr<grpc::ClientContext> context_;
@@ -367,6 +401,22 @@ int main(int argc, char** argv) {
   struct sigaction ignore = {};
   ignore.sa_handler = SIG_IGN;
   sigemptyset(&ignore.sa_mask);
+  termios terminal{};
+  const bool have_terminal = tcgetattr(STDIN_FILENO, &terminal) == 0;
+  sem_init(&quit_signal, 0, 0);
+  std::thread quitter([&] {
+    sem_wait(&quit_signal);
+    chat.DeleteUnsaved();
+    if (have_terminal) tcsetattr(STDIN_FILENO, TCSANOW, &terminal);  // out of line editing
+    std::cout << "\n" << std::flush;
+    std::_Exit(0);
+  });
+  quitter.detach();
+  struct sigaction quit = {};
+  quit.sa_handler = OnQuit;
+  sigemptyset(&quit.sa_mask);
+  sigaction(SIGTERM, &quit, nullptr);
+  sigaction(SIGHUP, &quit, nullptr);
   while (true) {
     sigaction(SIGINT, &ignore, nullptr);  // at the prompt Ctrl-C does nothing
     interrupted = false;

@@ -129,6 +129,38 @@ send("/quit\r")
 _, status = os.waitpid(pid, 0)
 if os.WEXITSTATUS(status) != 0:
     fail("fwp-chat exit status %d" % os.WEXITSTATUS(status))
+
+# SIGTERM (or SIGHUP: the terminal closed) at the prompt quits as /quit does:
+# the session it made is deleted on the server.
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(chat_bin, [chat_bin, "--address", "127.0.0.1:" + port, "--max_tokens", "4",
+                        "--temperature", "0", "--sessions_file", os.path.join(tmp, "names")])
+output = b""
+banner = read_until("> ")
+session = banner.split("session ", 1)[1].split()[0]
+send("The jury said\r")
+read_until("> ")
+os.kill(pid, signal.SIGTERM)
+deadline = time.time() + 10
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    try:  # keep the terminal drained
+        if select.select([fd], [], [], 0.1)[0]:
+            os.read(fd, 4096)
+    except OSError:
+        pass
+else:
+    fail("fwp-chat did not quit on SIGTERM")
+if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+    fail("fwp-chat on SIGTERM: status %r" % status)
+gone = subprocess.run([chat_bin, "--address", "127.0.0.1:" + port, "--session", session],
+                      stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+if gone.returncode == 0 or "NOT_FOUND" not in gone.stdout + gone.stderr:
+    fail("the session of a SIGTERM'd fwp-chat was not deleted: %r" % (gone.stdout + gone.stderr))
+
 server.send_signal(signal.SIGTERM)
 if server.wait(timeout=30) != 0:
     fail("server exit status")
