@@ -98,8 +98,11 @@ def chat(stub, args):
     finally:
         turns.put(None)
         replies.cancel()  # a reply still streaming (Ctrl-C) ends here
-        stub.DeleteSession(fwp_pb2.DeleteSessionRequest(session_id=session_id),
-                           metadata=metadata(args, session_id))
+        try:  # best effort: an error here must not hide the one that got us here
+            stub.DeleteSession(fwp_pb2.DeleteSessionRequest(session_id=session_id),
+                               metadata=metadata(args, session_id), timeout=10)
+        except grpc.RpcError:
+            pass
 
 
 def main():
@@ -107,6 +110,7 @@ def main():
     parser.add_argument("command", choices=["generate", "chat"])
     parser.add_argument("--address", default="localhost:50051")
     parser.add_argument("--token", default=os.environ.get("FWP_TOKEN", ""))
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (the system's roots)")
     parser.add_argument("--ca_cert", default="", help="PEM roots: connect with TLS")
     parser.add_argument("--prompt", default="The jury said")
     parser.add_argument("--max_tokens", type=int, default=64)
@@ -114,9 +118,9 @@ def main():
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=-1)
     args = parser.parse_args()
-    if args.ca_cert:
-        channel = grpc.secure_channel(args.address, grpc.ssl_channel_credentials(
-            open(args.ca_cert, "rb").read()))
+    if args.ca_cert or args.tls:
+        roots = open(args.ca_cert, "rb").read() if args.ca_cert else None
+        channel = grpc.secure_channel(args.address, grpc.ssl_channel_credentials(roots))
     else:
         channel = grpc.insecure_channel(args.address)
     stub = fwp_pb2_grpc.FwpStub(channel)
@@ -128,6 +132,9 @@ def main():
     except grpc.RpcError as error:
         sys.stderr.write("error %s: %s\n" % (error.code().name, error.details()))
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the reply is cancelled, the session deleted
+        sys.stderr.write("\n")
+        return 130
     return 0
 
 
