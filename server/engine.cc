@@ -112,7 +112,8 @@ struct Engine::Session {
   std::vector<int32_t> pending;
   bool busy = false;
   bool ephemeral = false;
-  uint64_t last_used = 0;
+  uint64_t last_used = 0;                   // LRU order of the tiers
+  Clock::time_point active = Clock::now();  // last asked for (--session_ttl_s)
 };
 
 struct Engine::Job {
@@ -209,6 +210,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
     return absl::InvalidArgumentError(absl::StrCat(
         "--step_tokens (", options.step_tokens, ") must be at least --prefill_piece (",
         options.prefill_piece, ")"));
+  }
+  if (!(options.session_ttl_s >= 0 && options.session_ttl_s <= 1e9)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--session_ttl_s must be in [0, 1e9] seconds (0: never), got ", options.session_ttl_s));
   }
   if (options.max_requests < 1 || options.max_queue < 1) {
     return absl::InvalidArgumentError("--max_requests and --max_queue must be ≥ 1");
@@ -566,6 +571,7 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
     return absl::PermissionDeniedError(
         absl::StrCat("session ", id, " belongs to another token"));
   }
+  session->active = Clock::now();
   return session;
 }
 
@@ -873,6 +879,50 @@ void Engine::SpillHost() {
   }
 }
 
+void Engine::ExpireSessions() {
+  if (options_.session_ttl_s <= 0) return;
+  const auto now = Clock::now();
+  if (now < next_expiry_) return;
+  const auto ttl = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.session_ttl_s));
+  // A quarter of the TTL between looks (at least 0.1 s, at most a minute).
+  next_expiry_ = now + std::clamp<Clock::duration>(ttl / 4, std::chrono::milliseconds(100),
+                                                   std::chrono::minutes(1));
+  std::vector<Session*> expired;
+  for (auto& [id, s] : sessions_) {
+    if (!s->busy && !s->ephemeral && now - s->active > ttl) expired.push_back(s.get());
+  }
+  // A request waiting for a session keeps it (it was asked for).
+  for (const auto& a : active_) {
+    std::erase_if(expired, [&](Session* s) { return s->id == a->waiting_for_session; });
+  }
+  for (Session* s : expired) RemoveSession(s);
+  metrics_->expired_sessions += expired.size();
+  // Snapshots no session here holds (earlier runs', other replicas'), by
+  // their files' age: a file is rewritten whenever its session is written.
+  if (options_.snapshot_dir.empty()) return;
+  std::error_code error;
+  const auto file_now = std::filesystem::file_time_type::clock::now();
+  for (const auto& entry : std::filesystem::directory_iterator(options_.snapshot_dir, error)) {
+    const std::string name = entry.path().filename().string();
+    const size_t suffix = std::string_view(kSnapshotSuffix).size();
+    if (name.size() <= suffix || name.compare(name.size() - suffix, suffix, kSnapshotSuffix) != 0) {
+      continue;
+    }
+    const std::string id = name.substr(0, name.size() - suffix);
+    if (sessions_.count(id) > 0) continue;
+    std::error_code ignored;
+    const auto written = entry.last_write_time(ignored);
+    if (ignored || file_now - written <= std::chrono::duration_cast<
+                                             std::filesystem::file_time_type::duration>(ttl)) {
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    if (unwritten_.count(id) > 0 || unwritable_.count(id) > 0) continue;
+    if (std::filesystem::remove(entry.path(), ignored)) ++metrics_->expired_sessions;
+  }
+}
+
 void Engine::RemoveSession(Session* session) {
   if (session->tier == Tier::kDevice) {
     slot_owner_[session->slot] = nullptr;
@@ -1089,6 +1139,7 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
   if (session != nullptr) {
     session->busy = false;
     session->last_used = ++tick_;
+    session->active = Clock::now();
     if (session->ephemeral) {
       RemoveSession(session);
     } else if (options_.snapshot_every_turn && !options_.snapshot_dir.empty() && admitted) {
@@ -1153,6 +1204,7 @@ void Engine::Loop() {
     for (auto& command : commands) command();
     if (!active_.empty()) Step();
     SpillHost();  // also after session commands (forks) with nothing running
+    ExpireSessions();
     PublishGauges();
   }
 }

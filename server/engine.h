@@ -125,6 +125,10 @@ struct EngineOptions {
   int64_t host_bytes = int64_t{4} << 30;  // host memory for parked sessions
   std::string snapshot_dir;        // empty: no disk tier
   bool snapshot_every_turn = false;  // write a session's snapshot after each request
+  // Sessions not asked for in this long are deleted (and their snapshots,
+  // also those of sessions this server has not loaded, by the files' age);
+  // 0: never.
+  double session_ttl_s = 0;
   size_t stream_buffer = 64;       // events buffered per stream before it pauses
   GenerationLimits limits;
 };
@@ -209,6 +213,7 @@ class Engine {
   absl::Status MakeResident(Session& session);
   bool EvictOne();
   void SpillHost();
+  void ExpireSessions();  // --session_ttl_s
   // A copy of `parent`'s state as a new session (forks, and scoring without
   // touching the session).
   absl::StatusOr<Session*> CopySession(Session& parent, const std::string& owner,
@@ -301,6 +306,7 @@ class Engine {
   std::unordered_map<std::string, std::shared_ptr<const std::string>> unwritable_;
   static constexpr std::chrono::seconds kRetryWrites{5};
   Clock::time_point next_write_retry_;
+  Clock::time_point next_expiry_;
   bool writing_ = false;
   bool writer_stop_ = false;
   std::thread writer_;

@@ -45,6 +45,8 @@ ABSL_FLAG(std::string, snapshot_dir, "", "directory of session snapshots (the di
           "sessions are written there at shutdown and found there after a restart");
 ABSL_FLAG(bool, snapshot_every_turn, false, "write a session's snapshot after every request "
           "(survives a crash; lets another replica sharing --snapshot_dir continue it)");
+ABSL_FLAG(double, session_ttl_s, 0, "delete sessions not asked for in this many seconds (and "
+          "snapshot files this old in --snapshot_dir); 0: keep them until deleted");
 ABSL_FLAG(int64_t, stream_buffer, 64, "messages buffered for a slow reader before its "
           "session pauses");
 ABSL_FLAG(int64_t, max_request_bytes, 4 << 20, "largest request message");
@@ -80,6 +82,7 @@ int main(int argc, char** argv) {
   e.host_bytes = absl::GetFlag(FLAGS_host_bytes);
   e.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
   e.snapshot_every_turn = absl::GetFlag(FLAGS_snapshot_every_turn);
+  e.session_ttl_s = absl::GetFlag(FLAGS_session_ttl_s);
   e.stream_buffer = static_cast<size_t>(std::max<int64_t>(absl::GetFlag(FLAGS_stream_buffer), 0));
   options.service.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   options.service.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);

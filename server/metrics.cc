@@ -87,6 +87,9 @@ std::string Metrics::Render() const {
           evictions.load());
   counter("fwp_session_spills_total", "Sessions moved from host memory to disk snapshots.",
           spills.load());
+  counter("fwp_sessions_expired_total",
+          "Sessions (or snapshot files) deleted after --session_ttl_s unused.",
+          expired_sessions.load());
   counter("fwp_snapshot_write_failures_total",
           "Session snapshots the disk refused (a spilled session then stays in memory).",
           snapshot_write_failures.load());

@@ -795,6 +795,39 @@ TEST(ServerTiers, ASpillTheDiskRefusesKeepsTheSessionInMemory) {
   }
 }
 
+// --session_ttl_s: a session not asked for in that long is deleted, one in
+// use is kept, and a snapshot file that old which no session here holds (an
+// earlier run's) is removed.
+TEST(ServerTiers, SessionsUnusedForTheirTtlAreDeletedWithOldSnapshots) {
+  TempDir dir;
+  ServerOptions options = TestOptions();
+  options.engine.snapshot_dir = dir.path();
+  std::string earlier;
+  {
+    Running r = StartServer(options);
+    auto s = CreateSession(*r.stub, {5, 6});
+    ASSERT_TRUE(s.ok());
+    earlier = s->session_id();
+    r.server->Shutdown(std::chrono::milliseconds(0));  // written to the directory
+  }
+  const std::string earlier_file = dir.path() + "/" + earlier + ".fwps";
+  ASSERT_TRUE(std::filesystem::exists(earlier_file));
+  options.engine.session_ttl_s = 0.6;
+  Running r = StartServer(options);
+  auto kept = CreateSession(*r.stub, {7});
+  auto idle = CreateSession(*r.stub, {8});
+  ASSERT_TRUE(kept.ok() && idle.ok());
+  v1::SessionInfo info;
+  for (int i = 0; i < 12; ++i) {  // 1.8 s, the kept one asked for every 150 ms
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    ASSERT_TRUE(GetSession(*r.stub, kept->session_id(), &info).ok()) << i;
+  }
+  EXPECT_EQ(GetSession(*r.stub, idle->session_id(), &info).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_FALSE(std::filesystem::exists(earlier_file));
+  EXPECT_GE(r.server->metrics().expired_sessions.load(), 2u);
+}
+
 TEST(ServerTiers, ZeroSlotsSizesThePoolFromFreeMemory) {
   ServerOptions options = TestOptions();
   options.engine.slots = 0;
