@@ -502,34 +502,44 @@ void HttpGateway::Impl::Completions(const httplib::Request& req, httplib::Respon
                      {"object", "text_completion"},
                      {"created", created},
                      {"model", options.model_name}};
-  if (!parsed->stream) {  // the whole completion, one answer
-    std::string text, session;
-    json reason = nullptr;
-    v1::Usage usage;
-    grpc::Status status;
-    while (auto m = call->Next(&status)) {
-      text += m->text();
-      if (!m->session_id().empty()) session = m->session_id();
-      if (m->finished()) {
-        reason = FinishReasonJson(m->finish_reason());
-        usage = m->usage();
-      }
-    }
-    if (!status.ok()) return SetError(res, status);
-    json answer = head;
-    answer["choices"] = json::array();
-    answer["choices"].push_back(Choice(text, reason));
-    answer["usage"] = UsageJson(usage);
-    if (parsed->request.keep_session() || !parsed->request.session_id().empty()) {
-      answer["session_id"] = session;  // fwp: the session to continue
-    }
-    res.set_content(answer.dump() + "\n", "application/json");
+  const bool show_session =
+      parsed->request.keep_session() || !parsed->request.session_id().empty();
+  if (!parsed->stream) {
+    // The whole completion, one JSON answer. It is sent as it is made: a
+    // space for each message (JSON's leading whitespace), so that a client
+    // that has gone is seen, and its request cancelled, at the next token;
+    // the answer at the end (an error then arrives as {"error": ...} in a
+    // 200 response, its status sent already).
+    struct Whole {
+      std::string text, session;
+      json reason = nullptr;
+      v1::Usage usage;
+    };
+    auto whole = std::make_shared<Whole>();
+    StreamInto(
+        res, call, "application/json",
+        [whole](const v1::GenerateResponse& m) {
+          whole->text += m.text();
+          if (!m.session_id().empty()) whole->session = m.session_id();
+          if (m.finished()) {
+            whole->reason = FinishReasonJson(m.finish_reason());
+            whole->usage = m.usage();
+          }
+          return std::string(" ");
+        },
+        [whole, head, show_session](const grpc::Status& st) {
+          if (!st.ok()) return ErrorJson(st) + "\n";
+          json answer = head;
+          answer["choices"] = json::array();
+          answer["choices"].push_back(Choice(whole->text, whole->reason));
+          answer["usage"] = UsageJson(whole->usage);
+          if (show_session) answer["session_id"] = whole->session;  // fwp: to continue it
+          return answer.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+        });
     return;
   }
   res.set_header("Cache-Control", "no-cache");
   const bool include_usage = parsed->include_usage;
-  const bool show_session =
-      parsed->request.keep_session() || !parsed->request.session_id().empty();
   StreamInto(
       res, call, "text/event-stream",
       [head, include_usage, show_session](const v1::GenerateResponse& m) {

@@ -28,7 +28,8 @@
 //   {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "..."}};
 // an error after a stream has begun is its last line (or event). A client
 // that goes away mid-stream cancels its request (its slot is freed at the
-// next step); X-Timeout-Ms sets a call's deadline.
+// next step); a whole (not streamed) completion is sent a space a message
+// until its answer for the same reason. X-Timeout-Ms sets a call's deadline.
 #pragma once
 
 #include <memory>
