@@ -11,6 +11,7 @@
 // --sessions_file; unsaved sessions are deleted on quit (/quit, Ctrl-D, and
 // SIGTERM or SIGHUP: the terminal closed).
 #include <editline/readline.h>
+#include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <termios.h>
@@ -404,13 +405,24 @@ int main(int argc, char** argv) {
   termios terminal{};
   const bool have_terminal = tcgetattr(STDIN_FILENO, &terminal) == 0;
   sem_init(&quit_signal, 0, 0);
+  // The quitting thread and the end of main race to clean up: whichever
+  // comes first does it and ends the program (the other waits for that).
+  std::atomic<bool> ending{false};
+  // The thread takes no signals (a Ctrl-C is the reply's, a SIGTERM the
+  // handler's on the main thread).
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &before);
   std::thread quitter([&] {
-    sem_wait(&quit_signal);
+    while (sem_wait(&quit_signal) != 0) {  // EINTR
+    }
+    if (ending.exchange(true)) return;
     chat.DeleteUnsaved();
     if (have_terminal) tcsetattr(STDIN_FILENO, TCSANOW, &terminal);  // out of line editing
     std::cout << "\n" << std::flush;
     std::_Exit(0);
   });
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
   quitter.detach();
   struct sigaction quit = {};
   quit.sa_handler = OnQuit;
@@ -434,7 +446,10 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &action, nullptr);
     chat.Turn(line);
   }
+  if (ending.exchange(true)) {
+    while (true) pause();  // the quitting thread cleans up and exits
+  }
   chat.Cleanup();
-  std::cout << "\n";
-  return 0;
+  std::cout << "\n" << std::flush;
+  std::_Exit(0);  // the detached thread must not outlive `chat` in exit()
 }

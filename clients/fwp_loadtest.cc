@@ -10,9 +10,11 @@
 //   open    open-loop Poisson arrivals at each --rates value (requests/s)
 //   chat    chat-like sessions: at each level, that many clients each create
 //           a session and hold --turns turns on one Chat stream, then delete it
-// Every level stops after --requests requests or --duration_s seconds,
-// whichever comes first; requests still running then are cancelled and
-// counted as DEADLINE_EXCEEDED errors, so sent = ok + errors always.
+// No request of a level starts after --requests requests or --duration_s
+// seconds, whichever comes first; the requests running then get --drain_s
+// more to finish, and those still running are cut (counted as "cut", apart
+// from the errors and the latencies), so sent = ok + errors + cut always. A
+// level's duration_s is its wall time, the drain included.
 // Per level: request and output-token throughput, TTFT, inter-token latency,
 // time per output token and end-to-end latency at p50/p90/p99, errors by
 // status code — as a table, a JSON file and a PNG plot (gnuplot).
@@ -80,6 +82,7 @@ bool ParseRange(const std::string& text, Range* range) {
 struct Result {
   grpc::StatusCode code = grpc::StatusCode::OK;
   Clock::time_point start;
+  Clock::time_point end;  // when a failed request ended
   std::vector<Clock::time_point> tokens;
 };
 
@@ -191,7 +194,7 @@ class LoadTest {
     fwp::v1::GenerateResponse m;
     while (reader->Read(&m)) AddTokens(r, m.token_ids_size(), Clock::now());
     r.code = reader->Finish().error_code();
-    if (r.code == grpc::StatusCode::CANCELLED) r.code = grpc::StatusCode::DEADLINE_EXCEEDED;
+    r.end = Clock::now();
     return r;
   }
 
@@ -216,6 +219,7 @@ class LoadTest {
           if (sent_.fetch_add(1) >= max_requests) { --sent_; return; }
           Result r;
           r.code = status.error_code();
+          r.end = Clock::now();
           Record(r);
           continue;
         }
@@ -250,9 +254,9 @@ class LoadTest {
         if (!finished) {
           broken = true;
           r.code = stream->Finish().error_code();
-          if (r.code == grpc::StatusCode::OK || r.code == grpc::StatusCode::CANCELLED) {
-            r.code = grpc::StatusCode::DEADLINE_EXCEEDED;
-          }
+          // A stream that ended without error before its turn did.
+          if (r.code == grpc::StatusCode::OK) r.code = grpc::StatusCode::UNKNOWN;
+          r.end = Clock::now();
         }
         Record(r);
       }
@@ -281,7 +285,10 @@ class LoadTest {
     int ok = 0, cut = 0;
     int64_t tokens = 0;  // of the requests that completed
     for (const auto& r : results_) {
-      if (r.code == grpc::StatusCode::DEADLINE_EXCEEDED) {  // the only deadline is the cut-off
+      // Cut: ended by the cut-off (the only deadline set), not failed before.
+      if ((r.code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+           r.code == grpc::StatusCode::CANCELLED) &&
+          r.end >= cutoff_ - std::chrono::milliseconds(100)) {
         ++cut;
         continue;
       }
@@ -409,6 +416,10 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_requests) < 1 || absl::GetFlag(FLAGS_duration_s) <= 0) {
     std::fprintf(stderr, "fwp-loadtest: --requests and --duration_s must be positive\n");
+    return 2;
+  }
+  if (!(absl::GetFlag(FLAGS_drain_s) >= 0)) {
+    std::fprintf(stderr, "fwp-loadtest: --drain_s must be ≥ 0\n");
     return 2;
   }
   fwp::client::ChannelOptions options = fwp::client::ChannelOptionsFromFlags();

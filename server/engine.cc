@@ -114,6 +114,7 @@ struct Engine::Session {
   bool ephemeral = false;
   uint64_t last_used = 0;                   // LRU order of the tiers
   Clock::time_point active = Clock::now();  // last asked for (--session_ttl_s)
+  Clock::time_point file_touched;           // its snapshot file's time last set
 };
 
 struct Engine::Job {
@@ -572,6 +573,17 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
         absl::StrCat("session ", id, " belongs to another token"));
   }
   session->active = Clock::now();
+  // Its snapshot file, when it has one, is marked as used (a quarter-TTL at
+  // most apart), so that a replica sharing the directory that does not hold
+  // the session does not take the file for abandoned (--session_ttl_s).
+  if (options_.session_ttl_s > 0 && !options_.snapshot_dir.empty() &&
+      session->active - session->file_touched >
+          std::chrono::duration<double>(options_.session_ttl_s / 4)) {
+    session->file_touched = session->active;
+    std::error_code ignored;
+    std::filesystem::last_write_time(SnapshotPath(id),
+                                     std::filesystem::file_time_type::clock::now(), ignored);
+  }
   return session;
 }
 
@@ -896,14 +908,20 @@ void Engine::ExpireSessions() {
   for (const auto& a : active_) {
     std::erase_if(expired, [&](Session* s) { return s->id == a->waiting_for_session; });
   }
-  for (Session* s : expired) RemoveSession(s);
+  // Its file stays: another replica sharing the directory may hold the
+  // session and keep it fresh. The scan below removes the file once it is as
+  // old as the TTL (a session lives at least the TTL, at most about twice).
+  for (Session* s : expired) RemoveSession(s, /*remove_file=*/false);
   metrics_->expired_sessions += expired.size();
   // Snapshots no session here holds (earlier runs', other replicas'), by
-  // their files' age: a file is rewritten whenever its session is written.
+  // their files' age: a file is rewritten whenever its session is written,
+  // and touched while a replica holding it is asked for it (Lookup).
   if (options_.snapshot_dir.empty()) return;
   std::error_code error;
   const auto file_now = std::filesystem::file_time_type::clock::now();
-  for (const auto& entry : std::filesystem::directory_iterator(options_.snapshot_dir, error)) {
+  std::filesystem::directory_iterator it(options_.snapshot_dir, error);
+  for (; !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
+    const auto& entry = *it;
     const std::string name = entry.path().filename().string();
     const size_t suffix = std::string_view(kSnapshotSuffix).size();
     if (name.size() <= suffix || name.compare(name.size() - suffix, suffix, kSnapshotSuffix) != 0) {
@@ -923,14 +941,14 @@ void Engine::ExpireSessions() {
   }
 }
 
-void Engine::RemoveSession(Session* session) {
+void Engine::RemoveSession(Session* session, bool remove_file) {
   if (session->tier == Tier::kDevice) {
     slot_owner_[session->slot] = nullptr;
     free_slots_.push_back(session->slot);
   } else if (session->tier == Tier::kHost) {
     --host_sessions_;
   }
-  if (!options_.snapshot_dir.empty()) DropSnapshot(session->id, /*remove_file=*/true);
+  if (!options_.snapshot_dir.empty()) DropSnapshot(session->id, remove_file);
   sessions_.erase(session->id);
 }
 

@@ -235,7 +235,8 @@ class Engine {
   void DropSnapshot(const std::string& id, bool remove_file);
   void WriterLoop();
   void FlushWrites();
-  void RemoveSession(Session* session);
+  // remove_file: its snapshot file goes too (a delete); not on expiry.
+  void RemoveSession(Session* session, bool remove_file = true);
   SessionInfo Info(const Session& session) const;
   std::string SnapshotPath(const std::string& id) const;
   void StartJob(std::unique_ptr<Job> job);
