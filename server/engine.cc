@@ -778,7 +778,17 @@ absl::StatusOr<std::string> Engine::EncodeSession(Session& session) {
 
 absl::Status Engine::WriteToDisk(Session& session) {
   FWP_ASSIGN_OR_RETURN(std::string bytes, EncodeSession(session));
-  return WriteFileAtomically(SnapshotPath(session.id), bytes);
+  const std::string path = SnapshotPath(session.id);
+  FWP_RETURN_IF_ERROR(WriteFileAtomically(path, bytes));
+  std::error_code ignored;
+  std::filesystem::last_write_time(path, UsedTime(session), ignored);
+  return absl::OkStatus();
+}
+
+std::filesystem::file_time_type Engine::UsedTime(const Session& session) const {
+  return std::filesystem::file_time_type::clock::now() -
+         std::chrono::duration_cast<std::filesystem::file_time_type::duration>(Clock::now() -
+                                                                              session.active);
 }
 
 void Engine::WriteThen(Session& session, std::function<void(absl::Status)> then) {
@@ -789,16 +799,16 @@ void Engine::WriteThen(Session& session, std::function<void(absl::Status)> then)
     ++metrics_->snapshot_write_failures;
     return then(bytes.status());
   }
-  QueueWrite(session.id, std::make_shared<const std::string>(std::move(*bytes)), std::move(then));
+  QueueWrite(session, std::make_shared<const std::string>(std::move(*bytes)), std::move(then));
 }
 
-void Engine::QueueWrite(const std::string& id, std::shared_ptr<const std::string> bytes,
+void Engine::QueueWrite(const Session& session, std::shared_ptr<const std::string> bytes,
                         std::function<void(absl::Status)> then) {
   {
     std::lock_guard<std::mutex> lock(writer_mutex_);
-    unwritten_[id] = bytes;
-    unwritable_.erase(id);  // superseded
-    writes_.push_back({id, std::move(bytes), std::move(then)});
+    unwritten_[session.id] = bytes;
+    unwritable_.erase(session.id);  // superseded
+    writes_.push_back({session.id, std::move(bytes), std::move(then), UsedTime(session)});
   }
   writer_wake_.notify_one();
 }
@@ -812,7 +822,12 @@ void Engine::RetryUnwritable() {
     std::lock_guard<std::mutex> lock(writer_mutex_);
     retry.swap(unwritable_);
   }
-  for (auto& [id, bytes] : retry) QueueWrite(id, std::move(bytes), nullptr);
+  for (auto& [id, bytes] : retry) {
+    // (A session deleted or expired meanwhile took its copy with it.)
+    if (auto it = sessions_.find(id); it != sessions_.end()) {
+      QueueWrite(*it->second, std::move(bytes), nullptr);
+    }
+  }
 }
 
 void Engine::DropSnapshot(const std::string& id, bool remove_file) {
@@ -836,30 +851,109 @@ void Engine::WriterLoop() {
   model_.backend().BindThread();
   std::unique_lock<std::mutex> lock(writer_mutex_);
   while (true) {
-    writer_wake_.wait(lock, [&] { return writer_stop_ || !writes_.empty(); });
-    if (writes_.empty()) return;  // stopping, nothing left
-    PendingWrite write = std::move(writes_.front());
-    writes_.pop_front();
-    writing_ = true;
-    lock.unlock();
-    const std::string path = SnapshotPath(write.id);
-    const absl::Status written = WriteFileAtomically(path, *write.bytes);
-    if (!written.ok()) {
-      std::fprintf(stderr, "fwp-server: cannot write %s: %s%s\n", path.c_str(),
-                   std::string(written.message()).c_str(),
-                   write.then ? "" : " (the session stays in memory; written again later)");
-      ++metrics_->snapshot_write_failures;
+    writer_wake_.wait(lock, [&] { return writer_stop_ || !writes_.empty() || scan_wanted_; });
+    if (!writes_.empty()) {
+      WriteNext(lock);
+    } else if (writer_stop_) {
+      return;  // stopping, nothing left
+    } else {
+      scan_wanted_ = false;
+      ScanSnapshots(lock);
     }
-    if (write.then) write.then(written);
-    lock.lock();
-    writing_ = false;
-    if (auto it = unwritten_.find(write.id); it != unwritten_.end() && it->second == write.bytes) {
-      // (A newer write of the same session may still wait.) A spill the disk
-      // refused is the session's only copy: it stays in memory.
-      if (!written.ok() && !write.then) unwritable_[write.id] = write.bytes;
-      unwritten_.erase(it);
+  }
+}
+
+void Engine::WriteNext(std::unique_lock<std::mutex>& lock) {
+  PendingWrite write = std::move(writes_.front());
+  writes_.pop_front();
+  writing_ = true;
+  lock.unlock();
+  const std::string path = SnapshotPath(write.id);
+  const absl::Status written = WriteFileAtomically(path, *write.bytes);
+  if (!written.ok()) {
+    std::fprintf(stderr, "fwp-server: cannot write %s: %s%s\n", path.c_str(),
+                 std::string(written.message()).c_str(),
+                 write.then ? "" : " (the session stays in memory; written again later)");
+    ++metrics_->snapshot_write_failures;
+  } else {
+    std::error_code ignored;
+    std::filesystem::last_write_time(path, write.used, ignored);
+  }
+  if (write.then) write.then(written);
+  lock.lock();
+  writing_ = false;
+  if (auto it = unwritten_.find(write.id); it != unwritten_.end() && it->second == write.bytes) {
+    // (A newer write of the same session may still wait.) A spill the disk
+    // refused is the session's only copy: it stays in memory.
+    if (!written.ok() && !write.then) unwritable_[write.id] = write.bytes;
+    unwritten_.erase(it);
+  }
+  writer_idle_.notify_all();
+}
+
+// The age past which a snapshot file no session here holds is abandoned
+// (see ExpireSessions).
+static std::filesystem::file_time_type::duration AbandonedAge(double ttl_s) {
+  return std::chrono::duration_cast<std::filesystem::file_time_type::duration>(
+      std::chrono::duration<double>(1.25 * ttl_s));
+}
+
+void Engine::ScanSnapshots(std::unique_lock<std::mutex>& lock) {
+  using FileTime = std::filesystem::file_time_type;
+  const auto ttl = AbandonedAge(options_.session_ttl_s);
+  const auto abandoned =
+      std::max(ttl, std::chrono::duration_cast<FileTime::duration>(kAbandonedWrite));
+  constexpr std::string_view kSuffix = kSnapshotSuffix;
+  constexpr std::string_view kTemporary = ".tmp.";  // WriteFileAtomically's
+  std::vector<std::string> old;
+  // Hands `old` to the engine thread (it alone knows which sessions it holds).
+  auto hand_over = [&] {
+    if (old.empty()) return;
+    Post([this, ids = std::move(old)] { RemoveAbandonedSnapshots(ids); });
+    old.clear();
+  };
+  lock.unlock();
+  std::error_code error;
+  std::filesystem::directory_iterator it(options_.snapshot_dir, error);
+  for (int64_t seen = 0; !error && it != std::filesystem::directory_iterator();
+       it.increment(error)) {
+    if (++seen % 64 == 0) {  // queued snapshots go first
+      lock.lock();
+      while (!writes_.empty()) WriteNext(lock);
+      const bool stop = writer_stop_;
+      lock.unlock();
+      if (stop) break;
+      if (old.size() >= 256) hand_over();
     }
-    writer_idle_.notify_all();
+    const std::string name = it->path().filename().string();
+    std::error_code ignored;
+    const auto age = FileTime::clock::now() - it->last_write_time(ignored);
+    if (ignored) continue;
+    if (name.size() > kSuffix.size() && name.ends_with(kSuffix)) {
+      if (age > ttl) old.push_back(name.substr(0, name.size() - kSuffix.size()));
+    } else if (const size_t at = name.rfind(std::string(kSuffix) + std::string(kTemporary));
+               at != std::string::npos && at > 0 && age > abandoned) {
+      std::filesystem::remove(it->path(), ignored);
+    }
+  }
+  hand_over();
+  lock.lock();
+}
+
+void Engine::RemoveAbandonedSnapshots(const std::vector<std::string>& ids) {
+  const auto ttl = AbandonedAge(options_.session_ttl_s);
+  for (const std::string& id : ids) {
+    if (sessions_.count(id) > 0) continue;  // held here: it expires with its session
+    {
+      std::lock_guard<std::mutex> lock(writer_mutex_);
+      if (unwritten_.count(id) > 0 || unwritable_.count(id) > 0) continue;
+    }
+    // Still as old (another replica may have written or touched it since).
+    const std::string path = SnapshotPath(id);
+    std::error_code ignored;
+    const auto written = std::filesystem::last_write_time(path, ignored);
+    if (ignored || std::filesystem::file_time_type::clock::now() - written <= ttl) continue;
+    if (std::filesystem::remove(path, ignored)) ++metrics_->expired_sessions;
   }
 }
 
@@ -883,7 +977,7 @@ void Engine::SpillHost() {
     // Written by the writer thread; the engine does not wait on the disk.
     auto bytes = EncodeSession(*victim);  // host tier: cannot fail
     if (!bytes.ok()) return;
-    QueueWrite(victim->id, std::make_shared<const std::string>(std::move(*bytes)), nullptr);
+    QueueWrite(*victim, std::make_shared<const std::string>(std::move(*bytes)), nullptr);
     victim->host.reset();
     victim->tier = Tier::kDisk;
     --host_sessions_;
@@ -909,36 +1003,21 @@ void Engine::ExpireSessions() {
     std::erase_if(expired, [&](Session* s) { return s->id == a->waiting_for_session; });
   }
   // Its file stays: another replica sharing the directory may hold the
-  // session and keep it fresh. The scan below removes the file once it is as
-  // old as the TTL (a session lives at least the TTL, at most about twice).
+  // session and keep it fresh. The scan removes the file once it is a
+  // quarter older than the TTL.
   for (Session* s : expired) RemoveSession(s, /*remove_file=*/false);
   metrics_->expired_sessions += expired.size();
   // Snapshots no session here holds (earlier runs', other replicas'), by
-  // their files' age: a file is rewritten whenever its session is written,
-  // and touched while a replica holding it is asked for it (Lookup).
+  // their files' age: a file is given its session's last use whenever it is
+  // written, and touched while a replica holding it is asked for it (Lookup,
+  // at most a quarter-TTL apart). So a file older than 1.25 × the TTL is one
+  // whose session has not been asked for in the TTL, wherever it is held.
   if (options_.snapshot_dir.empty()) return;
-  std::error_code error;
-  const auto file_now = std::filesystem::file_time_type::clock::now();
-  std::filesystem::directory_iterator it(options_.snapshot_dir, error);
-  for (; !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
-    const auto& entry = *it;
-    const std::string name = entry.path().filename().string();
-    const size_t suffix = std::string_view(kSnapshotSuffix).size();
-    if (name.size() <= suffix || name.compare(name.size() - suffix, suffix, kSnapshotSuffix) != 0) {
-      continue;
-    }
-    const std::string id = name.substr(0, name.size() - suffix);
-    if (sessions_.count(id) > 0) continue;
-    std::error_code ignored;
-    const auto written = entry.last_write_time(ignored);
-    if (ignored || file_now - written <= std::chrono::duration_cast<
-                                             std::filesystem::file_time_type::duration>(ttl)) {
-      continue;
-    }
+  {
     std::lock_guard<std::mutex> lock(writer_mutex_);
-    if (unwritten_.count(id) > 0 || unwritable_.count(id) > 0) continue;
-    if (std::filesystem::remove(entry.path(), ignored)) ++metrics_->expired_sessions;
+    scan_wanted_ = true;
   }
+  writer_wake_.notify_one();
 }
 
 void Engine::RemoveSession(Session* session, bool remove_file) {

@@ -28,6 +28,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -221,6 +222,10 @@ class Engine {
   // The session's snapshot file contents.
   absl::StatusOr<std::string> EncodeSession(Session& session);
   absl::Status WriteToDisk(Session& session);
+  // The time its snapshot file is given: when the session was last asked
+  // for, so a file's age is its session's idle time whenever it was written
+  // (--session_ttl_s; a drain's writes do not make sessions young again).
+  std::filesystem::file_time_type UsedTime(const Session& session) const;
   // --snapshot_every_turn: the snapshot is encoded on the engine thread and
   // written (fsync, rename) by the writer thread, which then runs `then`
   // with the write's status (the request's answer: an error when the turn
@@ -235,6 +240,16 @@ class Engine {
   void DropSnapshot(const std::string& id, bool remove_file);
   void WriterLoop();
   void FlushWrites();
+  // --session_ttl_s, writer thread (`lock` held): reads --snapshot_dir
+  // between writes, so that neither a spill nor the engine waits for a
+  // large directory. It removes temporary files of writes that never
+  // finished (older than kAbandonedWrite and the TTL) and hands the ids of
+  // snapshot files last used more than the TTL ago to the engine thread,
+  // which removes those that no session here holds.
+  void ScanSnapshots(std::unique_lock<std::mutex>& lock);
+  void RemoveAbandonedSnapshots(const std::vector<std::string>& ids);  // engine thread
+  // Writer thread, `lock` held: writes the first queued snapshot.
+  void WriteNext(std::unique_lock<std::mutex>& lock);
   // remove_file: its snapshot file goes too (a delete); not on expiry.
   void RemoveSession(Session* session, bool remove_file = true);
   SessionInfo Info(const Session& session) const;
@@ -290,10 +305,11 @@ class Engine {
     std::string id;
     std::shared_ptr<const std::string> bytes;
     std::function<void(absl::Status)> then;  // null: a spill
+    std::filesystem::file_time_type used;   // the file's time (UsedTime)
   };
   // Queues a snapshot for the writer; until it is on disk, LoadState reads
   // it from `unwritten_` (a spilled session may be touched at once).
-  void QueueWrite(const std::string& id, std::shared_ptr<const std::string> bytes,
+  void QueueWrite(const Session& session, std::shared_ptr<const std::string> bytes,
                   std::function<void(absl::Status)> then);
   // Waits for a pending write of `id`, so that removing its file sticks.
   void SettleWrite(const std::string& id);
@@ -310,6 +326,8 @@ class Engine {
   Clock::time_point next_expiry_;
   bool writing_ = false;
   bool writer_stop_ = false;
+  bool scan_wanted_ = false;  // of --snapshot_dir, by ExpireSessions
+  static constexpr std::chrono::minutes kAbandonedWrite{10};
   std::thread writer_;
 };
 

@@ -46,7 +46,8 @@ ABSL_FLAG(std::string, snapshot_dir, "", "directory of session snapshots (the di
 ABSL_FLAG(bool, snapshot_every_turn, false, "write a session's snapshot after every request "
           "(survives a crash; lets another replica sharing --snapshot_dir continue it)");
 ABSL_FLAG(double, session_ttl_s, 0, "delete sessions not asked for in this many seconds (and "
-          "snapshot files this old in --snapshot_dir); 0: keep them until deleted");
+          "their files in --snapshot_dir a quarter of it later, wherever they are held); 0: "
+          "keep them until deleted");
 ABSL_FLAG(int64_t, stream_buffer, 64, "messages buffered for a slow reader before its "
           "session pauses");
 ABSL_FLAG(int64_t, max_request_bytes, 4 << 20, "largest request message");

@@ -382,7 +382,9 @@ TEST(PenaltyTable, RowsFollowTheirSamplers) {
     sampler.Accept(token);
     table.Set(2, token, sampler.TableValue(token));
     if (step % 7 == 0) table.Set(2, token, sampler.TableValue(token));  // twice: the same
-    if (step % 3 == 0) ASSERT_TRUE(table.Flush().ok());
+    if (step % 3 == 0) {
+      ASSERT_TRUE(table.Flush().ok());
+    }
   }
   ASSERT_TRUE(table.Flush().ok());
   EXPECT_EQ(table.pending_bytes(), 0);

@@ -812,6 +812,15 @@ TEST(ServerTiers, SessionsUnusedForTheirTtlAreDeletedWithOldSnapshots) {
   }
   const std::string earlier_file = dir.path() + "/" + earlier + ".fwps";
   ASSERT_TRUE(std::filesystem::exists(earlier_file));
+  // What a crashed write leaves (an hour old; one being written; not ours).
+  const auto hour_ago =
+      std::filesystem::file_time_type::clock::now() - std::chrono::hours(1);
+  const std::string crashed = dir.path() + "/abc.fwps.tmp.999";
+  const std::string writing = dir.path() + "/def.fwps.tmp.998";
+  const std::string other = dir.path() + "/notes.txt";
+  for (const auto& path : {crashed, writing, other}) std::ofstream(path) << "x";
+  std::filesystem::last_write_time(crashed, hour_ago);
+  std::filesystem::last_write_time(other, hour_ago);
   options.engine.session_ttl_s = 0.6;
   Running r = StartServer(options);
   auto kept = CreateSession(*r.stub, {7});
@@ -826,6 +835,29 @@ TEST(ServerTiers, SessionsUnusedForTheirTtlAreDeletedWithOldSnapshots) {
             grpc::StatusCode::NOT_FOUND);
   EXPECT_FALSE(std::filesystem::exists(earlier_file));
   EXPECT_GE(r.server->metrics().expired_sessions.load(), 2u);
+  EXPECT_FALSE(std::filesystem::exists(crashed));
+  EXPECT_TRUE(std::filesystem::exists(writing));
+  EXPECT_TRUE(std::filesystem::exists(other));
+}
+
+// A snapshot file's time is its session's last use, also when the drain
+// writes it: a restart does not make idle sessions young again.
+TEST(ServerTiers, ASnapshotFileKeepsItsSessionsLastUse) {
+  TempDir dir;
+  ServerOptions options = TestOptions();
+  options.engine.snapshot_dir = dir.path();
+  options.engine.session_ttl_s = 3600;
+  Running r = StartServer(options);
+  auto s = CreateSession(*r.stub, {5, 6});
+  ASSERT_TRUE(s.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  r.server->Shutdown(std::chrono::milliseconds(0));  // written to the directory now
+  const std::string file = dir.path() + "/" + s->session_id() + ".fwps";
+  ASSERT_TRUE(std::filesystem::exists(file));
+  const auto age =
+      std::filesystem::file_time_type::clock::now() - std::filesystem::last_write_time(file);
+  EXPECT_GE(age, std::chrono::milliseconds(700));
+  EXPECT_LT(age, std::chrono::seconds(60));
 }
 
 // Two replicas share a snapshot directory: a session that one holds on disk
