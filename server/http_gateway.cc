@@ -10,6 +10,12 @@
 #include <random>
 #include <thread>
 
+#include <dirent.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
 #include <google/protobuf/util/json_util.h>
 #include <httplib.h>
 
@@ -126,6 +132,7 @@ struct Load {
   std::condition_variable idle;
   int busy = 0;
   int most = 1;
+  int port = 0;  // the gateway's (to find a call's connection)
 };
 
 class Held {
@@ -155,11 +162,65 @@ grpc::Status Busy(const Load& load) {
                                    "or use gRPC, which multiplexes"));
 }
 
-// A unary method of the stub (its synchronous overload).
-template <typename Req, typename Resp>
-using UnaryMethod = grpc::Status (v1::Fwp::Stub::*)(grpc::ClientContext*, const Req&, Resp*);
+// The socket of the connection that sent `req` to the gateway on `port`,
+// or -1: httplib 0.11 does not give a handler its connection, so it is found
+// among the process's sockets by its two ends (unique while the handler
+// runs, since the connection stays open until it returns).
+int ConnectionSocket(const httplib::Request& req, int port) {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  // The peer as httplib names it (getnameinfo, numeric).
+  auto host = [](const sockaddr_storage& a, socklen_t size) {
+    char name[NI_MAXHOST];
+    return ::getnameinfo(reinterpret_cast<const sockaddr*>(&a), size, name, sizeof name, nullptr,
+                         0, NI_NUMERICHOST) == 0
+               ? std::string(name)
+               : std::string();
+  };
+  auto port_of = [](const sockaddr_storage& a) {
+    if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+    if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+    return uint16_t{0};
+  };
+  while (const dirent* entry = ::readdir(dir)) {
+    int fd = -1;
+    struct stat info;
+    if (!absl::SimpleAtoi(entry->d_name, &fd) || ::fstat(fd, &info) != 0 ||
+        !S_ISSOCK(info.st_mode)) {
+      continue;
+    }
+    sockaddr_storage local{}, peer{};
+    socklen_t local_size = sizeof local, peer_size = sizeof peer;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0 ||
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0 ||
+        port_of(local) != port || port_of(peer) != req.remote_port ||
+        host(peer, peer_size) != req.remote_addr) {
+      continue;
+    }
+    found = fd;
+    break;
+  }
+  ::closedir(dir);
+  return found;
+}
 
-// One unary call: `request` in, the answer (or the error) out.
+// Whether the client at the other end of `fd` has hung up (what it may
+// still send, a pipelined request, stays unread).
+bool HungUp(int fd) {
+  char c;
+  const ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+// A unary method of the stub (its callback overload).
+template <typename Req, typename Resp>
+using UnaryMethod = void (v1::Fwp::Stub::async::*)(grpc::ClientContext*, const Req*, Resp*,
+                                                   std::function<void(grpc::Status)>);
+
+// One unary call: `request` in, the answer (or the error) out. A call that
+// runs long (a score or a session's prompt) is cancelled when its client
+// hangs up, as a stream is, instead of holding its slot to the end.
 template <typename Req, typename Resp>
 void Unary(Load& load, v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method, const Req& request,
            const httplib::Request& req, httplib::Response& res) {
@@ -168,8 +229,30 @@ void Unary(Load& load, v1::Fwp::Stub& stub, UnaryMethod<Req, Resp> method, const
   grpc::ClientContext context;
   if (auto s = Prepare(req, &context); !s.ok()) return SetError(res, s);
   Resp response;
-  const grpc::Status status = (stub.*method)(&context, request, &response);
-  if (!status.ok()) return SetError(res, status);
+  std::mutex mutex;
+  std::condition_variable answered;
+  std::optional<grpc::Status> status;
+  (stub.async()->*method)(&context, &request, &response, [&](grpc::Status s) {
+    std::lock_guard<std::mutex> lock(mutex);
+    status = std::move(s);
+    answered.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(mutex);
+  constexpr auto kLook = std::chrono::milliseconds(50);
+  if (!answered.wait_for(lock, 2 * kLook, [&] { return status.has_value(); })) {
+    // Still running: watch the connection until the answer.
+    lock.unlock();
+    const int fd = ConnectionSocket(req, load.port);
+    lock.lock();
+    bool cancelled = false;
+    while (!answered.wait_for(lock, kLook, [&] { return status.has_value(); })) {
+      if (fd >= 0 && !cancelled && HungUp(fd)) {
+        context.TryCancel();
+        cancelled = true;
+      }
+    }
+  }
+  if (!status->ok()) return SetError(res, *status);
   res.set_content(ToJson(response) + "\n", "application/json");
 }
 
@@ -445,7 +528,7 @@ void HttpGateway::Impl::Routes() {
         [](const grpc::Status& st) { return st.ok() ? std::string() : ErrorJson(st) + "\n"; });
   });
   // The unary calls: the body (or the path's session id) in, the answer out.
-  using S = v1::Fwp::Stub;
+  using S = class v1::Fwp::Stub::async;  // the callback overloads
   PostBody<v1::ScoreRequest, v1::ScoreResponse>(http, load, "/v1/score", s, &S::Score);
   PostBody<v1::TokenizeRequest, v1::TokenizeResponse>(http, load, "/v1/tokenize", s, &S::Tokenize);
   PostBody<v1::DetokenizeRequest, v1::DetokenizeResponse>(http, load, "/v1/detokenize", s,
@@ -599,6 +682,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen for HTTP on ", options.address, ":", options.port));
   }
+  impl.load.port = impl.port;
   impl.thread = std::thread([&impl] { impl.http.listen_after_bind(); });
   // Until it runs, httplib's stop() would not stop it (and Stop would wait
   // on the thread for good).

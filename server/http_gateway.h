@@ -29,7 +29,9 @@
 // an error after a stream has begun is its last line (or event). A client
 // that goes away mid-stream cancels its request (its slot is freed at the
 // next step); a whole (not streamed) completion is sent a space a message
-// until its answer for the same reason. X-Timeout-Ms sets a call's deadline.
+// until its answer for the same reason, and a long unary call (a score, a
+// session's prompt) watches its connection. X-Timeout-Ms sets a call's
+// deadline.
 #pragma once
 
 #include <memory>

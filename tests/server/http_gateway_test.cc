@@ -279,6 +279,33 @@ TEST_F(HttpGatewayTest, AClientThatGoesAwayCancelsItsRequest) {
   }
 }
 
+// So does a client that hangs up on a long unary call (a score, a session
+// made with a long prompt): the work stops at the next step, not seconds
+// later at the end.
+TEST_F(HttpGatewayTest, AClientThatHangsUpOnALongCallCancelsIt) {
+  json ids = json::array();
+  for (int i = 0; i < 60000; ++i) ids.push_back(5 + i % 4000);
+  json body;
+  body["prompt"]["ids"]["ids"] = ids;
+  for (const char* path : {"/v1/score", "/v1/sessions"}) {
+    {
+      httplib::Client http("127.0.0.1", r_.server->http_port());
+      http.set_read_timeout(0, 300000);  // gives up after 0.3 s and hangs up
+      const auto res = http.Post(path, body.dump(), "application/json");
+      EXPECT_FALSE(res) << path << " answered: " << (res ? res->body : "");
+    }
+    const auto since = std::chrono::steady_clock::now();
+    while (r_.server->engine().inflight() > 0 &&
+           std::chrono::steady_clock::now() - since < std::chrono::seconds(1)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(r_.server->engine().inflight(), 0) << path << " still runs";
+    while (r_.server->engine().inflight() > 0) {  // the next call starts clean
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
 // The API may take all workers but a few: one more call is told 429 at
 // once, and /healthz still answers.
 TEST(HttpGateway, CallsBeyondItsWorkersAreRefusedAndHealthStillAnswers) {
