@@ -1,9 +1,12 @@
 #include "model/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,15 +16,34 @@
 
 namespace fwp {
 
+namespace {
+
+// A name no other writer uses: processes sharing a directory may have the
+// same pid (each container's first process is 1), and threads of one
+// process may write the same path.
+std::string TemporaryName(const std::string& path) {
+  static std::atomic<uint64_t> counter{0};
+  uint64_t salt = 0;
+  if (::getrandom(&salt, sizeof salt, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof salt)) {
+    salt = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  return absl::StrCat(path, ".tmp.", ::getpid(), ".",
+                      absl::Hex(salt ^ counter.fetch_add(1), absl::kZeroPad16));
+}
+
+}  // namespace
+
 absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  const std::string tmp = TemporaryName(path);
   auto fail = [&](const char* what) {
     std::string why = std::strerror(errno);
     ::unlink(tmp.c_str());
     return absl::InternalError(absl::StrCat("cannot ", what, " ", path, ": ", why));
   };
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return fail("create");
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {  // (nothing of ours to remove)
+    return absl::InternalError(absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
+  }
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);

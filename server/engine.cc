@@ -1,12 +1,14 @@
 #include "server/engine.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <future>
-#include <random>
 #include <utility>
+
+#include <sys/random.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -143,6 +145,7 @@ struct Engine::Active {
   std::vector<int32_t> feed;  // the session's pending token + the prompt
   size_t feed_end = 0;        // feed[0, feed_end) goes into the state
   size_t fed = 0;
+  size_t prompt_from = 0;     // feed[prompt_from, ·): the prompt (a score's tokens)
   int32_t next_token = 0;     // kDecode: the sampled token to feed
   bool created_session = false;  // this request made its session
   // A request for a session that another request is using waits for it
@@ -164,13 +167,23 @@ struct Engine::Active {
 
 namespace {
 
+// 128 bits from the kernel's random source for each id: an id is a
+// session's credential where there is no --auth_tokens_file, so one id must
+// tell nothing about the next (a seeded generator's outputs give away its
+// state).
 std::string NewSessionId() {
-  static thread_local std::random_device device;
-  static thread_local Rng rng((uint64_t{device()} << 32) ^ device() ^
-                              static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
+  unsigned char bytes[16];
+  for (size_t got = 0; got < sizeof bytes;) {
+    const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n > 0) {
+      got += static_cast<size_t>(n);
+    } else if (errno != EINTR) {
+      std::fprintf(stderr, "fwp-server: getrandom: %s\n", std::strerror(errno));
+      std::abort();  // no safe ids without it
+    }
+  }
   char id[33];
-  std::snprintf(id, sizeof(id), "%016llx%016llx", static_cast<unsigned long long>(rng.Next()),
-                static_cast<unsigned long long>(rng.Next()));
+  for (size_t i = 0; i < sizeof bytes; ++i) std::snprintf(id + 2 * i, 3, "%02x", bytes[i]);
   return id;
 }
 
@@ -535,31 +548,13 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
   } else if (!options_.snapshot_dir.empty() &&
              FileExists(SnapshotPath(id))) {
     // Written by an earlier run of this server or by another replica.
-    auto snapshot = ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id);
-    if (snapshot.ok()) {
-      // A well-formed file of this model may still hold ids outside the
-      // vocabulary (written by hand). Its pending count may pass
-      // --max_prompt_tokens: prompts cut off before they were fed add up.
-      if (auto s = ValidatePrompt(snapshot->pending, static_cast<int32_t>(vocab_),
-                                  kMaxSnapshotPending, "pending tokens",
-                                  /*allow_empty=*/true);
-          !s.ok()) {
-        snapshot = absl::DataLossError(absl::StrCat(SnapshotPath(id), ": ", s.message()));
-      }
-    }
-    if (!snapshot.ok()) {
-      // UNAVAILABLE (the disk could not be read now) stays what it is.
-      return absl::Status(absl::IsUnavailable(snapshot.status()) ? absl::StatusCode::kUnavailable
-                                                                 : absl::StatusCode::kDataLoss,
-                          absl::StrCat("session ", id, " cannot be restored: ",
-                                       snapshot.status().message()));
-    }
+    FWP_ASSIGN_OR_RETURN(SessionSnapshot snapshot, ReadSession(id, nullptr));
     auto owned = std::make_unique<Session>();
     owned->id = id;
-    owned->owner = snapshot->owner;
+    owned->owner = snapshot.owner;
     owned->tier = Tier::kDisk;
-    owned->position = snapshot->position;
-    owned->pending = snapshot->pending;
+    owned->position = snapshot.position;
+    owned->pending = std::move(snapshot.pending);
     owned->last_used = ++tick_;
     session = owned.get();
     sessions_.emplace(id, std::move(owned));
@@ -666,6 +661,32 @@ SessionInfo Engine::Info(const Session& session) const {
   return info;
 }
 
+absl::StatusOr<SessionSnapshot> Engine::ReadSession(const std::string& id,
+                                                    const std::string* bytes) const {
+  auto snapshot = bytes != nullptr
+                      ? DecodeSnapshot(*bytes, fingerprint_, state_bytes_, id)
+                      : ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id);
+  if (snapshot.ok()) {
+    // A well-formed file of this model may still hold ids outside the
+    // vocabulary (written by hand). Its pending count may pass
+    // --max_prompt_tokens: prompts cut off before they were fed add up.
+    if (auto s = ValidatePrompt(snapshot->pending, static_cast<int32_t>(vocab_),
+                                kMaxSnapshotPending, "pending tokens", /*allow_empty=*/true);
+        !s.ok()) {
+      snapshot = absl::DataLossError(absl::StrCat(SnapshotPath(id), ": ", s.message()));
+    }
+  }
+  if (snapshot.ok()) return snapshot;
+  // Its file gone (deleted, or expired by a replica sharing the directory)
+  // is NOT_FOUND, the disk unreadable now UNAVAILABLE; anything else is a
+  // file that is not this session's snapshot.
+  const absl::StatusCode code = absl::IsNotFound(snapshot.status())      ? absl::StatusCode::kNotFound
+                                : absl::IsUnavailable(snapshot.status()) ? absl::StatusCode::kUnavailable
+                                                                         : absl::StatusCode::kDataLoss;
+  return absl::Status(code, absl::StrCat("session ", id, " cannot be restored: ",
+                                         snapshot.status().message()));
+}
+
 absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
   switch (session.tier) {
     case Tier::kDevice:
@@ -689,18 +710,17 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
           unwritten = it->second;
         }
       }
-      auto snapshot =
-          unwritten != nullptr
-              ? DecodeSnapshot(*unwritten, fingerprint_, state_bytes_, session.id)
-              : ReadSnapshot(SnapshotPath(session.id), fingerprint_, state_bytes_, session.id);
-      if (!snapshot.ok()) {
-        return absl::Status(
-            absl::IsUnavailable(snapshot.status()) ? absl::StatusCode::kUnavailable
-                                                   : absl::StatusCode::kDataLoss,
-            absl::StrCat("session ", session.id, " cannot be restored: ",
-                         snapshot.status().message()));
+      FWP_ASSIGN_OR_RETURN(SessionSnapshot snapshot, ReadSession(session.id, unwritten.get()));
+      // The state with its own position and pending tokens: another replica
+      // sharing the directory may have written the file since this session
+      // was looked up (its counters came from the file then).
+      if (snapshot.owner != session.owner) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("session ", session.id, " now belongs to another token"));
       }
-      *state = std::move(snapshot->state);
+      session.position = snapshot.position;
+      session.pending = std::move(snapshot.pending);
+      *state = std::move(snapshot.state);
       return absl::OkStatus();
     }
   }
@@ -767,11 +787,11 @@ absl::Status Engine::MakeResident(Session& session) {
 
 absl::StatusOr<std::string> Engine::EncodeSession(Session& session) {
   SessionSnapshot snapshot;
+  FWP_RETURN_IF_ERROR(LoadState(session, &snapshot.state));  // (first: it may set the counters)
   snapshot.session_id = session.id;
   snapshot.owner = session.owner;
   snapshot.position = session.position;
   snapshot.pending = session.pending;
-  FWP_RETURN_IF_ERROR(LoadState(session, &snapshot.state));
   if (snapshot.state.empty()) snapshot.state.assign(state_bytes_, 0);
   return EncodeSnapshot(snapshot, fingerprint_);
 }
@@ -1085,6 +1105,7 @@ void Engine::Admit(Active& a) {
   }
   metrics_->queue_s.Observe(Seconds(Clock::now() - job.arrival));
   a.feed = session.pending;
+  a.prompt_from = a.feed.size();
   a.feed.insert(a.feed.end(), job.prompt.begin(), job.prompt.end());
   session.pending.clear();
   // Generation feeds everything and samples from the last logits; a prefill
@@ -1215,8 +1236,20 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
                     : absl::StatusOr<SessionInfo>(
                           status.ok() ? absl::CancelledError("cancelled") : status);
       if (result.ok()) result->busy = false;
-      answer = [done = job.on_info, result = std::move(result), unsaved](absl::Status saved) {
-        done(saved.ok() ? result : unsaved(saved));
+      // A session this request made whose turn could not be saved goes: the
+      // client is told the error, not its id.
+      std::string made = a.created_session && session != nullptr ? session->id : std::string();
+      answer = [this, made = std::move(made), done = job.on_info, result = std::move(result),
+                unsaved](absl::Status saved) {
+        if (saved.ok() || made.empty()) return done(saved.ok() ? result : unsaved(saved));
+        Post([this, made] {
+          if (auto it = sessions_.find(made); it != sessions_.end() && !it->second->busy) {
+            RemoveSession(it->second.get());
+          }
+        });
+        done(absl::InternalError(absl::StrCat(
+            "the session's prompt was fed but it could not be saved to --snapshot_dir (",
+            saved.message(), "); it was not kept")));
       };
       break;
     }
@@ -1364,6 +1397,21 @@ void Engine::Step() {
       Finish(*a, FinishReason::kNone, resident);
       continue;
     }
+    // What cancelled requests left unfed counts as prompt, so that it stays
+    // bounded (it is fed by this request, and kept in snapshots). A session
+    // holding more than that (written by a server with a larger limit) can
+    // still take a one-token prompt.
+    if (const int64_t unfed = static_cast<int64_t>(a->session->pending.size()),
+        room = std::max<int64_t>(1, options_.max_prompt_tokens + 1 - unfed);
+        unfed > 1 && static_cast<int64_t>(a->job->prompt.size()) > room) {
+      Finish(*a, FinishReason::kNone,
+             absl::InvalidArgumentError(absl::StrCat(
+                 "session ", a->session->id, " holds ", unfed,
+                 " tokens that a cancelled request left unfed, which count against "
+                 "--max_prompt_tokens (", options_.max_prompt_tokens, "): this prompt has ",
+                 a->job->prompt.size(), " tokens, at most ", room, " fit")));
+      continue;
+    }
     Admit(*a);
   }
   // 3. One fused decode step for every generating session.
@@ -1466,7 +1514,11 @@ void Engine::Step() {
                               logits_.data());
       if (!status.ok()) break;
       if (score) {
-        for (int64_t j = 0; j < n; ++j) {
+        // The prompt's tokens only: not what a cancelled request left
+        // pending before it (the context they are scored in).
+        for (int64_t j = std::max<int64_t>(0, static_cast<int64_t>(a.prompt_from) -
+                                                 static_cast<int64_t>(a.fed) - 1);
+             j < n; ++j) {
           const int32_t next = a.feed[a.fed + j + 1];
           const float lp = TokenLogprobOf(logits_.data() + j * vocab_, vocab_, next);
           a.score.tokens.push_back({next, lp});

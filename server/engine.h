@@ -45,6 +45,7 @@
 #include "server/generation.h"
 #include "server/host_pool.h"
 #include "server/penalty_table.h"
+#include "server/snapshot.h"
 #include "server/metrics.h"
 
 namespace fwp::server {
@@ -210,6 +211,12 @@ class Engine {
   absl::StatusOr<Session*> NewSession(const std::string& owner, bool ephemeral,
                                       const std::string& id = "");
   absl::Status CanAddSession() const;
+  // Its snapshot, from `bytes` (a copy waiting for the disk) or its file,
+  // checked; errors name the session.
+  absl::StatusOr<SessionSnapshot> ReadSession(const std::string& id,
+                                              const std::string* bytes) const;
+  // The session's state (a disk-tier session also takes its file's position
+  // and pending tokens, read with it).
   absl::Status LoadState(Session& session, std::vector<char>* state);
   absl::Status MakeResident(Session& session);
   bool EvictOne();

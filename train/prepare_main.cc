@@ -70,6 +70,13 @@ static int Main(int argc, char** argv) {
     auto loaded = fwp::Tokenizer::Load(given_tokenizer);
     if (!loaded.ok()) return Fail(loaded.status());
     tokenizer = std::move(*loaded);
+    // Documents are separated by its end-of-text token.
+    if (tokenizer->eos_id() < 0 || tokenizer->eos_id() >= tokenizer->vocab_size()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--tokenizer ", given_tokenizer,
+          " has no end-of-text (</s>) piece, which separates the documents: train it with "
+          "--eos_id, or let fwp-prepare train one")));
+    }
     auto bytes = fwp::ReadWholeFile(given_tokenizer);
     if (!bytes.ok()) return Fail(bytes.status());
     tokenizer_bytes = std::move(*bytes);

@@ -82,8 +82,13 @@ absl::StatusOr<std::unique_ptr<RetrievalTask>> RetrievalTask::Create(
   if (config.setting != 1 && config.setting != 2) {
     return absl::InvalidArgumentError("retrieval setting must be 1 or 2");
   }
-  if (config.phi.kind == FeatureMapKind::kFavor) {
-    return absl::InvalidArgumentError("the retrieval task runs dpfp, elu1, relu or identity, not favor");
+  // Normalised as in the paper's code (the delta rule's sum normalisation,
+  // the sum rule's attention normaliser), which needs features ≥ 0.
+  if (config.phi.kind == FeatureMapKind::kFavor || !config.phi.NonNegative()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the retrieval task runs dpfp, elu1 or relu, not ", FeatureMapName(config.phi.kind),
+        ": it normalises as the paper's code did, which needs features that are never "
+        "negative"));
   }
   if (config.pairs < 2 || config.pairs > kMaxRetrievalPairs || config.d_key < 1 ||
       config.batch < 1) {

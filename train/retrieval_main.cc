@@ -20,7 +20,7 @@
 
 ABSL_FLAG(int, setting, 1, "1: capacity (distinct keys), 2: updates (keys with replacement)");
 ABSL_FLAG(std::string, update, "delta", "delta or sum");
-ABSL_FLAG(std::string, phi, "dpfp", "dpfp, elu1, relu or identity");
+ABSL_FLAG(std::string, phi, "dpfp", "dpfp, elu1 or relu");
 ABSL_FLAG(int, nu, 1, "DPFP ν, 1 to 16");
 ABSL_FLAG(int64_t, from, 20, "smallest S (≥ 2)");
 ABSL_FLAG(int64_t, to, 20, "largest S (≤ 100000)");

@@ -571,6 +571,51 @@ TEST_F(ServerTest, AScoreOrPrefillWhoseDeadlinePassedStopsAtTheNextStep) {
   }
 }
 
+// A request cut off in its prompt leaves the rest pending in its session:
+// a later score takes them as context, not as its own tokens, and they count
+// against --max_prompt_tokens, so that they cannot pile up.
+TEST_F(ServerTest, WhatACutOffPromptLeftIsContextAndCountsAsPrompt) {
+  std::vector<int32_t> text(20000);
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<int32_t>(5 + i % 4000);
+  auto s = CreateSession(stub(), {5, 6});
+  ASSERT_TRUE(s.ok());
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+    auto reader = stub().Generate(&context, Greedy(text, 1, s->session_id()));
+    EXPECT_EQ(Collect(*reader).status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  v1::SessionInfo info;
+  for (int i = 0; i < 200 && (!GetSession(stub(), s->session_id(), &info).ok() || info.busy()); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(info.tokens(), 2 + static_cast<int64_t>(text.size()));  // all seen, some unfed
+  // The same context, wholly fed.
+  std::vector<int32_t> whole = {5, 6};
+  whole.insert(whole.end(), text.begin(), text.end());
+  auto fed = CreateSession(stub(), whole);
+  ASSERT_TRUE(fed.ok());
+  std::vector<v1::ScoreResponse> scores(2);
+  for (int k = 0; k < 2; ++k) {
+    grpc::ClientContext context;
+    v1::ScoreRequest request;
+    request.set_session_id(k == 0 ? s->session_id() : fed->session_id());
+    request.mutable_prompt()->mutable_ids()->add_ids(7);
+    request.mutable_prompt()->mutable_ids()->add_ids(8);
+    ASSERT_TRUE(stub().Score(&context, request, &scores[k]).ok());
+  }
+  ASSERT_EQ(scores[0].scored_tokens(), 2);
+  ASSERT_EQ(scores[1].scored_tokens(), 2);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(scores[0].tokens(i).id(), 7 + i);
+    EXPECT_NEAR(scores[0].tokens(i).logprob(), scores[1].tokens(i).logprob(), 1e-5);
+  }
+  std::vector<int32_t> long_prompt(50000, 9);
+  const auto refused = Generate(stub(), Greedy(long_prompt, 1, s->session_id()));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("left unfed"));
+}
+
 TEST_F(ServerTest, DeletingABusySessionCancelsItsRequest) {
   auto s = CreateSession(stub(), {5, 6});
   ASSERT_TRUE(s.ok());
@@ -793,6 +838,27 @@ TEST(ServerTiers, ASpillTheDiskRefusesKeepsTheSessionInMemory) {
   for (const auto& id : {a->session_id(), b->session_id()}) {
     EXPECT_TRUE(std::filesystem::exists(snapshots + "/" + id + ".fwps")) << id;
   }
+}
+
+// A spilled session whose file another replica removed (a delete, its TTL)
+// is NOT_FOUND, not DATA_LOSS (which names a corrupt or foreign file).
+TEST(ServerTiers, ASpilledSessionWhoseFileWasRemovedIsNotFound) {
+  TempDir dir;
+  ServerOptions options = TestOptions();
+  options.engine.slots = 1;
+  options.engine.host_bytes = 0;  // a parked session goes to disk
+  options.engine.snapshot_dir = dir.path();
+  Running r = StartServer(options);
+  auto a = CreateSession(*r.stub, {5, 6});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(CreateSession(*r.stub, {7}).ok());  // a is spilled
+  const std::string file = dir.path() + "/" + a->session_id() + ".fwps";
+  for (int i = 0; i < 200 && !std::filesystem::exists(file); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(std::filesystem::remove(file));
+  const Completion c = Generate(*r.stub, Greedy({8}, 2, a->session_id()));
+  EXPECT_EQ(c.status.error_code(), grpc::StatusCode::NOT_FOUND) << c.status.error_message();
 }
 
 // --session_ttl_s: a session not asked for in that long is deleted, one in
@@ -1134,7 +1200,27 @@ TEST(ServerLimits, ATurnThatCannotBeSavedIsNotAcknowledged) {
   EXPECT_EQ(unsaved.status.error_code(), grpc::StatusCode::INTERNAL);
   EXPECT_THAT(unsaved.status.error_message(), HasSubstr("could not be saved"));
   EXPECT_GE(r.server->metrics().snapshot_write_failures.load(), 1u);
+  // A session made with a prompt that could not be saved is not kept (its
+  // client is told the error, not the id); its id is free again.
+  const std::string chosen = "00112233445566778899aabbccddeeff";
+  auto create = [&] {
+    grpc::ClientContext context;
+    v1::CreateSessionRequest request;
+    request.set_session_id(chosen);
+    request.mutable_prompt()->set_text("The jury");
+    v1::SessionInfo info;
+    return r.stub->CreateSession(&context, request, &info);
+  };
+  const grpc::Status lost = create();
+  EXPECT_EQ(lost.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(lost.error_message(), HasSubstr("not kept"));
+  v1::SessionInfo info;
+  for (int i = 0; i < 100 && GetSession(*r.stub, chosen, &info).ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(GetSession(*r.stub, chosen, &info).error_code(), grpc::StatusCode::NOT_FOUND);
   std::filesystem::create_directories(snapshots);
+  EXPECT_TRUE(create().ok());
   EXPECT_TRUE(Generate(*r.stub, next).status.ok());
   EXPECT_TRUE(std::filesystem::exists(snapshots + "/" + saved.session_id + ".fwps"));
 }

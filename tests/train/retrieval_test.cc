@@ -198,6 +198,14 @@ TEST(Retrieval, RefusesSizesAndRatesOutOfRange) {
   EXPECT_THAT(error([](RetrievalConfig& c) { c.phi.nu = 100000; }), testing::HasSubstr("ν"));
   EXPECT_THAT(error([](RetrievalConfig& c) { c.lr = std::nanf(""); }), testing::HasSubstr("lr"));
   EXPECT_THAT(error([](RetrievalConfig& c) { c.lr = -1; }), testing::HasSubstr("lr"));
+  // Signed features under the normalisers: a denominator ≤ 0 (either rule).
+  for (UpdateRule rule : {UpdateRule::kSum, UpdateRule::kDelta}) {
+    EXPECT_THAT(error([rule](RetrievalConfig& c) {
+                  c.update = rule;
+                  c.phi.kind = FeatureMapKind::kIdentity;
+                }),
+                testing::HasSubstr("not identity"));
+  }
 }
 
 }  // namespace
