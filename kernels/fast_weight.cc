@@ -468,6 +468,7 @@ void FastWeightSequenceBackward(const FastWeightSpec& spec, const float* qkvb,
                                 int64_t batch, int64_t time, const StateView& state,
                                 const float* dy, float* dqkvb, const StateView& dstate,
                                 int64_t chunk) {
+  if (time <= 0 || batch <= 0) return;  // ∂L/∂(S₀, z₀) is ∂L/∂(S_T, z_T): dstate as it is
   const int64_t dv = spec.DValue(), dp = spec.DPhi();
   const int64_t sz = dp * dv;
   const int64_t zf = spec.HasNormalizer() ? dp : 0;

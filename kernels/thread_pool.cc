@@ -54,7 +54,15 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::Run(Job& job) {
   int64_t i;
   while ((i = job.next.fetch_add(1, std::memory_order_relaxed)) < job.n) {
-    (*job.fn)(i);
+    if (!job.failed.load(std::memory_order_relaxed)) {
+      try {
+        (*job.fn)(i);
+      } catch (...) {
+        if (!job.failed.exchange(true, std::memory_order_acq_rel)) {
+          job.error = std::current_exception();
+        }
+      }
+    }
     if (job.finished.fetch_add(1, std::memory_order_acq_rel) + 1 == job.n) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (callers_sleeping_ > 0) done_.notify_all();
@@ -111,8 +119,12 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) 
     done_.wait(lock, finished);
     --callers_sleeping_;
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  job_.reset();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_.reset();
+  }
+  // (`finished` was read with acquire after every task, so `error` is seen.)
+  if (job->failed.load(std::memory_order_acquire)) std::rethrow_exception(job->error);
 }
 
 ThreadPool& CpuThreadPool() {

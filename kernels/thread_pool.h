@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -36,7 +37,8 @@ class ThreadPool {
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Runs fn(i) for every i in [0, n). Not reentrant: fn must not call
-  // ParallelFor on the same pool.
+  // ParallelFor on the same pool. If a task throws, the tasks not begun are
+  // skipped and, once the others are done, the caller gets the exception.
   void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn);
 
   // How long a worker (or the caller, waiting for the last task) polls
@@ -51,6 +53,11 @@ class ThreadPool {
     int64_t n = 0;
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> finished{0};
+    // The first exception a task threw (std::bad_alloc, growing scratch):
+    // the tasks not yet begun are skipped and the caller rethrows it once
+    // every task is done, so none outlives the call's fn.
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;  // written by the one that set `failed`
   };
 
   void Work();

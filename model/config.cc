@@ -300,6 +300,18 @@ absl::Status Config::Validate() const {
         "config has ", ParameterCount(), " parameters, more than the 2^34 fwp takes: "
         "lower vocab_size, d_model, n_layers or d_ff"));
   }
+  // A session's state, [layers, heads, d_φ, d_head] floats (and z): the
+  // unit of the server's state pool, which multiplies it by its slots.
+  const FastWeightSpec a = Attention();
+  const double state_bytes = 4.0 * n_layers * a.heads * static_cast<double>(a.DPhi()) *
+                             static_cast<double>(a.d_head + 1);
+  constexpr double kMaxStateBytes = double{int64_t{1} << 34};
+  if (state_bytes > kMaxStateBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config's fast-weight state is ", state_bytes / (1 << 30),
+        " GiB a session, more than the 16 GiB fwp takes: lower n_layers, n_heads, d_head or "
+        "the feature map's size"));
+  }
   return absl::OkStatus();
 }
 

@@ -21,6 +21,11 @@ absl::StatusOr<std::unique_ptr<StatePool>> StatePool::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("state pool capacity must be positive, got ", capacity));
   }
+  if (layout.SlotBytes() <= 0 ||
+      static_cast<uint64_t>(capacity) > (uint64_t{1} << 62) / static_cast<uint64_t>(layout.SlotBytes())) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a state pool of ", capacity, " slots of ", layout.SlotBytes(), " bytes is too large"));
+  }
   const size_t bytes = static_cast<size_t>(capacity) * layout.SlotBytes();
   auto memory = Buffer::Allocate(backend, bytes);
   if (!memory.ok()) return memory.status();

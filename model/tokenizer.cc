@@ -59,10 +59,14 @@ std::string StreamDecoder::Push(int32_t id) {
   absl::Span<const int32_t> all(ids_);
   const std::string before = tokenizer_.Decode(all.subspan(prefix_, read_ - prefix_));
   const std::string now = tokenizer_.Decode(all.subspan(prefix_));
-  if (now.size() <= before.size() || now.ends_with(kReplacement) ||
-      !now.starts_with(before)) {
-    return "";
-  }
+  // A character takes at most 4 byte tokens: more held back are tokens that
+  // print nothing (control ids, a run of bytes that is not UTF-8), which go
+  // as they are, so that the window (decoded whole at every token) stays
+  // short whatever the model makes.
+  constexpr size_t kMostHeld = 16;
+  const bool whole = now.size() > before.size() && !now.ends_with(kReplacement) &&
+                     now.starts_with(before);
+  if (!whole && ids_.size() - read_ <= kMostHeld) return "";
   prefix_ = read_;
   read_ = ids_.size();
   if (prefix_ > 64) {  // the window only needs the ids since prefix_
@@ -70,7 +74,8 @@ std::string StreamDecoder::Push(int32_t id) {
     read_ -= prefix_;
     prefix_ = 0;
   }
-  return now.substr(before.size());
+  return now.size() > before.size() && now.starts_with(before) ? now.substr(before.size())
+                                                               : std::string();
 }
 
 std::string StreamDecoder::Flush() {

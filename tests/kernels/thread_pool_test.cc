@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <new>
 #include <set>
 #include <thread>
 #include <vector>
@@ -59,6 +60,33 @@ TEST(ThreadPool, EmptyRangeDoesNothing) {
   bool ran = false;
   pool.ParallelFor(0, [&](int64_t) { ran = true; });
   EXPECT_FALSE(ran);
+}
+
+// A task that throws (a scratch buffer that cannot grow) reaches the
+// caller, on whichever thread it ran, only once no task still runs: the
+// ones not begun are skipped. The pool works on afterwards.
+TEST(ThreadPool, ATaskThatThrowsReachesTheCallerAfterTheOthersEnd) {
+  ThreadPool pool(4, std::chrono::microseconds(0));
+  for (int64_t thrower : {0, 5, 63}) {
+    std::atomic<int> begun{0}, ended{0};
+    bool caught = false;
+    try {
+      pool.ParallelFor(64, [&](int64_t i) {
+        ++begun;
+        std::this_thread::sleep_for(std::chrono::microseconds(300));
+        if (i == thrower) throw std::bad_alloc();
+        ++ended;
+      });
+    } catch (const std::bad_alloc&) {
+      caught = true;
+      EXPECT_EQ(begun.load(), ended.load() + 1) << "a task still ran";
+    }
+    EXPECT_TRUE(caught) << thrower;
+    EXPECT_LE(begun.load(), 64);
+  }
+  std::atomic<int64_t> sum{0};
+  pool.ParallelFor(100, [&](int64_t i) { sum += i; });
+  EXPECT_EQ(sum.load(), 4950);
 }
 
 }  // namespace

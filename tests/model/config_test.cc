@@ -134,6 +134,16 @@ TEST(Config, RefusesAHugeParameterCount) {
   EXPECT_NE(error.find("2^34"), std::string::npos) << error;
 }
 
+// Few enough parameters, but a state per session (the server's unit of
+// memory, times its slots) of hundreds of GB.
+TEST(Config, RefusesAHugeState) {
+  auto config = Config::FromJson(absl::StrReplaceAll(
+      kExample, {{R"("n_heads": 4,)", R"("n_heads": 1024,)"}, {R"("d_head": 64,)", R"("d_head": 2048,)"}}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("state is"), std::string::npos) << config.status();
+  EXPECT_NE(config.status().message().find("16 GiB"), std::string::npos) << config.status();
+}
+
 TEST(Config, RefusesBadFieldsNamingThem) {
   EXPECT_EQ(ErrorWith("\"d_model\"", "\"d_modle\""),
             "unknown config field 'd_modle' (did you mean 'd_model'?)");

@@ -101,6 +101,25 @@ TEST_F(TokenizerTest, FlushReleasesAnIncompleteTail) {
   EXPECT_EQ(stream.Flush(), "");
 }
 
+// Tokens that print nothing (here a run of lead bytes, never a character)
+// are not held back without end: past a few they go out (as U+FFFD), and
+// what follows them still streams.
+TEST_F(TokenizerTest, ARunOfTokensThatPrintNothingIsNotHeldForever) {
+  int32_t lead = -1;  // the byte token 0xE2
+  for (int32_t id = 0; id < tokenizer_->vocab_size() && lead < 0; ++id) {
+    if (tokenizer_->Piece(id) == "<0xE2>") lead = id;
+  }
+  ASSERT_GE(lead, 0);
+  StreamDecoder stream(*tokenizer_);
+  std::string out;
+  for (int i = 0; i < 40; ++i) out += stream.Push(lead);
+  EXPECT_NE(out.find("\xEF\xBF\xBD"), std::string::npos) << "all 40 held back";
+  std::string rest;
+  for (int32_t id : tokenizer_->Encode(" the jury")) rest += stream.Push(id);
+  rest += stream.Flush();
+  EXPECT_NE((out + rest).find("the jury"), std::string::npos) << out + rest;
+}
+
 // The same pieces whatever the file's bytes (a model records where it was
 // trained), and another vocabulary told apart.
 TEST_F(TokenizerTest, SameVocabularyComparesPiecesNotBytes) {
