@@ -36,9 +36,14 @@ int64_t FeatureMapSpec::OutputDim(int64_t d) const {
   }
 }
 
-void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
+namespace {
+
+// φ(x) before spec.sum_norm's normalisation. With it on, favor's features
+// are taken without the factors that normalisation cancels (e^{−‖x‖²/2}/√(2m)
+// and e^{−max_f |ω_f·x|}): a softmax over ±ω_f·x, which neither overflows to
+// inf (NaN once normalised) nor underflows to a row of zeros for a large x.
+void RawFeatureRow(const FeatureMapSpec& spec, const float* x, int64_t d,
                    const float* favor_proj, float* phi) {
-  const int64_t d_phi = spec.OutputDim(d);
   switch (spec.kind) {
     case FeatureMapKind::kDpfp: {
       // r once, then each roll as two contiguous runs (no index arithmetic
@@ -60,14 +65,29 @@ void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
       break;
     case FeatureMapKind::kFavor: {
       const int64_t m = spec.favor_features;
+      auto dot_of = [&](int64_t f) {
+        const float* w = favor_proj + f * d;
+        float dot = 0.0f;
+        for (int64_t i = 0; i < d; ++i) dot += w[i] * x[i];
+        return dot;
+      };
+      if (spec.sum_norm) {
+        float top = 0.0f;
+        for (int64_t f = 0; f < m; ++f) {
+          const float dot = dot_of(f);
+          phi[f] = dot;
+          phi[m + f] = -dot;
+          top = std::fmax(top, std::fabs(dot));
+        }
+        for (int64_t i = 0; i < 2 * m; ++i) phi[i] = std::exp(phi[i] - top);
+        break;
+      }
       float half_sq = 0.0f;
       for (int64_t i = 0; i < d; ++i) half_sq += x[i] * x[i];
       half_sq *= 0.5f;
       const float scale = 1.0f / std::sqrt(static_cast<float>(2 * m));
       for (int64_t f = 0; f < m; ++f) {
-        const float* w = favor_proj + f * d;
-        float dot = 0.0f;
-        for (int64_t i = 0; i < d; ++i) dot += w[i] * x[i];
+        const float dot = dot_of(f);
         phi[f] = std::exp(dot - half_sq) * scale;
         phi[m + f] = std::exp(-dot - half_sq) * scale;
       }
@@ -80,6 +100,14 @@ void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
       for (int64_t i = 0; i < d; ++i) phi[i] = x[i];
       break;
   }
+}
+
+}  // namespace
+
+void FeatureMapRow(const FeatureMapSpec& spec, const float* x, int64_t d,
+                   const float* favor_proj, float* phi) {
+  const int64_t d_phi = spec.OutputDim(d);
+  RawFeatureRow(spec, x, d, favor_proj, phi);
   if (spec.sum_norm) {
     float sum = 0.0f;
     for (int64_t i = 0; i < d_phi; ++i) sum += phi[i];
@@ -97,10 +125,10 @@ void FeatureMapRowBackward(const FeatureMapSpec& spec, const float* x, int64_t d
   g.resize(d_phi);
   dg.assign(dphi, dphi + d_phi);
   if (spec.sum_norm) {
-    // φ = g / Σg  ⇒  ∂L/∂g_i = (∂L/∂φ_i − Σ_j ∂L/∂φ_j φ_j) / Σg.
-    FeatureMapSpec raw = spec;
-    raw.sum_norm = false;
-    FeatureMapRow(raw, x, d, favor_proj, g.data());
+    // φ = g / Σg  ⇒  ∂L/∂g_i = (∂L/∂φ_i − Σ_j ∂L/∂φ_j φ_j) / Σg (any g
+    // whose normalisation is φ: favor's is scaled by a constant of the row,
+    // under which the products dg·g below do not change).
+    RawFeatureRow(spec, x, d, favor_proj, g.data());
     float sum = 0.0f;
     for (int64_t i = 0; i < d_phi; ++i) sum += g[i];
     if (sum > 0.0f) {
@@ -136,9 +164,7 @@ void FeatureMapRowBackward(const FeatureMapSpec& spec, const float* x, int64_t d
       // g_f = e^{ω_f·x − ‖x‖²/2}/√(2m), g_{m+f} = e^{−ω_f·x − ‖x‖²/2}/√(2m):
       // ∂g_f/∂x = g_f (ω_f − x), ∂g_{m+f}/∂x = g_{m+f} (−ω_f − x).
       const int64_t m = spec.favor_features;
-      FeatureMapSpec raw = spec;
-      raw.sum_norm = false;
-      FeatureMapRow(raw, x, d, favor_proj, g.data());
+      if (!spec.sum_norm) RawFeatureRow(spec, x, d, favor_proj, g.data());  // (else above)
       float along_x = 0.0f;  // Σ_f dg_f g_f + dg_{m+f} g_{m+f}
       for (int64_t i = 0; i < d; ++i) dx[i] = 0.0f;
       for (int64_t f = 0; f < m; ++f) {

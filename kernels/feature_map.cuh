@@ -18,6 +18,13 @@ __device__ __forceinline__ int PhiDim(const FeatureMapSpec& s, int d) {
   }
 }
 
+__device__ __forceinline__ float FavorDot(const float* x, int d, const float* omega, int f) {
+  const float* w = omega + static_cast<int64_t>(f) * d;
+  float dot = 0.0f;
+  for (int i = 0; i < d; ++i) dot += w[i] * x[i];
+  return dot;
+}
+
 // Element idx of φ(x) before normalisation; half_sq = ½‖x‖² (favor only).
 __device__ __forceinline__ float PhiValue(const FeatureMapSpec& spec, const float* x, int d,
                                           const float* omega, int idx, float half_sq) {
@@ -32,10 +39,7 @@ __device__ __forceinline__ float PhiValue(const FeatureMapSpec& spec, const floa
     case FeatureMapKind::kIdentity: return x[idx];
     case FeatureMapKind::kFavor: {
       const int m = spec.favor_features;
-      const int f = idx % m;
-      const float* w = omega + static_cast<int64_t>(f) * d;
-      float dot = 0.0f;
-      for (int i = 0; i < d; ++i) dot += w[i] * x[i];
+      const float dot = FavorDot(x, d, omega, idx % m);
       const float scale = rsqrtf(static_cast<float>(2 * m));
       return expf((idx < m ? dot : -dot) - half_sq) * scale;
     }
@@ -43,13 +47,42 @@ __device__ __forceinline__ float PhiValue(const FeatureMapSpec& spec, const floa
   return 0.0f;
 }
 
+
 // φ(x) into phi (d_φ floats; any memory the block may write); `normalise`
 // overrides spec.sum_norm (the backward needs the raw features). scratch:
-// ≥ 32 floats of shared memory. Returns Σφ before normalisation.
+// ≥ 32 floats of shared memory. Returns Σφ before normalisation. With
+// spec.sum_norm, favor's raw features leave out the factors normalisation
+// cancels (feature_map.cc: a softmax over ±ω_f·x, which neither overflows
+// nor underflows), as the CPU's do.
 __device__ inline float PhiBlock(const FeatureMapSpec& spec, const float* x, int d,
                           const float* omega, float* phi, float* scratch, bool normalise) {
   const int dp = PhiDim(spec, d);
   float half_sq = 0.0f;
+  if (spec.kind == FeatureMapKind::kFavor && spec.sum_norm) {
+    const int m = spec.favor_features;
+    float top = 0.0f;
+    for (int f = threadIdx.x; f < m; f += blockDim.x) {
+      const float dot = FavorDot(x, d, omega, f);
+      phi[f] = dot;
+      phi[m + f] = -dot;
+      top = fmaxf(top, fabsf(dot));
+    }
+    top = BlockMax(top, scratch);
+    float local = 0.0f;
+    for (int f = threadIdx.x; f < m; f += blockDim.x) {  // each thread its own f
+      const float dot = phi[f];
+      phi[f] = expf(dot - top);
+      phi[m + f] = expf(-dot - top);
+      local += phi[f] + phi[m + f];
+    }
+    const float sum = BlockSum(local, scratch);  // ends with a barrier: phi is seen whole
+    if (normalise) {
+      const float inv = 1.0f / sum;  // ≥ 1: the largest term is e⁰
+      for (int idx = threadIdx.x; idx < dp; idx += blockDim.x) phi[idx] *= inv;
+      __syncthreads();
+    }
+    return sum;
+  }
   if (spec.kind == FeatureMapKind::kFavor) {
     float partial = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x) partial += x[i] * x[i];
@@ -76,6 +109,30 @@ __device__ inline void PhiWarp(const FeatureMapSpec& spec, const float* x, int d
                                const float* omega, float* phi) {
   const int dp = PhiDim(spec, d), lane = threadIdx.x % 32;
   float half_sq = 0.0f;
+  if (spec.kind == FeatureMapKind::kFavor && spec.sum_norm) {  // as in PhiBlock
+    const int m = spec.favor_features;
+    float top = 0.0f;
+    for (int f = lane; f < m; f += 32) {
+      const float dot = FavorDot(x, d, omega, f);
+      phi[f] = dot;
+      phi[m + f] = -dot;
+      top = fmaxf(top, fabsf(dot));
+    }
+    top = WarpMax(top);
+    float local = 0.0f;
+    for (int f = lane; f < m; f += 32) {  // each lane its own f: no lane reads another's
+      const float dot = phi[f];
+      phi[f] = expf(dot - top);
+      phi[m + f] = expf(-dot - top);
+      local += phi[f] + phi[m + f];
+    }
+    const float inv = 1.0f / WarpSum(local);  // ≥ 1: the largest term is e⁰
+    for (int f = lane; f < m; f += 32) {
+      phi[f] *= inv;
+      phi[m + f] *= inv;
+    }
+    return;
+  }
   if (spec.kind == FeatureMapKind::kFavor) {
     float partial = 0.0f;
     for (int i = lane; i < d; i += 32) partial += x[i] * x[i];

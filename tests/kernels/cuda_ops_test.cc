@@ -229,6 +229,34 @@ TEST_F(CudaOps, FeatureMapsForwardAndBackward) {
   }
 }
 
+// Favor's features for inputs whose raw exponentials overflow or underflow
+// float (FeatureMap.FavorUnderSumNormalisation…): the GPU's are the CPU's.
+TEST_F(CudaOps, FavorFeaturesOfLargeInputsMatchTheCpu) {
+  const int64_t rows = 8, d = 256, m = 48;
+  FeatureMapSpec spec{FeatureMapKind::kFavor, 1, static_cast<int32_t>(m), true};
+  Rng rng(17);
+  const auto omega = RandomVector(m * d, rng, 2.0);
+  std::vector<float> x(rows * d);
+  for (int64_t r = 0; r < rows; ++r) {  // along a row of Ω, or long and scattered
+    for (int64_t i = 0; i < d; ++i) {
+      x[r * d + i] = r % 2 == 0 ? omega[r * d + i] : static_cast<float>(rng.Normal() * 2.0);
+    }
+  }
+  const int64_t dp = 2 * m;
+  const auto dphi = RandomVector(rows * dp, rng);
+  std::vector<float> phi(rows * dp), dx(rows * d);
+  cpu_->FeatureMap(spec, x.data(), rows, d, d, omega.data(), phi.data());
+  cpu_->FeatureMapBackward(spec, x.data(), rows, d, d, omega.data(), dphi.data(), dx.data(), d);
+  for (float v : phi) ASSERT_TRUE(std::isfinite(v));
+  for (float v : dx) ASSERT_TRUE(std::isfinite(v));
+  float* gphi = Poisoned(rows * dp);
+  float* gdx = Poisoned(rows * d);
+  gpu_->FeatureMap(spec, Up(x), rows, d, d, Up(omega), gphi);
+  gpu_->FeatureMapBackward(spec, Up(x), rows, d, d, Up(omega), Up(dphi), gdx, d);
+  EXPECT_LT(RelativeError(Down(gphi, rows * dp), phi), 1e-5);
+  EXPECT_LT(RelativeError(Down(gdx, rows * d), dx), 1e-5);
+}
+
 // A pool of slots laid out like the model's: S for all heads, then z.
 struct PoolLayout {
   explicit PoolLayout(const FastWeightSpec& spec)

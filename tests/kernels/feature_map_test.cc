@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -65,6 +66,29 @@ TEST(FeatureMap, EveryMapMatchesFloat64OnRandomStridedRows) {
         }
         EXPECT_LT(RelativeError(phi, ref), 1e-5);
       }
+    }
+  }
+}
+
+// Favor's e^{±ω·x − ‖x‖²/2} overflows float for an x along a row of Ω at
+// d = 256 (e^128), and underflows to a row of zeros for a long x; normalised,
+// the features are still the float64 ones.
+TEST(FeatureMap, FavorUnderSumNormalisationStaysExactForLargeInputs) {
+  for (const int64_t d : {64, 256}) {
+    const int64_t m = 32;
+    FeatureMapSpec spec{FeatureMapKind::kFavor, 1, static_cast<int32_t>(m), true};
+    Rng rng(5 + d);
+    const auto omega = RandomVector(m * d, rng, 2.0);  // ‖ω_f‖² ≈ 4d/3
+    std::vector<float> x(omega.begin(), omega.begin() + d);  // along ω₀: e^{‖ω₀‖²/2}
+    const auto scattered = RandomVector(d, rng, 30.0 / std::sqrt(static_cast<double>(d)));
+    x.insert(x.end(), scattered.begin(), scattered.end());  // ‖x‖ ≈ 30: e^{−450 ± ω·x}
+    for (int64_t r = 0; r < 2; ++r) {
+      SCOPED_TRACE(absl::StrCat("d ", d, " row ", r));
+      std::vector<float> phi(2 * m, std::numeric_limits<float>::quiet_NaN());
+      FeatureMapRow(spec, x.data() + r * d, d, omega.data(), phi.data());
+      const auto ref = FeatureMap64(spec, x.data() + r * d, d, omega.data());
+      for (float v : phi) ASSERT_TRUE(std::isfinite(v));
+      EXPECT_LT(RelativeError(phi, ref), 1e-5);
     }
   }
 }
