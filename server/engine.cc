@@ -9,6 +9,7 @@
 #include <utility>
 
 #include <sys/random.h>
+#include <sys/stat.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -117,6 +118,10 @@ struct Engine::Session {
   uint64_t last_used = 0;                   // LRU order of the tiers
   Clock::time_point active = Clock::now();  // last asked for (--session_ttl_s)
   Clock::time_point file_touched;           // its snapshot file's time last set
+  // --snapshot_every_turn: the snapshot file this copy was last written to or
+  // read from (a replica sharing the directory that continues the session
+  // replaces the file; Lookup then drops this copy for the file's).
+  std::optional<FileId> file;
 };
 
 struct Engine::Job {
@@ -161,11 +166,20 @@ struct Engine::Active {
   // generation then; −1 until it has one.
   int32_t penalty_row = -1;
   uint64_t penalty_generation = 0;
+  std::optional<Clock::time_point> paused_since;  // --stream_stall_s
 
   bool paused(size_t bound) const { return job->out && job->out->buffered() >= bound; }
 };
 
 namespace {
+
+std::optional<FileId> StatFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec,
+                static_cast<int64_t>(st.st_size)};
+}
 
 // 128 bits from the kernel's random source for each id: an id is a
 // session's credential where there is no --auth_tokens_file, so one id must
@@ -234,6 +248,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   }
   if (options.stream_buffer < 1) {
     return absl::InvalidArgumentError("--stream_buffer must be ≥ 1");
+  }
+  if (!(options.stream_stall_s >= 0 && options.stream_stall_s <= 1e9)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--stream_stall_s must be in [0, 1e9] seconds (0: never), got ", options.stream_stall_s));
   }
   if (options.host_bytes < 0) {
     return absl::InvalidArgumentError(
@@ -545,8 +563,9 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
   Session* session = nullptr;
   if (auto it = sessions_.find(id); it != sessions_.end()) {
     session = it->second.get();
-  } else if (!options_.snapshot_dir.empty() &&
-             FileExists(SnapshotPath(id))) {
+    FWP_RETURN_IF_ERROR(CheckHeldCopy(session));  // may drop a stale copy
+  }
+  if (session == nullptr && !options_.snapshot_dir.empty() && FileExists(SnapshotPath(id))) {
     // Written by an earlier run of this server or by another replica.
     FWP_ASSIGN_OR_RETURN(SessionSnapshot snapshot, ReadSession(id, nullptr));
     auto owned = std::make_unique<Session>();
@@ -578,8 +597,38 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
     std::error_code ignored;
     std::filesystem::last_write_time(SnapshotPath(id),
                                      std::filesystem::file_time_type::clock::now(), ignored);
+    if (session->file) session->file = StatFile(SnapshotPath(id));  // (its ctime moved)
   }
   return session;
+}
+
+absl::Status Engine::CheckHeldCopy(Session*& session) {
+  if (!options_.snapshot_every_turn || options_.snapshot_dir.empty() || session->busy ||
+      session->ephemeral) {
+    return absl::OkStatus();
+  }
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    if (auto it = written_files_.find(session->id); it != written_files_.end()) {
+      session->file = it->second;  // this replica's own latest write
+      written_files_.erase(it);
+    }
+    // A write of this copy still waits: it is the newest there is.
+    if (unwritten_.count(session->id) > 0 || unwritable_.count(session->id) > 0) {
+      return absl::OkStatus();
+    }
+  }
+  // A disk-tier session's state is read from the file when it is used.
+  if (session->tier == Tier::kDisk || !session->file) return absl::OkStatus();
+  // No file: this copy stays (it may be the only one left, the directory
+  // lost; a session deleted on another replica lingers here until its TTL).
+  const std::optional<FileId> now = StatFile(SnapshotPath(session->id));
+  if (!now || now == session->file) return absl::OkStatus();
+  // Another replica continued it and wrote its file: this copy is older.
+  RemoveSession(session, /*remove_file=*/false);
+  session = nullptr;
+  ++metrics_->stale_copies;
+  return absl::OkStatus();
 }
 
 absl::Status Engine::CanAddSession() const {
@@ -721,6 +770,7 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
       session.position = snapshot.position;
       session.pending = std::move(snapshot.pending);
       *state = std::move(snapshot.state);
+      if (unwritten == nullptr) session.file = StatFile(SnapshotPath(session.id));
       return absl::OkStatus();
     }
   }
@@ -802,6 +852,7 @@ absl::Status Engine::WriteToDisk(Session& session) {
   FWP_RETURN_IF_ERROR(WriteFileAtomically(path, bytes));
   std::error_code ignored;
   std::filesystem::last_write_time(path, UsedTime(session), ignored);
+  session.file = StatFile(path);
   return absl::OkStatus();
 }
 
@@ -899,8 +950,10 @@ void Engine::WriteNext(std::unique_lock<std::mutex>& lock) {
     std::error_code ignored;
     std::filesystem::last_write_time(path, write.used, ignored);
   }
+  const std::optional<FileId> file = written.ok() ? StatFile(path) : std::nullopt;
   if (write.then) write.then(written);
   lock.lock();
+  if (file) written_files_[write.id] = *file;
   writing_ = false;
   if (auto it = unwritten_.find(write.id); it != unwritten_.end() && it->second == write.bytes) {
     // (A newer write of the same session may still wait.) A spill the disk
@@ -1066,7 +1119,15 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
     active->created_session = true;
   } else {
     session = Lookup(job->principal, job->session_id);
-    if (session.ok() && (*session)->busy &&
+    // An idle session with requests still waiting for it (the one it ran
+    // ended since the last step) is theirs first: requests on one session
+    // run in the order they came.
+    const auto waited_for = [&] {
+      return std::any_of(active_.begin(), active_.end(), [&](const auto& a) {
+        return a->phase == Active::Phase::kWaiting && a->waiting_for_session == job->session_id;
+      });
+    };
+    if (session.ok() && ((*session)->busy || waited_for()) &&
         (job->mode == Job::Mode::kGenerate || job->mode == Job::Mode::kScore)) {
       // Requests on one session run one after the other (a chat's next turn
       // may arrive before a cancelled reply has let go; a score reads the
@@ -1413,6 +1474,26 @@ void Engine::Step() {
       continue;
     }
     Admit(*a);
+  }
+  // 2b. Streams whose clients read nothing hold their slots: while requests
+  // wait for one, those paused past --stream_stall_s are ended.
+  const auto now = Clock::now();
+  for (auto& a : active_) {
+    if (a->phase != Active::Phase::kDecode && a->phase != Active::Phase::kPrefill) continue;
+    if (!a->paused(options_.stream_buffer)) {
+      a->paused_since.reset();
+      continue;
+    }
+    if (!a->paused_since) a->paused_since = now;
+    if (blocked && options_.stream_stall_s > 0 &&
+        now - *a->paused_since > std::chrono::duration<double>(options_.stream_stall_s)) {
+      ++metrics_->stalled_streams;
+      Finish(*a, FinishReason::kCancelled,
+             absl::ResourceExhaustedError(absl::StrCat(
+                 "the stream was not read for ", options_.stream_stall_s,
+                 " s while other requests waited for its state slot (--stream_stall_s); its "
+                 "session keeps what was generated")));
+    }
   }
   // 3. One fused decode step for every generating session.
   std::vector<Active*> decode;

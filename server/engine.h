@@ -52,6 +52,14 @@ namespace fwp::server {
 
 using Clock = std::chrono::steady_clock;
 
+// A file's identity: another write (a new file renamed over it) or a touch
+// changes it.
+struct FileId {
+  uint64_t device = 0, inode = 0;
+  int64_t ctime_ns = 0, size = 0;
+  bool operator==(const FileId&) const = default;
+};
+
 enum class Tier { kDevice = 1, kHost = 2, kDisk = 3 };
 enum class FinishReason { kNone = 0, kLength = 1, kEos = 2, kStop = 3, kCancelled = 4 };
 const char* TierName(Tier tier);
@@ -132,6 +140,10 @@ struct EngineOptions {
   // 0: never.
   double session_ttl_s = 0;
   size_t stream_buffer = 64;       // events buffered per stream before it pauses
+  // A paused stream (its client reads nothing) holds its slot; while other
+  // requests wait for a slot, one paused this long is ended (its session
+  // keeps what was made). 0: never.
+  double stream_stall_s = 30;
   GenerationLimits limits;
 };
 
@@ -211,6 +223,10 @@ class Engine {
   absl::StatusOr<Session*> NewSession(const std::string& owner, bool ephemeral,
                                       const std::string& id = "");
   absl::Status CanAddSession() const;
+  // --snapshot_every_turn with a directory other replicas share: a copy held
+  // here whose file another replica has since replaced (it continued the
+  // session) is dropped, so the file's is used (`session` set to null).
+  absl::Status CheckHeldCopy(Session*& session);
   // Its snapshot, from `bytes` (a copy waiting for the disk) or its file,
   // checked; errors name the session.
   absl::StatusOr<SessionSnapshot> ReadSession(const std::string& id,
@@ -334,6 +350,8 @@ class Engine {
   bool writing_ = false;
   bool writer_stop_ = false;
   bool scan_wanted_ = false;  // of --snapshot_dir, by ExpireSessions
+  // The files the writer wrote, by session, until CheckHeldCopy takes them.
+  std::unordered_map<std::string, FileId> written_files_;
   static constexpr std::chrono::minutes kAbandonedWrite{10};
   std::thread writer_;
 };

@@ -840,6 +840,41 @@ TEST(ServerTiers, ASpillTheDiskRefusesKeepsTheSessionInMemory) {
   }
 }
 
+// --snapshot_every_turn, two replicas on one directory: a session that
+// replica A holds, continued on B meanwhile (A was cut off from the
+// balancer), continues on A from B's turn, not from A's older copy.
+TEST(ServerTiers, AReplicaDropsItsCopyOfASessionAnotherReplicaContinued) {
+  TempDir dir;
+  ServerOptions options = TestOptions();
+  options.engine.snapshot_dir = dir.path();
+  options.engine.snapshot_every_turn = true;
+  Running a = StartServer(options);
+  Running b = StartServer(options);
+  Running alone = StartServer(TestOptions());  // the same turns on one server
+  std::string on_two, on_one;
+  const std::vector<std::vector<int32_t>> turns = {{5, 6, 7}, {8}, {9, 10}};
+  for (size_t t = 0; t < turns.size(); ++t) {
+    v1::Fwp::Stub& replica = t == 1 ? *b.stub : *a.stub;  // A, then B, then A again
+    auto request = Greedy(turns[t], 4, on_two);
+    request.set_keep_session(on_two.empty());
+    const Completion two = Generate(replica, request);
+    ASSERT_TRUE(two.status.ok()) << t << ": " << two.status.error_message();
+    on_two = two.session_id;
+    auto single = Greedy(turns[t], 4, on_one);
+    single.set_keep_session(on_one.empty());
+    const Completion one = Generate(*alone.stub, single);
+    ASSERT_TRUE(one.status.ok());
+    on_one = one.session_id;
+    EXPECT_EQ(two.tokens, one.tokens) << "turn " << t;
+    EXPECT_EQ(two.logprobs, one.logprobs) << "turn " << t;
+  }
+  v1::SessionInfo info, reference;
+  ASSERT_TRUE(GetSession(*a.stub, on_two, &info).ok());
+  ASSERT_TRUE(GetSession(*alone.stub, on_one, &reference).ok());
+  EXPECT_EQ(info.tokens(), reference.tokens());
+  EXPECT_GE(a.server->metrics().stale_copies.load(), 1u);
+}
+
 // A spilled session whose file another replica removed (a delete, its TTL)
 // is NOT_FOUND, not DATA_LOSS (which names a corrupt or foreign file).
 TEST(ServerTiers, ASpilledSessionWhoseFileWasRemovedIsNotFound) {
@@ -1148,6 +1183,42 @@ TEST(ServerLimits, OverloadGivesResourceExhausted) {
   c2.TryCancel();
   Collect(*long1);
   Collect(*long2);
+}
+
+// A stream whose client reads nothing pauses and holds its slot; another
+// request that needs the slot gets it once the stall passes --stream_stall_s
+// (the stalled stream ends with RESOURCE_EXHAUSTED; its session keeps its
+// tokens). Without a waiter, a stall ends nothing.
+TEST(ServerLimits, AStreamNobodyReadsGivesUpItsSlotToAWaitingRequest) {
+  ServerOptions options = TestOptions();
+  options.engine.slots = 1;
+  options.engine.stream_buffer = 2;
+  options.engine.stream_stall_s = 0.3;
+  Running r = StartServer(options);
+  Engine::GenerateJob job;
+  job.prompt = {5, 6, 7};
+  job.keep_session = true;
+  job.params.max_tokens = 4000;
+  job.params.ignore_eos = true;
+  job.out = std::make_shared<Stream>();  // never read
+  ASSERT_TRUE(r.server->engine().Submit(job).ok());
+  while (job.out->buffered() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // stalled, nobody waits
+  EXPECT_EQ(r.server->engine().inflight(), 1);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto reader = r.stub->Generate(&context, Greedy({8, 9}, 5));
+  const Completion waited = Collect(*reader);
+  ASSERT_TRUE(waited.status.ok()) << waited.status.error_message();
+  EXPECT_EQ(waited.tokens.size(), 5u);
+  EXPECT_GE(r.server->metrics().stalled_streams.load(), 1u);
+  Event last;
+  while (auto e = job.out->Pop()) last = std::move(*e);
+  EXPECT_TRUE(last.finished);
+  EXPECT_EQ(last.status.code(), absl::StatusCode::kResourceExhausted) << last.status;
+  v1::SessionInfo info;
+  ASSERT_TRUE(GetSession(*r.stub, job.out->session_id(), &info).ok());
+  EXPECT_GT(info.tokens(), 3);
 }
 
 TEST(ServerLimits, HealthIsServingThenNotServingWhileDraining) {
