@@ -115,6 +115,7 @@ struct Engine::Session {
   std::vector<int32_t> pending;
   bool busy = false;
   bool ephemeral = false;
+  bool with_stream = false;  // GenerateJob::with_stream
   uint64_t last_used = 0;                   // LRU order of the tiers
   Clock::time_point active = Clock::now();  // last asked for (--session_ttl_s)
   Clock::time_point file_touched;           // its snapshot file's time last set
@@ -130,6 +131,7 @@ struct Engine::Job {
   std::string principal;
   std::string session_id;
   bool keep_session = false;
+  bool with_stream = false;  // GenerateJob::with_stream
   std::vector<int32_t> prompt;
   GenerationParams params;
   Clock::time_point arrival = Clock::now();
@@ -366,6 +368,7 @@ absl::Status Engine::Submit(GenerateJob g) {
   job->principal = std::move(g.principal);
   job->session_id = std::move(g.session_id);
   job->keep_session = g.keep_session;
+  job->with_stream = g.with_stream;
   job->prompt = std::move(g.prompt);
   job->params = std::move(g.params);
   job->arrival = g.arrival;
@@ -525,6 +528,12 @@ void Engine::Drain(std::chrono::milliseconds grace) {
     FlushWrites();  // the turns' own snapshots land before the final ones
     if (!options_.snapshot_dir.empty()) {
       int written = 0;
+      // A chat's own session dies with its stream, which the drain ends.
+      std::vector<Session*> with_streams;
+      for (auto& [id, session] : sessions_) {
+        if (session->with_stream) with_streams.push_back(session.get());
+      }
+      for (Session* session : with_streams) RemoveSession(session);
       for (auto& [id, session] : sessions_) {
         if (session->ephemeral) continue;
         if (session->tier == Tier::kDisk) {  // on disk, unless the disk refused it
@@ -1116,6 +1125,7 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
     const bool ephemeral = job->mode == Job::Mode::kScore ||
                            (job->mode == Job::Mode::kGenerate && !job->keep_session);
     session = NewSession(job->principal, ephemeral);
+    if (session.ok()) (*session)->with_stream = job->with_stream;
     active->created_session = true;
   } else {
     session = Lookup(job->principal, job->session_id);

@@ -166,6 +166,9 @@ class Engine {
     std::string principal;   // who asks (bearer-token name; empty without auth)
     std::string session_id;  // continue this session; empty: a new state
     bool keep_session = false;
+    // The new session lives as long as the caller's stream (a chat's own),
+    // which ReleaseSession ends: the drain does not write it to disk.
+    bool with_stream = false;
     std::vector<int32_t> prompt;
     GenerationParams params;
     Clock::time_point arrival = Clock::now();

@@ -302,6 +302,7 @@ class ChatReactor final : public grpc::ServerBidiReactor<v1::ChatRequest, v1::Ge
     }
     job.session_id = session_id_;
     job.keep_session = session_id_.empty();  // the stream's session, deleted at its end
+    job.with_stream = job.keep_session && !keep_session_;  // (unless the client keeps it)
     stream_ = std::make_shared<Stream>();
     stream_->SetNotify([pump = pump_] {
       std::lock_guard<std::recursive_mutex> lock(pump->mutex);

@@ -875,6 +875,43 @@ TEST(ServerTiers, AReplicaDropsItsCopyOfASessionAnotherReplicaContinued) {
   EXPECT_GE(a.server->metrics().stale_copies.load(), 1u);
 }
 
+// The drain writes every session to --snapshot_dir but a chat stream's own,
+// which dies with the stream the drain ends (a kept one is written).
+TEST(ServerTiers, AChatsOwnSessionIsNotWrittenAtShutdown) {
+  TempDir dir;
+  ServerOptions options = TestOptions();
+  options.engine.snapshot_dir = dir.path();
+  Running r = StartServer(options);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::ChatRequest, v1::GenerateResponse>>>
+      chats;
+  std::vector<std::string> ids;
+  for (bool keep : {false, true}) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    chats.push_back(r.stub->Chat(contexts.back().get()));
+    v1::ChatRequest request;
+    request.mutable_prompt()->mutable_ids()->add_ids(5);
+    request.mutable_stopping()->set_max_tokens(2);
+    request.set_keep_session(keep);
+    ASSERT_TRUE(chats.back()->Write(request));
+    v1::GenerateResponse m;
+    std::string id;
+    while (chats.back()->Read(&m)) {
+      if (!m.session_id().empty()) id = m.session_id();
+      if (m.finished()) break;
+    }
+    ASSERT_FALSE(id.empty());
+    ids.push_back(id);
+  }
+  // The drain, with the chats still open (the release at their end is a
+  // message that a stopping engine may never read).
+  r.server->engine().Drain(std::chrono::milliseconds(0));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/" + ids[0] + ".fwps"));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/" + ids[1] + ".fwps"));
+  r.server->Shutdown(std::chrono::milliseconds(0));
+  for (auto& chat : chats) chat->Finish();
+}
+
 // A spilled session whose file another replica removed (a delete, its TTL)
 // is NOT_FOUND, not DATA_LOSS (which names a corrupt or foreign file).
 TEST(ServerTiers, ASpilledSessionWhoseFileWasRemovedIsNotFound) {
