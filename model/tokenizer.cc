@@ -54,6 +54,21 @@ void StreamDecoder::Prime(absl::Span<const int32_t> context) {
   read_ = ids_.size();
 }
 
+// What `now` (the window decoded) adds to `before` (the part already shown).
+// Where the window no longer reads as what was shown (the bytes of a
+// character let out as U+FFFD before the rest came), from where they part,
+// at a character's start, so that nothing is lost.
+std::string StreamDecoder::Continuation(const std::string& before, const std::string& now) {
+  if (now.starts_with(before)) return now.substr(before.size());
+  size_t same = 0;
+  while (same < before.size() && same < now.size() && before[same] == now[same]) ++same;
+  while (same > 0 && same < now.size() &&
+         (static_cast<unsigned char>(now[same]) & 0xC0) == 0x80) {
+    --same;
+  }
+  return now.substr(same);
+}
+
 std::string StreamDecoder::Push(int32_t id) {
   ids_.push_back(id);
   absl::Span<const int32_t> all(ids_);
@@ -74,8 +89,7 @@ std::string StreamDecoder::Push(int32_t id) {
     read_ -= prefix_;
     prefix_ = 0;
   }
-  return now.size() > before.size() && now.starts_with(before) ? now.substr(before.size())
-                                                               : std::string();
+  return Continuation(before, now);
 }
 
 std::string StreamDecoder::Flush() {
@@ -83,8 +97,7 @@ std::string StreamDecoder::Flush() {
   const std::string before = tokenizer_.Decode(all.subspan(prefix_, read_ - prefix_));
   const std::string now = tokenizer_.Decode(all.subspan(prefix_));
   prefix_ = read_ = ids_.size();
-  if (now.size() <= before.size() || !now.starts_with(before)) return "";
-  return now.substr(before.size());
+  return Continuation(before, now);
 }
 
 std::string Tokenizer::Piece(int32_t id) const {

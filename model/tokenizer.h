@@ -65,6 +65,8 @@ class StreamDecoder {
   std::string Flush();
 
  private:
+  static std::string Continuation(const std::string& before, const std::string& now);
+
   const Tokenizer& tokenizer_;
   std::vector<int32_t> ids_;
   size_t prefix_ = 0;  // start of the decoding window

@@ -116,6 +116,7 @@ struct Engine::Session {
   bool busy = false;
   bool ephemeral = false;
   bool with_stream = false;  // GenerateJob::with_stream
+  bool file_missing = false;  // kDisk: its file was not there when read
   uint64_t last_used = 0;                   // LRU order of the tiers
   Clock::time_point active = Clock::now();  // last asked for (--session_ttl_s)
   Clock::time_point file_touched;           // its snapshot file's time last set
@@ -539,6 +540,8 @@ void Engine::Drain(std::chrono::milliseconds grace) {
         if (session->tier == Tier::kDisk) {  // on disk, unless the disk refused it
           std::lock_guard<std::mutex> lock(writer_mutex_);
           if (unwritable_.count(id) == 0) continue;
+        } else if (HeldFileState(*session) != FileState::kUnknown) {
+          continue;  // its file holds it, or another replica's newer turn (kept)
         }
         if (auto s = WriteToDisk(*session); !s.ok()) {
           std::fprintf(stderr, "fwp-server: session %s not saved: %s\n", id.c_str(),
@@ -572,7 +575,14 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
   Session* session = nullptr;
   if (auto it = sessions_.find(id); it != sessions_.end()) {
     session = it->second.get();
-    FWP_RETURN_IF_ERROR(CheckHeldCopy(session));  // may drop a stale copy
+    if (session->file_missing && !session->busy) {
+      // Its file was deleted (by another replica): this record goes too, and
+      // a file written since is read afresh.
+      RemoveSession(session, /*remove_file=*/false);
+      session = nullptr;
+    } else {
+      FWP_RETURN_IF_ERROR(CheckHeldCopy(session));  // may drop a stale copy
+    }
   }
   if (session == nullptr && !options_.snapshot_dir.empty() && FileExists(SnapshotPath(id))) {
     // Written by an earlier run of this server or by another replica.
@@ -603,36 +613,50 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
       session->active - session->file_touched >
           std::chrono::duration<double>(options_.session_ttl_s / 4)) {
     session->file_touched = session->active;
-    std::error_code ignored;
-    std::filesystem::last_write_time(SnapshotPath(id),
-                                     std::filesystem::file_time_type::clock::now(), ignored);
-    if (session->file) session->file = StatFile(SnapshotPath(id));  // (its ctime moved)
+    bool pending;
+    {
+      std::lock_guard<std::mutex> lock(writer_mutex_);
+      pending = unwritten_.count(id) > 0 || written_files_.count(id) > 0;
+    }
+    if (!pending) {  // (a write on its way sets the time itself)
+      std::error_code ignored;
+      std::filesystem::last_write_time(SnapshotPath(id),
+                                       std::filesystem::file_time_type::clock::now(), ignored);
+      if (session->file) session->file = StatFile(SnapshotPath(id));  // (its ctime moved)
+    }
   }
   return session;
 }
 
-absl::Status Engine::CheckHeldCopy(Session*& session) {
-  if (!options_.snapshot_every_turn || options_.snapshot_dir.empty() || session->busy ||
-      session->ephemeral) {
-    return absl::OkStatus();
-  }
+Engine::FileState Engine::HeldFileState(Session& session) {
+  if (!options_.snapshot_every_turn || options_.snapshot_dir.empty()) return FileState::kUnknown;
   {
     std::lock_guard<std::mutex> lock(writer_mutex_);
-    if (auto it = written_files_.find(session->id); it != written_files_.end()) {
-      session->file = it->second;  // this replica's own latest write
+    if (auto it = written_files_.find(session.id); it != written_files_.end()) {
+      session.file = it->second;  // this replica's own latest write (none: it failed)
       written_files_.erase(it);
     }
     // A write of this copy still waits: it is the newest there is.
-    if (unwritten_.count(session->id) > 0 || unwritable_.count(session->id) > 0) {
-      return absl::OkStatus();
+    if (unwritten_.count(session.id) > 0 || unwritable_.count(session.id) > 0) {
+      return FileState::kUnknown;
     }
   }
-  // A disk-tier session's state is read from the file when it is used.
-  if (session->tier == Tier::kDisk || !session->file) return absl::OkStatus();
-  // No file: this copy stays (it may be the only one left, the directory
-  // lost; a session deleted on another replica lingers here until its TTL).
-  const std::optional<FileId> now = StatFile(SnapshotPath(session->id));
-  if (!now || now == session->file) return absl::OkStatus();
+  if (!session.file) return FileState::kUnknown;
+  // No file: this copy is kept and written (it may be the only one left, the
+  // directory lost; a session deleted on another replica lingers here until
+  // its TTL).
+  const std::optional<FileId> now = StatFile(SnapshotPath(session.id));
+  if (!now) return FileState::kUnknown;
+  return now == session.file ? FileState::kCurrent : FileState::kStale;
+}
+
+absl::Status Engine::CheckHeldCopy(Session*& session) {
+  // A busy session is changing here; a disk-tier one is read from its file
+  // when it is used.
+  if (session->busy || session->ephemeral || session->tier == Tier::kDisk) {
+    return absl::OkStatus();
+  }
+  if (HeldFileState(*session) != FileState::kStale) return absl::OkStatus();
   // Another replica continued it and wrote its file: this copy is older.
   RemoveSession(session, /*remove_file=*/false);
   session = nullptr;
@@ -768,7 +792,12 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
           unwritten = it->second;
         }
       }
-      FWP_ASSIGN_OR_RETURN(SessionSnapshot snapshot, ReadSession(session.id, unwritten.get()));
+      auto read = ReadSession(session.id, unwritten.get());
+      if (!read.ok()) {
+        session.file_missing = absl::IsNotFound(read.status());
+        return read.status();
+      }
+      SessionSnapshot& snapshot = *read;
       // The state with its own position and pending tokens: another replica
       // sharing the directory may have written the file since this session
       // was looked up (its counters came from the file then).
@@ -915,6 +944,7 @@ void Engine::DropSnapshot(const std::string& id, bool remove_file) {
   {
     std::lock_guard<std::mutex> lock(writer_mutex_);
     unwritable_.erase(id);
+    written_files_.erase(id);
   }
   if (remove_file) {
     std::error_code ignored;
@@ -931,11 +961,19 @@ void Engine::WriterLoop() {
   model_.backend().BindThread();
   std::unique_lock<std::mutex> lock(writer_mutex_);
   while (true) {
-    writer_wake_.wait(lock, [&] { return writer_stop_ || !writes_.empty() || scan_wanted_; });
+    writer_wake_.wait(lock, [&] {
+      return writer_stop_ || !writes_.empty() || scan_wanted_ || !abandoned_.empty();
+    });
     if (!writes_.empty()) {
       WriteNext(lock);
     } else if (writer_stop_) {
       return;  // stopping, nothing left
+    } else if (!abandoned_.empty()) {
+      std::vector<std::string> ids;
+      ids.swap(abandoned_);
+      lock.unlock();
+      RemoveAbandoned(ids);
+      lock.lock();
     } else {
       scan_wanted_ = false;
       ScanSnapshots(lock);
@@ -959,10 +997,13 @@ void Engine::WriteNext(std::unique_lock<std::mutex>& lock) {
     std::error_code ignored;
     std::filesystem::last_write_time(path, write.used, ignored);
   }
-  const std::optional<FileId> file = written.ok() ? StatFile(path) : std::nullopt;
+  if (options_.snapshot_every_turn) {  // (for HeldFileState; a failure: none)
+    const std::optional<FileId> file = written.ok() ? StatFile(path) : std::nullopt;
+    std::lock_guard<std::mutex> relock(writer_mutex_);
+    written_files_[write.id] = file;
+  }
   if (write.then) write.then(written);
   lock.lock();
-  if (file) written_files_[write.id] = *file;
   writing_ = false;
   if (auto it = unwritten_.find(write.id); it != unwritten_.end() && it->second == write.bytes) {
     // (A newer write of the same session may still wait.) A spill the disk
@@ -1023,14 +1064,27 @@ void Engine::ScanSnapshots(std::unique_lock<std::mutex>& lock) {
 }
 
 void Engine::RemoveAbandonedSnapshots(const std::vector<std::string>& ids) {
+  std::vector<std::string> gone;
+  for (const std::string& id : ids) {
+    if (sessions_.count(id) == 0) gone.push_back(id);  // held here: it expires with its session
+  }
+  if (gone.empty()) return;
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    abandoned_.insert(abandoned_.end(), gone.begin(), gone.end());
+  }
+  writer_wake_.notify_one();
+}
+
+void Engine::RemoveAbandoned(const std::vector<std::string>& ids) {
   const auto ttl = AbandonedAge(options_.session_ttl_s);
   for (const std::string& id : ids) {
-    if (sessions_.count(id) > 0) continue;  // held here: it expires with its session
     {
       std::lock_guard<std::mutex> lock(writer_mutex_);
       if (unwritten_.count(id) > 0 || unwritable_.count(id) > 0) continue;
     }
-    // Still as old (another replica may have written or touched it since).
+    // Still as old: a replica that asks for it since (this one too: Lookup
+    // touches the file) or writes it keeps it.
     const std::string path = SnapshotPath(id);
     std::error_code ignored;
     const auto written = std::filesystem::last_write_time(path, ignored);
@@ -1056,10 +1110,21 @@ void Engine::SpillHost() {
       }
     }
     if (victim == nullptr) return;
-    // Written by the writer thread; the engine does not wait on the disk.
-    auto bytes = EncodeSession(*victim);  // host tier: cannot fail
-    if (!bytes.ok()) return;
-    QueueWrite(*victim, std::make_shared<const std::string>(std::move(*bytes)), nullptr);
+    // --snapshot_every_turn: its file may hold this copy already (nothing to
+    // write), or another replica's newer one (this copy must not overwrite
+    // it: it goes, and the file is read when the session is asked for).
+    const FileState file = HeldFileState(*victim);
+    if (file == FileState::kStale) {
+      RemoveSession(victim, /*remove_file=*/false);
+      ++metrics_->stale_copies;
+      continue;
+    }
+    if (file == FileState::kUnknown) {
+      // Written by the writer thread; the engine does not wait on the disk.
+      auto bytes = EncodeSession(*victim);  // host tier: cannot fail
+      if (!bytes.ok()) return;
+      QueueWrite(*victim, std::make_shared<const std::string>(std::move(*bytes)), nullptr);
+    }
     victim->host.reset();
     victim->tier = Tier::kDisk;
     --host_sessions_;
@@ -1175,6 +1240,12 @@ void Engine::Admit(Active& a) {
     --queued_;
   }
   metrics_->queue_s.Observe(Seconds(Clock::now() - job.arrival));
+  // The state changes: its file no longer holds it (until this turn's write).
+  {
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    written_files_.erase(session.id);  // (an earlier turn's write)
+  }
+  session.file.reset();
   a.feed = session.pending;
   a.prompt_from = a.feed.size();
   a.feed.insert(a.feed.end(), job.prompt.begin(), job.prompt.end());

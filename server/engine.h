@@ -230,6 +230,11 @@ class Engine {
   // here whose file another replica has since replaced (it continued the
   // session) is dropped, so the file's is used (`session` set to null).
   absl::Status CheckHeldCopy(Session*& session);
+  // --snapshot_every_turn: whether the session's snapshot file holds this
+  // copy (kCurrent), another replica's newer one (kStale), or neither is
+  // known (kUnknown: the copy must be written to be on disk).
+  enum class FileState { kUnknown, kCurrent, kStale };
+  FileState HeldFileState(Session& session);
   // Its snapshot, from `bytes` (a copy waiting for the disk) or its file,
   // checked; errors name the session.
   absl::StatusOr<SessionSnapshot> ReadSession(const std::string& id,
@@ -270,10 +275,12 @@ class Engine {
   // between writes, so that neither a spill nor the engine waits for a
   // large directory. It removes temporary files of writes that never
   // finished (older than kAbandonedWrite and the TTL) and hands the ids of
-  // snapshot files last used more than the TTL ago to the engine thread,
-  // which removes those that no session here holds.
+  // snapshot files last used more than 1.25 × the TTL ago to the engine
+  // thread, which keeps those of sessions it holds (it alone knows them; no
+  // file I/O there) and hands the rest back to be removed if still as old.
   void ScanSnapshots(std::unique_lock<std::mutex>& lock);
   void RemoveAbandonedSnapshots(const std::vector<std::string>& ids);  // engine thread
+  void RemoveAbandoned(const std::vector<std::string>& ids);           // writer thread
   // Writer thread, `lock` held: writes the first queued snapshot.
   void WriteNext(std::unique_lock<std::mutex>& lock);
   // remove_file: its snapshot file goes too (a delete); not on expiry.
@@ -353,8 +360,10 @@ class Engine {
   bool writing_ = false;
   bool writer_stop_ = false;
   bool scan_wanted_ = false;  // of --snapshot_dir, by ExpireSessions
-  // The files the writer wrote, by session, until CheckHeldCopy takes them.
-  std::unordered_map<std::string, FileId> written_files_;
+  std::vector<std::string> abandoned_;  // snapshot files no session here holds, to remove
+  // --snapshot_every_turn: the files the writer wrote (none: the write
+  // failed), by session, until HeldFileState takes them.
+  std::unordered_map<std::string, std::optional<FileId>> written_files_;
   static constexpr std::chrono::minutes kAbandonedWrite{10};
   std::thread writer_;
 };

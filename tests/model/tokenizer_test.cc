@@ -118,6 +118,25 @@ TEST_F(TokenizerTest, ARunOfTokensThatPrintNothingIsNotHeldForever) {
   for (int32_t id : tokenizer_->Encode(" the jury")) rest += stream.Push(id);
   rest += stream.Flush();
   EXPECT_NE((out + rest).find("the jury"), std::string::npos) << out + rest;
+  // Let out just after a character's first byte (the 17th held token is the
+  // euro sign's 0xE2): its other bytes and what follows still come out.
+  auto byte_token = [&](const char* piece) {
+    for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
+      if (tokenizer_->Piece(id) == piece) return id;
+    }
+    return -1;
+  };
+  const std::vector<int32_t> euro = {lead, byte_token("<0x82>"), byte_token("<0xAC>")};
+  ASSERT_GE(euro[1], 0);
+  ASSERT_GE(euro[2], 0);
+  StreamDecoder split(*tokenizer_);
+  std::string text;
+  for (int i = 0; i < 16; ++i) text += split.Push(lead);
+  for (int32_t id : euro) text += split.Push(id);
+  for (int32_t id : tokenizer_->Encode(" said the jury")) text += split.Push(id);
+  text += split.Flush();
+  EXPECT_NE(text.find("\xE2\x82\xAC"), std::string::npos) << text;
+  EXPECT_NE(text.find("said the jury"), std::string::npos) << text;
 }
 
 // The same pieces whatever the file's bytes (a model records where it was

@@ -875,6 +875,42 @@ TEST(ServerTiers, AReplicaDropsItsCopyOfASessionAnotherReplicaContinued) {
   EXPECT_GE(a.server->metrics().stale_copies.load(), 1u);
 }
 
+// The same, when replica A's copy leaves memory before it is asked for
+// again: its spill must not write A's older state over B's turn (B would
+// then continue from it).
+TEST(ServerTiers, AReplicaDoesNotSpillItsStaleCopyOverAnotherReplicasTurn) {
+  TempDir dir;
+  ServerOptions options = TestOptions();
+  options.engine.snapshot_dir = dir.path();
+  options.engine.snapshot_every_turn = true;
+  ServerOptions tight = options;
+  tight.engine.slots = 1;
+  tight.engine.host_bytes = 0;  // a parked session goes to disk
+  Running a = StartServer(tight);
+  Running b = StartServer(options);
+  Running alone = StartServer(TestOptions());
+  std::string on_two, on_one;
+  auto turn = [&](v1::Fwp::Stub& replica, const std::vector<int32_t>& prompt) {
+    auto request = Greedy(prompt, 4, on_two);
+    request.set_keep_session(on_two.empty());
+    const Completion two = Generate(replica, request);
+    EXPECT_TRUE(two.status.ok()) << two.status.error_message();
+    on_two = two.session_id;
+    auto single = Greedy(prompt, 4, on_one);
+    single.set_keep_session(on_one.empty());
+    const Completion one = Generate(*alone.stub, single);
+    on_one = one.session_id;
+    EXPECT_EQ(two.tokens, one.tokens);
+    EXPECT_EQ(two.logprobs, one.logprobs);
+  };
+  turn(*a.stub, {5, 6, 7});
+  turn(*b.stub, {8});
+  ASSERT_TRUE(Generate(*a.stub, Greedy({11}, 2)).status.ok());  // A's copy is spilled
+  turn(*b.stub, {9, 10});
+  turn(*a.stub, {12});
+  EXPECT_GE(a.server->metrics().stale_copies.load(), 1u);
+}
+
 // The drain writes every session to --snapshot_dir but a chat stream's own,
 // which dies with the stream the drain ends (a kept one is written).
 TEST(ServerTiers, AChatsOwnSessionIsNotWrittenAtShutdown) {
