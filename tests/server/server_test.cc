@@ -753,6 +753,15 @@ TierRun RunWithPressure(Running& r, bool pressure) {
   return out;
 }
 
+// `options` with one slot and no host memory for parked sessions: a session
+// another's turn pushes out of the slot goes straight to `snapshot_dir`.
+ServerOptions ParkingOnDisk(ServerOptions options, const std::string& snapshot_dir) {
+  options.engine.slots = 1;
+  options.engine.host_bytes = 0;
+  options.engine.snapshot_dir = snapshot_dir;
+  return options;
+}
+
 TEST(ServerTiers, SessionsParkedToHostAndDiskContinueBitIdentically) {
   Running roomy = StartServer(TestOptions());
   const TierRun reference = RunWithPressure(roomy, /*pressure=*/false);
@@ -802,11 +811,7 @@ TEST(ServerTiers, ASpillTheDiskRefusesKeepsTheSessionInMemory) {
   TempDir dir;
   const std::string snapshots = dir.path() + "/snapshots";
   std::filesystem::create_directories(snapshots);
-  ServerOptions tight = TestOptions();
-  tight.engine.slots = 1;
-  tight.engine.host_bytes = 0;  // every parked session goes to disk
-  tight.engine.snapshot_dir = snapshots;
-  Running r = StartServer(tight);
+  Running r = StartServer(ParkingOnDisk(TestOptions(), snapshots));
   auto a = CreateSession(*r.stub, prompt);
   ASSERT_TRUE(a.ok());
   std::filesystem::rename(snapshots, dir.path() + "/away");
@@ -883,10 +888,7 @@ TEST(ServerTiers, AReplicaDoesNotSpillItsStaleCopyOverAnotherReplicasTurn) {
   ServerOptions options = TestOptions();
   options.engine.snapshot_dir = dir.path();
   options.engine.snapshot_every_turn = true;
-  ServerOptions tight = options;
-  tight.engine.slots = 1;
-  tight.engine.host_bytes = 0;  // a parked session goes to disk
-  Running a = StartServer(tight);
+  Running a = StartServer(ParkingOnDisk(options, dir.path()));
   Running b = StartServer(options);
   Running alone = StartServer(TestOptions());
   std::string on_two, on_one;
@@ -952,11 +954,7 @@ TEST(ServerTiers, AChatsOwnSessionIsNotWrittenAtShutdown) {
 // is NOT_FOUND, not DATA_LOSS (which names a corrupt or foreign file).
 TEST(ServerTiers, ASpilledSessionWhoseFileWasRemovedIsNotFound) {
   TempDir dir;
-  ServerOptions options = TestOptions();
-  options.engine.slots = 1;
-  options.engine.host_bytes = 0;  // a parked session goes to disk
-  options.engine.snapshot_dir = dir.path();
-  Running r = StartServer(options);
+  Running r = StartServer(ParkingOnDisk(TestOptions(), dir.path()));
   auto a = CreateSession(*r.stub, {5, 6});
   ASSERT_TRUE(a.ok());
   ASSERT_TRUE(CreateSession(*r.stub, {7}).ok());  // a is spilled
@@ -1039,11 +1037,8 @@ TEST(ServerTiers, ASnapshotFileKeepsItsSessionsLastUse) {
 // hold it, expires files by their age (the holder marks the file as used).
 TEST(ServerTiers, ASessionInUseOnOneReplicaKeepsItsFileFromTheOthersTtl) {
   TempDir dir;
-  ServerOptions options = TestOptions();
-  options.engine.snapshot_dir = dir.path();
+  ServerOptions options = ParkingOnDisk(TestOptions(), dir.path());
   options.engine.session_ttl_s = 0.6;
-  options.engine.slots = 1;
-  options.engine.host_bytes = 0;  // a parked session goes to disk
   Running holder = StartServer(options);
   Running other = StartServer(options);
   auto s = CreateSession(*holder.stub, {5, 6});
