@@ -176,14 +176,6 @@ struct Engine::Active {
 
 namespace {
 
-std::optional<FileId> StatFile(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
-  return FileId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
-                int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec,
-                static_cast<int64_t>(st.st_size)};
-}
-
 // 128 bits from the kernel's random source for each id: an id is a
 // session's credential where there is no --auth_tokens_file, so one id must
 // tell nothing about the next (a seeded generator's outputs give away its
@@ -744,10 +736,11 @@ SessionInfo Engine::Info(const Session& session) const {
 }
 
 absl::StatusOr<SessionSnapshot> Engine::ReadSession(const std::string& id,
-                                                    const std::string* bytes) const {
+                                                    const std::string* bytes,
+                                                    FileId* file) const {
   auto snapshot = bytes != nullptr
                       ? DecodeSnapshot(*bytes, fingerprint_, state_bytes_, id)
-                      : ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id);
+                      : ReadSnapshot(SnapshotPath(id), fingerprint_, state_bytes_, id, file);
   if (snapshot.ok()) {
     // A well-formed file of this model may still hold ids outside the
     // vocabulary (written by hand). Its pending count may pass
@@ -792,7 +785,8 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
           unwritten = it->second;
         }
       }
-      auto read = ReadSession(session.id, unwritten.get());
+      FileId file;
+      auto read = ReadSession(session.id, unwritten.get(), &file);
       if (!read.ok()) {
         session.file_missing = absl::IsNotFound(read.status());
         return read.status();
@@ -808,7 +802,7 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
       session.position = snapshot.position;
       session.pending = std::move(snapshot.pending);
       *state = std::move(snapshot.state);
-      if (unwritten == nullptr) session.file = StatFile(SnapshotPath(session.id));
+      if (unwritten == nullptr) session.file = file;
       return absl::OkStatus();
     }
   }

@@ -52,13 +52,7 @@ namespace fwp::server {
 
 using Clock = std::chrono::steady_clock;
 
-// A file's identity: another write (a new file renamed over it) or a touch
-// changes it.
-struct FileId {
-  uint64_t device = 0, inode = 0;
-  int64_t ctime_ns = 0, size = 0;
-  bool operator==(const FileId&) const = default;
-};
+
 
 enum class Tier { kDevice = 1, kHost = 2, kDisk = 3 };
 enum class FinishReason { kNone = 0, kLength = 1, kEos = 2, kStop = 3, kCancelled = 4 };
@@ -237,8 +231,8 @@ class Engine {
   FileState HeldFileState(Session& session);
   // Its snapshot, from `bytes` (a copy waiting for the disk) or its file,
   // checked; errors name the session.
-  absl::StatusOr<SessionSnapshot> ReadSession(const std::string& id,
-                                              const std::string* bytes) const;
+  absl::StatusOr<SessionSnapshot> ReadSession(const std::string& id, const std::string* bytes,
+                                              FileId* file = nullptr) const;
   // The session's state (a disk-tier session also takes its file's position
   // and pending tokens, read with it).
   absl::Status LoadState(Session& session, std::vector<char>* state);

@@ -68,7 +68,14 @@ uint32_t SnapshotCrc(const std::string& in, uint32_t version) {
 // snapshot must not stall it: a FIFO (opened without blocking) or a
 // directory is refused, as is a file larger than any snapshot of this model
 // before it is read.
-absl::StatusOr<std::string> ReadSnapshotFile(const std::string& path, int64_t state_bytes) {
+FileId Identity(const struct stat& st) {
+  return FileId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec,
+                static_cast<int64_t>(st.st_size)};
+}
+
+absl::StatusOr<std::string> ReadSnapshotFile(const std::string& path, int64_t state_bytes,
+                                             FileId* file) {
   const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -85,6 +92,7 @@ absl::StatusOr<std::string> ReadSnapshotFile(const std::string& path, int64_t st
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     return absl::DataLossError(absl::StrCat(path, ": not a regular file"));
   }
+  if (file != nullptr) *file = Identity(st);  // of the bytes read (no other stat's race)
   const int64_t most = kHeaderBytes + kIdBytes + int64_t{4} * kMaxPending + kMaxOwnerBytes +
                        std::max<int64_t>(state_bytes, 0);
   if (st.st_size > most) {
@@ -219,8 +227,8 @@ absl::Status WriteSnapshot(const std::string& path, const SessionSnapshot& snaps
 
 absl::StatusOr<SessionSnapshot> ReadSnapshot(const std::string& path, uint64_t fingerprint,
                                              int64_t state_bytes,
-                                             const std::string& expected_id) {
-  auto bytes = ReadSnapshotFile(path, state_bytes);
+                                             const std::string& expected_id, FileId* file) {
+  auto bytes = ReadSnapshotFile(path, state_bytes, file);
   if (!bytes.ok()) return bytes.status();
   auto snapshot = DecodeSnapshot(*bytes, fingerprint, state_bytes, expected_id);
   if (!snapshot.ok()) {
@@ -228,6 +236,12 @@ absl::StatusOr<SessionSnapshot> ReadSnapshot(const std::string& path, uint64_t f
                         absl::StrCat(path, ": ", snapshot.status().message()));
   }
   return snapshot;
+}
+
+std::optional<FileId> StatFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return Identity(st);
 }
 
 }  // namespace fwp::server

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,8 +56,19 @@ absl::StatusOr<SessionSnapshot> DecodeSnapshot(const std::string& bytes,
 
 absl::Status WriteSnapshot(const std::string& path, const SessionSnapshot& snapshot,
                            uint64_t fingerprint);
+// A file's identity: another write (a new file renamed over it) or a touch
+// changes it.
+struct FileId {
+  uint64_t device = 0, inode = 0;
+  int64_t ctime_ns = 0, size = 0;
+  bool operator==(const FileId&) const = default;
+};
+std::optional<FileId> StatFile(const std::string& path);
+
+// `file` (may be null): the identity of the file the bytes were read from.
 absl::StatusOr<SessionSnapshot> ReadSnapshot(const std::string& path,
                                              uint64_t fingerprint, int64_t state_bytes,
-                                             const std::string& expected_id);
+                                             const std::string& expected_id,
+                                             FileId* file = nullptr);
 
 }  // namespace fwp::server
