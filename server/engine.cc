@@ -567,7 +567,7 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
   Session* session = nullptr;
   if (auto it = sessions_.find(id); it != sessions_.end()) {
     session = it->second.get();
-    if (session->file_missing && !session->busy) {
+    if (session->file_missing && session->tier == Tier::kDisk && !session->busy) {
       // Its file was deleted (by another replica): this record goes too, and
       // a file written since is read afresh.
       RemoveSession(session, /*remove_file=*/false);
@@ -608,13 +608,21 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
     bool pending;
     {
       std::lock_guard<std::mutex> lock(writer_mutex_);
-      pending = unwritten_.count(id) > 0 || written_files_.count(id) > 0;
+      if (auto it = written_files_.find(id); it != written_files_.end()) {
+        session->file = it->second;  // (as HeldFileState takes it)
+        written_files_.erase(it);
+      }
+      pending = unwritten_.count(id) > 0;
     }
     if (!pending) {  // (a write on its way sets the time itself)
+      const std::string path = SnapshotPath(id);
+      const bool ours = session->file && StatFile(path) == session->file;
       std::error_code ignored;
-      std::filesystem::last_write_time(SnapshotPath(id),
-                                       std::filesystem::file_time_type::clock::now(), ignored);
-      if (session->file) session->file = StatFile(SnapshotPath(id));  // (its ctime moved)
+      std::filesystem::last_write_time(path, std::filesystem::file_time_type::clock::now(),
+                                       ignored);
+      // Its ctime moved: the file is still this copy's if it was before (one
+      // that another replica replaced stays told apart).
+      if (ours) session->file = StatFile(path);
     }
   }
   return session;
@@ -802,7 +810,10 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
       session.position = snapshot.position;
       session.pending = std::move(snapshot.pending);
       *state = std::move(snapshot.state);
-      if (unwritten == nullptr) session.file = file;
+      // From the file: that file holds it; from bytes still to be written:
+      // no file does yet.
+      session.file = unwritten == nullptr ? std::optional<FileId>(file) : std::nullopt;
+      session.file_missing = false;
       return absl::OkStatus();
     }
   }
@@ -938,7 +949,6 @@ void Engine::DropSnapshot(const std::string& id, bool remove_file) {
   {
     std::lock_guard<std::mutex> lock(writer_mutex_);
     unwritable_.erase(id);
-    written_files_.erase(id);
   }
   if (remove_file) {
     std::error_code ignored;
@@ -965,9 +975,7 @@ void Engine::WriterLoop() {
     } else if (!abandoned_.empty()) {
       std::vector<std::string> ids;
       ids.swap(abandoned_);
-      lock.unlock();
-      RemoveAbandoned(ids);
-      lock.lock();
+      RemoveAbandoned(ids, lock);
     } else {
       scan_wanted_ = false;
       ScanSnapshots(lock);
@@ -1070,20 +1078,27 @@ void Engine::RemoveAbandonedSnapshots(const std::vector<std::string>& ids) {
   writer_wake_.notify_one();
 }
 
-void Engine::RemoveAbandoned(const std::vector<std::string>& ids) {
+void Engine::RemoveAbandoned(const std::vector<std::string>& ids,
+                             std::unique_lock<std::mutex>& lock) {
   const auto ttl = AbandonedAge(options_.session_ttl_s);
-  for (const std::string& id : ids) {
-    {
-      std::lock_guard<std::mutex> lock(writer_mutex_);
-      if (unwritten_.count(id) > 0 || unwritable_.count(id) > 0) continue;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string& id = ids[i];
+    if (i % 64 == 0) {  // queued snapshots go first
+      while (!writes_.empty()) WriteNext(lock);
+      if (writer_stop_) return;
     }
+    if (unwritten_.count(id) > 0 || unwritable_.count(id) > 0) continue;
+    lock.unlock();
     // Still as old: a replica that asks for it since (this one too: Lookup
     // touches the file) or writes it keeps it.
     const std::string path = SnapshotPath(id);
     std::error_code ignored;
     const auto written = std::filesystem::last_write_time(path, ignored);
-    if (ignored || std::filesystem::file_time_type::clock::now() - written <= ttl) continue;
-    if (std::filesystem::remove(path, ignored)) ++metrics_->expired_sessions;
+    if (!ignored && std::filesystem::file_time_type::clock::now() - written > ttl &&
+        std::filesystem::remove(path, ignored)) {
+      ++metrics_->expired_sessions;
+    }
+    lock.lock();
   }
 }
 
@@ -1168,7 +1183,11 @@ void Engine::RemoveSession(Session* session, bool remove_file) {
   } else if (session->tier == Tier::kHost) {
     --host_sessions_;
   }
-  if (!options_.snapshot_dir.empty()) DropSnapshot(session->id, remove_file);
+  if (!options_.snapshot_dir.empty()) {
+    DropSnapshot(session->id, remove_file);
+    std::lock_guard<std::mutex> lock(writer_mutex_);
+    written_files_.erase(session->id);
+  }
   sessions_.erase(session->id);
 }
 

@@ -274,7 +274,8 @@ class Engine {
   // file I/O there) and hands the rest back to be removed if still as old.
   void ScanSnapshots(std::unique_lock<std::mutex>& lock);
   void RemoveAbandonedSnapshots(const std::vector<std::string>& ids);  // engine thread
-  void RemoveAbandoned(const std::vector<std::string>& ids);           // writer thread
+  // Writer thread (`lock` held): removes those still as old, between writes.
+  void RemoveAbandoned(const std::vector<std::string>& ids, std::unique_lock<std::mutex>& lock);
   // Writer thread, `lock` held: writes the first queued snapshot.
   void WriteNext(std::unique_lock<std::mutex>& lock);
   // remove_file: its snapshot file goes too (a delete); not on expiry.

@@ -1036,26 +1036,30 @@ TEST(ServerTiers, ASnapshotFileKeepsItsSessionsLastUse) {
 // and is asked for keeps its file, though the other replica, which does not
 // hold it, expires files by their age (the holder marks the file as used).
 TEST(ServerTiers, ASessionInUseOnOneReplicaKeepsItsFileFromTheOthersTtl) {
-  TempDir dir;
-  ServerOptions options = ParkingOnDisk(TestOptions(), dir.path());
-  options.engine.session_ttl_s = 0.6;
-  Running holder = StartServer(options);
-  Running other = StartServer(options);
-  auto s = CreateSession(*holder.stub, {5, 6});
-  ASSERT_TRUE(s.ok());
-  ASSERT_TRUE(CreateSession(*holder.stub, {7}).ok());  // s is spilled to its file
-  const std::string file = dir.path() + "/" + s->session_id() + ".fwps";
-  for (int i = 0; i < 200 && !std::filesystem::exists(file); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (bool every_turn : {false, true}) {
+    SCOPED_TRACE(every_turn ? "--snapshot_every_turn" : "spilled only");
+    TempDir dir;
+    ServerOptions options = ParkingOnDisk(TestOptions(), dir.path());
+    options.engine.session_ttl_s = 0.6;
+    options.engine.snapshot_every_turn = every_turn;
+    Running holder = StartServer(options);
+    Running other = StartServer(options);
+    auto s = CreateSession(*holder.stub, {5, 6});
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(CreateSession(*holder.stub, {7}).ok());  // s is spilled to its file
+    const std::string file = dir.path() + "/" + s->session_id() + ".fwps";
+    for (int i = 0; i < 200 && !std::filesystem::exists(file); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(std::filesystem::exists(file));
+    v1::SessionInfo info;
+    for (int i = 0; i < 12; ++i) {  // 1.8 s, asked for every 150 ms
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      ASSERT_TRUE(GetSession(*holder.stub, s->session_id(), &info).ok()) << i;
+      EXPECT_EQ(info.tier(), v1::TIER_DISK);
+    }
+    EXPECT_TRUE(std::filesystem::exists(file)) << "the other replica took it for abandoned";
   }
-  ASSERT_TRUE(std::filesystem::exists(file));
-  v1::SessionInfo info;
-  for (int i = 0; i < 12; ++i) {  // 1.8 s, asked for every 150 ms
-    std::this_thread::sleep_for(std::chrono::milliseconds(150));
-    ASSERT_TRUE(GetSession(*holder.stub, s->session_id(), &info).ok()) << i;
-    EXPECT_EQ(info.tier(), v1::TIER_DISK);
-  }
-  EXPECT_TRUE(std::filesystem::exists(file)) << "the other replica took it for abandoned";
 }
 
 TEST(ServerTiers, ZeroSlotsSizesThePoolFromFreeMemory) {
