@@ -2,7 +2,7 @@
 # The GPU tests and figures the CUDA backend and the trainer owe.
 #
 #   here (build machine):  bench/gpu_check.sh pack
-#   device, one call:      bash bench/gpu_check.sh all     (carry .devpack.tar.gz and data/brown;
+#   device, one call:      bash bench/gpu_check.sh all     (carry .devpack.tar.xz and data/brown;
 #                                                          timeout_s 560)
 #   or one part a call:    bash bench/gpu_check.sh tests|sanitize|bench|train|retrieval 1|2
 #
@@ -14,9 +14,10 @@
 #
 # `pack` builds and copies the programs with their libraries (and the
 # SentencePiece plugin, which is loaded from beside them) into .devpack, and
-# packs that into .devpack.tar.gz (about 29 MB, where .devpack is 81 MB; the
-# device tool carries 64 MiB at most: the tracked tree's 23 MB, the archive and
-# data/brown's 12 MB fit). Each device stage unpacks it when .devpack is not
+# packs that into .devpack.tar.xz (16 MB, where .devpack is 94 MB; the device
+# tool carries 64 MiB at most, tracked tree included: the tree's 23 MB, the
+# archive and data/brown's 12 MB fit, where gzip's 32 MB archive no longer
+# did). Each device stage unpacks it when .devpack is not
 # there yet and finds the CUDA libraries that devpack leaves to the device
 # (cudart, cuBLAS) if the loader does not. Logs go to a work folder
 # (GPU_CHECK_WORK, default /tmp/gpu-check); since the tool brings back at most
@@ -32,8 +33,10 @@ work=${GPU_CHECK_WORK:-/tmp/gpu-check}
 mkdir -p "$out"
 export LD_LIBRARY_PATH=.devpack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 bin=.devpack/bin
-if [ "$stage" != pack ] && [ ! -d .devpack ] && [ -f .devpack.tar.gz ]; then
-  mkdir -p .devpack && tar -C .devpack -xzf .devpack.tar.gz
+if [ "$stage" != pack ] && [ ! -d .devpack ] && [ -f .devpack.tar.xz ]; then
+  # (Python's lzma where the device has no xz.)
+  mkdir -p .devpack && { tar -C .devpack -xJf .devpack.tar.xz 2>/dev/null ||
+    python3 -c 'import tarfile; tarfile.open(".devpack.tar.xz").extractall(".devpack")'; }
 fi
 if [ "$stage" != pack ] && [ -x "$bin/fwp-tests" ]; then
   # The programs' runpath is the build machine's CUDA folder; the device's
@@ -205,14 +208,14 @@ case "$stage" in
     env -u LD_LIBRARY_PATH ../shared/tools/devpack .devpack build/bin/fwp-tests build/bin/fwp-bench-gpu \
       build/bin/fwp-bench-server build/bin/fwp-train build/bin/fwp-eval \
       build/bin/fwp-retrieval build/bin/libfwp_sentencepiece.so
-    tar -C .devpack -czf .devpack.tar.gz .
+    tar -C .devpack -cf - . | xz -T0 -6 > .devpack.tar.xz
     exclude=$(git rev-parse --git-path info/exclude)
     mkdir -p "$(dirname "$exclude")"
-    for path in /.devpack/ /.devpack.tar.gz; do
+    for path in /.devpack/ /.devpack.tar.xz; do
       grep -qx "$path" "$exclude" 2>/dev/null || echo "$path" >> "$exclude"
     done
-    du -sh .devpack.tar.gz
-    echo 'carry: [".devpack.tar.gz", "data/brown"]'
+    du -sh .devpack.tar.xz
+    echo 'carry: [".devpack.tar.xz", "data/brown"]'
     exit 0
     ;;
   all)
