@@ -117,6 +117,10 @@ struct Engine::Session {
   bool ephemeral = false;
   bool with_stream = false;  // GenerateJob::with_stream
   bool file_missing = false;  // kDisk: its file was not there when read
+  // Busy, but its request is decoding into a stream its client is not
+  // reading (paused): its state may leave the slot like an idle session's,
+  // and comes back before the request's next step (Step).
+  bool evictable = false;
   uint64_t last_used = 0;                   // LRU order of the tiers
   Clock::time_point active = Clock::now();  // last asked for (--session_ttl_s)
   Clock::time_point file_touched;           // its snapshot file's time last set
@@ -169,7 +173,6 @@ struct Engine::Active {
   // generation then; −1 until it has one.
   int32_t penalty_row = -1;
   uint64_t penalty_generation = 0;
-  std::optional<Clock::time_point> paused_since;  // --stream_stall_s
 
   bool paused(size_t bound) const { return job->out && job->out->buffered() >= bound; }
 };
@@ -243,10 +246,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   }
   if (options.stream_buffer < 1) {
     return absl::InvalidArgumentError("--stream_buffer must be ≥ 1");
-  }
-  if (!(options.stream_stall_s >= 0 && options.stream_stall_s <= 1e9)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--stream_stall_s must be in [0, 1e9] seconds (0: never), got ", options.stream_stall_s));
   }
   if (options.host_bytes < 0) {
     return absl::InvalidArgumentError(
@@ -821,14 +820,20 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
 }
 
 bool Engine::EvictOne() {
+  // The least recently used idle session; failing that, one whose stream is
+  // paused (it comes back when its client reads).
   Session* victim = nullptr;
-  for (Session* s : slot_owner_) {
-    if (s != nullptr && !s->busy && (victim == nullptr || s->last_used < victim->last_used)) {
-      victim = s;
+  for (bool paused : {false, true}) {
+    for (Session* s : slot_owner_) {
+      if (s != nullptr && (paused ? s->busy && s->evictable : !s->busy) &&
+          (victim == nullptr || s->last_used < victim->last_used)) {
+        victim = s;
+      }
     }
+    if (victim != nullptr) break;
   }
   if (victim == nullptr) return false;
-  if (victim->ephemeral) {  // an idle ephemeral session is finished with
+  if (victim->ephemeral && !victim->busy) {  // an idle ephemeral session is finished with
     RemoveSession(victim);
     return true;
   }
@@ -1239,6 +1244,7 @@ void Engine::StartJob(std::unique_ptr<Job> job) {
   }
   active->session = *session;
   active->session->busy = true;
+  active->session->evictable = false;
   // The RPC side learns the session even if the request ends before its
   // first event (to release a chat stream's own session).
   if (active->job->out) active->job->out->SetSessionId(active->session->id);
@@ -1423,6 +1429,7 @@ void Engine::Finish(Active& a, FinishReason reason, absl::Status status, Event* 
   bool deferred = false;
   if (session != nullptr) {
     session->busy = false;
+    session->evictable = false;
     session->last_used = ++tick_;
     session->active = Clock::now();
     if (session->ephemeral) {
@@ -1451,7 +1458,7 @@ bool Engine::HasRunnableWork() const {
       obtainable = !free_slots_.empty();
       for (const Session* s : slot_owner_) {
         if (obtainable) break;
-        obtainable = s != nullptr && !s->busy;  // evictable
+        obtainable = s != nullptr && (!s->busy || s->evictable);  // evictable
       }
     }
     return obtainable == 1;
@@ -1462,7 +1469,12 @@ bool Engine::HasRunnableWork() const {
       if (a->session->tier == Tier::kDevice || slot_obtainable()) return true;
       continue;
     }
-    if (!a->paused(options_.stream_buffer)) return true;
+    if (a->paused(options_.stream_buffer)) continue;
+    // (A decode whose state left its slot needs one back.)
+    if (a->phase != Active::Phase::kDecode || a->session->tier == Tier::kDevice ||
+        slot_obtainable()) {
+      return true;
+    }
   }
   return false;
 }
@@ -1510,6 +1522,12 @@ void Engine::Step() {
   // 2. Admission, first come first served; once a request finds no slot,
   // only requests whose sessions are already resident go ahead of it (they
   // hold slots that no eviction could free, and running them frees them).
+  for (auto& a : active_) {
+    if (a->session != nullptr && a->phase != Active::Phase::kDone) {
+      a->session->evictable =
+          a->phase == Active::Phase::kDecode && a->paused(options_.stream_buffer);
+    }
+  }
   bool blocked = false;
   for (auto& a : active_) {
     if (a->phase != Active::Phase::kWaiting) continue;
@@ -1541,6 +1559,7 @@ void Engine::Step() {
         a->session = it->second.get();
       }
       a->session->busy = true;
+      a->session->evictable = false;
     }
     if (blocked && a->session->tier != Tier::kDevice) continue;
     absl::Status resident = MakeResident(*a->session);
@@ -1569,31 +1588,27 @@ void Engine::Step() {
     }
     Admit(*a);
   }
-  // 2b. Streams whose clients read nothing hold their slots: while requests
-  // wait for one, those paused past --stream_stall_s are ended.
-  const auto now = Clock::now();
-  for (auto& a : active_) {
-    if (a->phase != Active::Phase::kDecode && a->phase != Active::Phase::kPrefill) continue;
-    if (!a->paused(options_.stream_buffer)) {
-      a->paused_since.reset();
-      continue;
-    }
-    if (!a->paused_since) a->paused_since = now;
-    if (blocked && options_.stream_stall_s > 0 &&
-        now - *a->paused_since > std::chrono::duration<double>(options_.stream_stall_s)) {
-      ++metrics_->stalled_streams;
-      Finish(*a, FinishReason::kCancelled,
-             absl::ResourceExhaustedError(absl::StrCat(
-                 "the stream was not read for ", options_.stream_stall_s,
-                 " s while other requests waited for its state slot (--stream_stall_s); its "
-                 "session keeps what was generated")));
-    }
-  }
   // 3. One fused decode step for every generating session.
+  // A request whose paused stream let its state go (EvictOne) takes a slot
+  // again first; none that steps now may lose its slot to another's.
   std::vector<Active*> decode;
   std::vector<int32_t> slots, tokens;
   for (auto& a : active_) {
     if (a->phase == Active::Phase::kDecode && !a->paused(options_.stream_buffer)) {
+      a->session->evictable = false;
+    }
+  }
+  for (auto& a : active_) {
+    if (a->phase == Active::Phase::kDecode && !a->paused(options_.stream_buffer)) {
+      a->session->evictable = false;
+      if (a->session->tier != Tier::kDevice) {
+        const absl::Status back = MakeResident(*a->session);
+        if (absl::IsResourceExhausted(back)) continue;  // no slot this step
+        if (!back.ok()) {
+          Finish(*a, FinishReason::kNone, back);
+          continue;
+        }
+      }
       decode.push_back(a.get());
       slots.push_back(a->session->slot);
       tokens.push_back(a->next_token);

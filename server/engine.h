@@ -133,11 +133,9 @@ struct EngineOptions {
   // also those of sessions this server has not loaded, by the files' age);
   // 0: never.
   double session_ttl_s = 0;
-  size_t stream_buffer = 64;       // events buffered per stream before it pauses
-  // A paused stream (its client reads nothing) holds its slot; while other
-  // requests wait for a slot, one paused this long is ended (its session
-  // keeps what was made). 0: never.
-  double stream_stall_s = 30;
+  // Events buffered per stream before it pauses; a paused stream's state may
+  // leave its slot for another request's, and comes back when it is read.
+  size_t stream_buffer = 64;
   GenerationLimits limits;
 };
 

@@ -49,10 +49,7 @@ ABSL_FLAG(double, session_ttl_s, 0, "delete sessions not asked for in this many 
           "their files in --snapshot_dir a quarter of it later, wherever they are held); 0: "
           "keep them until deleted");
 ABSL_FLAG(int64_t, stream_buffer, 64, "messages buffered for a slow reader before its "
-          "session pauses");
-ABSL_FLAG(double, stream_stall_s, 30, "a stream its client has read nothing of for this "
-          "many seconds is ended when other requests wait for its state slot (its session "
-          "keeps what was made); 0: never");
+          "session pauses (and may leave its state slot for another request until read)");
 ABSL_FLAG(int64_t, max_request_bytes, 4 << 20, "largest request message");
 ABSL_FLAG(double, grace_s, 10.0, "on SIGTERM: seconds running streams get to finish");
 
@@ -88,7 +85,6 @@ int main(int argc, char** argv) {
   e.snapshot_every_turn = absl::GetFlag(FLAGS_snapshot_every_turn);
   e.session_ttl_s = absl::GetFlag(FLAGS_session_ttl_s);
   e.stream_buffer = static_cast<size_t>(std::max<int64_t>(absl::GetFlag(FLAGS_stream_buffer), 0));
-  e.stream_stall_s = absl::GetFlag(FLAGS_stream_stall_s);
   options.service.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   options.service.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   if (!(absl::GetFlag(FLAGS_grace_s) >= 0.0 && absl::GetFlag(FLAGS_grace_s) <= 86400.0)) {

@@ -94,10 +94,6 @@ std::string Metrics::Render() const {
           "Sessions held here that a replica sharing --snapshot_dir had continued "
           "(--snapshot_every_turn): this replica's copy was dropped for the file's.",
           stale_copies.load());
-  counter("fwp_streams_stalled_total",
-          "Streams ended because their clients read nothing for --stream_stall_s while "
-          "other requests waited for a state slot.",
-          stalled_streams.load());
   counter("fwp_snapshot_write_failures_total",
           "Session snapshots the disk refused (a spilled session then stays in memory).",
           snapshot_write_failures.load());

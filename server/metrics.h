@@ -47,7 +47,6 @@ class Metrics {
   std::atomic<uint64_t> snapshot_write_failures{0};
   std::atomic<uint64_t> expired_sessions{0};  // --session_ttl_s
   std::atomic<uint64_t> stale_copies{0};      // replaced by another replica's snapshot
-  std::atomic<uint64_t> stalled_streams{0};   // --stream_stall_s
   // Gauges, set by the engine after each step.
   std::atomic<int64_t> slots_total{0};
   std::atomic<int64_t> slots_in_use{0};
