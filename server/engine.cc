@@ -173,6 +173,7 @@ struct Engine::Active {
   // generation then; −1 until it has one.
   int32_t penalty_row = -1;
   uint64_t penalty_generation = 0;
+  std::optional<Clock::time_point> paused_since;  // kDecode, its stream paused
 
   bool paused(size_t bound) const { return job->out && job->out->buffered() >= bound; }
 };
@@ -817,6 +818,15 @@ absl::Status Engine::LoadState(Session& session, std::vector<char>* state) {
     }
   }
   return absl::InternalError("bad tier");
+}
+
+absl::Status Engine::BringBack(Active& a) {
+  a.session->evictable = false;
+  FWP_RETURN_IF_ERROR(MakeResident(*a.session));
+  // Its penalty-table row was its old slot's, which another request may
+  // have filled since: the row is filled again from its sampler's counts.
+  a.penalty_row = -1;
+  return absl::OkStatus();
 }
 
 bool Engine::EvictOne() {
@@ -1522,13 +1532,32 @@ void Engine::Step() {
   // 2. Admission, first come first served; once a request finds no slot,
   // only requests whose sessions are already resident go ahead of it (they
   // hold slots that no eviction could free, and running them frees them).
+  // A decode paused for a while (kLendSlotAfter: not a reader a few events
+  // behind) may lend its slot (EvictOne); one whose client reads again
+  // takes a slot back before the waiting requests do.
+  const auto now = Clock::now();
+  bool blocked = false;
   for (auto& a : active_) {
-    if (a->session != nullptr && a->phase != Active::Phase::kDone) {
-      a->session->evictable =
-          a->phase == Active::Phase::kDecode && a->paused(options_.stream_buffer);
+    if (a->session == nullptr || a->phase == Active::Phase::kDone) continue;
+    const bool paused = a->phase == Active::Phase::kDecode && a->paused(options_.stream_buffer);
+    if (!paused) {
+      a->paused_since.reset();
+    } else if (!a->paused_since) {
+      a->paused_since = now;
+    }
+    a->session->evictable = paused && now - *a->paused_since >= kLendSlotAfter;
+  }
+  for (auto& a : active_) {
+    if (a->phase != Active::Phase::kDecode || a->paused(options_.stream_buffer) ||
+        a->session->tier == Tier::kDevice) {
+      continue;
+    }
+    if (const absl::Status back = BringBack(*a); absl::IsResourceExhausted(back)) {
+      blocked = true;  // (first come, first served: it came before the waiting ones)
+    } else if (!back.ok()) {
+      Finish(*a, FinishReason::kNone, back);
     }
   }
-  bool blocked = false;
   for (auto& a : active_) {
     if (a->phase != Active::Phase::kWaiting) continue;
     if (!a->waiting_for_session.empty()) {
@@ -1601,8 +1630,8 @@ void Engine::Step() {
   for (auto& a : active_) {
     if (a->phase == Active::Phase::kDecode && !a->paused(options_.stream_buffer)) {
       a->session->evictable = false;
-      if (a->session->tier != Tier::kDevice) {
-        const absl::Status back = MakeResident(*a->session);
+      if (a->session->tier != Tier::kDevice) {  // (its client read since the admission)
+        const absl::Status back = BringBack(*a);
         if (absl::IsResourceExhausted(back)) continue;  // no slot this step
         if (!back.ok()) {
           Finish(*a, FinishReason::kNone, back);

@@ -236,6 +236,9 @@ class Engine {
   absl::Status LoadState(Session& session, std::vector<char>* state);
   absl::Status MakeResident(Session& session);
   bool EvictOne();
+  // A decode whose paused stream lent its slot takes one again.
+  absl::Status BringBack(Active& a);
+  static constexpr std::chrono::milliseconds kLendSlotAfter{100};
   void SpillHost();
   void ExpireSessions();  // --session_ttl_s
   // A copy of `parent`'s state as a new session (forks, and scoring without

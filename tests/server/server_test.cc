@@ -1259,56 +1259,71 @@ TEST(ServerLimits, OverloadGivesResourceExhausted) {
 
 // A stream whose client reads nothing pauses; its state leaves the slot for
 // a request that needs one, and comes back when the stream is read: the
-// paused stream's tokens are those it makes alone, bit for bit.
+// paused stream's tokens are those it makes alone, bit for bit. Also with
+// penalties kept in the device's table, where the borrower, penalised too,
+// fills the same slot's row meanwhile.
 TEST(ServerLimits, APausedStreamLendsItsSlotAndContinuesExactly) {
-  ServerOptions options = TestOptions();
-  options.engine.slots = 1;
-  options.engine.stream_buffer = 2;
-  Running r = StartServer(options);
-  auto job = [] {
-    Engine::GenerateJob g;
-    g.prompt = {5, 6, 7};
-    g.params.max_tokens = 40;
-    g.params.ignore_eos = true;
-    g.params.logprobs = true;
-    g.out = std::make_shared<Stream>();
-    return g;
-  };
-  auto drain = [](Stream& out) {
-    std::vector<int32_t> tokens;
-    std::vector<float> logprobs;
-    Event last;
-    while (!last.finished) {
-      if (auto e = out.Pop()) {
-        tokens.insert(tokens.end(), e->tokens.begin(), e->tokens.end());
-        for (const auto& l : e->logprobs) logprobs.push_back(l.logprob);
-        last = std::move(*e);
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (bool penalised : {false, true}) {
+    SCOPED_TRACE(penalised ? "penalties in the table" : "log-probabilities");
+    ServerOptions options = TestOptions();
+    options.engine.slots = 1;
+    options.engine.stream_buffer = 2;
+    Running r = StartServer(options);
+    auto job = [&] {
+      Engine::GenerateJob g;
+      g.prompt = {5, 6, 7};
+      g.params.max_tokens = 40;
+      g.params.ignore_eos = true;
+      g.params.logprobs = !penalised;
+      if (penalised) {
+        g.params.repetition_penalty = 1.5f;
+        g.params.presence_penalty = 0.7f;
       }
-    }
-    EXPECT_TRUE(last.status.ok()) << last.status;
-    return std::make_pair(tokens, logprobs);
-  };
-  Engine::GenerateJob alone = job();
-  ASSERT_TRUE(r.server->engine().Submit(alone).ok());
-  const auto reference = drain(*alone.out);
-  ASSERT_EQ(reference.first.size(), 40u);
+      g.out = std::make_shared<Stream>();
+      return g;
+    };
+    auto drain = [](Stream& out) {
+      std::vector<int32_t> tokens;
+      std::vector<float> logprobs;
+      Event last;
+      while (!last.finished) {
+        if (auto e = out.Pop()) {
+          tokens.insert(tokens.end(), e->tokens.begin(), e->tokens.end());
+          for (const auto& l : e->logprobs) logprobs.push_back(l.logprob);
+          last = std::move(*e);
+        } else {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+      }
+      EXPECT_TRUE(last.status.ok()) << last.status;
+      return std::make_pair(tokens, logprobs);
+    };
+    Engine::GenerateJob alone = job();
+    ASSERT_TRUE(r.server->engine().Submit(alone).ok());
+    const auto reference = drain(*alone.out);
+    ASSERT_EQ(reference.first.size(), 40u);
 
-  Engine::GenerateJob paused = job();  // not read for now
-  ASSERT_TRUE(r.server->engine().Submit(paused).ok());
-  while (paused.out->buffered() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  const uint64_t evictions = r.server->metrics().evictions.load();
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  auto reader = r.stub->Generate(&context, Greedy({8, 9}, 5));
-  const Completion waited = Collect(*reader);
-  ASSERT_TRUE(waited.status.ok()) << waited.status.error_message();
-  EXPECT_EQ(waited.tokens.size(), 5u);
-  EXPECT_GT(r.server->metrics().evictions.load(), evictions);
-  const auto continued = drain(*paused.out);
-  EXPECT_EQ(continued.first, reference.first);
-  EXPECT_EQ(continued.second, reference.second);
+    Engine::GenerateJob paused = job();  // not read for now
+    ASSERT_TRUE(r.server->engine().Submit(paused).ok());
+    while (paused.out->buffered() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const uint64_t evictions = r.server->metrics().evictions.load();
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    auto borrower = Greedy({8, 9, 8, 9}, 12);
+    if (penalised) {
+      borrower.set_logprobs(false);
+      borrower.mutable_sampling()->set_repetition_penalty(1.2f);
+      borrower.mutable_sampling()->set_presence_penalty(0.5f);
+    }
+    auto reader = r.stub->Generate(&context, borrower);
+    const Completion waited = Collect(*reader);
+    ASSERT_TRUE(waited.status.ok()) << waited.status.error_message();
+    EXPECT_EQ(waited.tokens.size(), 12u);
+    EXPECT_GT(r.server->metrics().evictions.load(), evictions);
+    const auto continued = drain(*paused.out);
+    EXPECT_EQ(continued.first, reference.first);
+    EXPECT_EQ(continued.second, reference.second);
+  }
 }
 
 TEST(ServerLimits, HealthIsServingThenNotServingWhileDraining) {
