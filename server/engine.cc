@@ -9,7 +9,6 @@
 #include <utility>
 
 #include <sys/random.h>
-#include <sys/stat.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -179,6 +178,16 @@ struct Engine::Active {
 };
 
 namespace {
+
+// A session's snapshot file written whole, its time set to the session's
+// last use (--session_ttl_s); the identity of the file it wrote.
+absl::StatusOr<std::optional<FileId>> WriteSnapshotFile(
+    const std::string& path, std::string_view bytes, std::filesystem::file_time_type used) {
+  FWP_RETURN_IF_ERROR(WriteFileAtomically(path, bytes));
+  std::error_code ignored;
+  std::filesystem::last_write_time(path, used, ignored);
+  return StatFile(path);
+}
 
 // 128 bits from the kernel's random source for each id: an id is a
 // session's credential where there is no --auth_tokens_file, so one id must
@@ -608,10 +617,7 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
     bool pending;
     {
       std::lock_guard<std::mutex> lock(writer_mutex_);
-      if (auto it = written_files_.find(id); it != written_files_.end()) {
-        session->file = it->second;  // (as HeldFileState takes it)
-        written_files_.erase(it);
-      }
+      TakeWrittenFile(*session);
       pending = unwritten_.count(id) > 0;
     }
     if (!pending) {  // (a write on its way sets the time itself)
@@ -628,14 +634,18 @@ absl::StatusOr<Engine::Session*> Engine::Lookup(const std::string& principal,
   return session;
 }
 
+void Engine::TakeWrittenFile(Session& session) {
+  if (auto it = written_files_.find(session.id); it != written_files_.end()) {
+    session.file = it->second;  // this replica's own latest write (none: it failed)
+    written_files_.erase(it);
+  }
+}
+
 Engine::FileState Engine::HeldFileState(Session& session) {
   if (!options_.snapshot_every_turn || options_.snapshot_dir.empty()) return FileState::kUnknown;
   {
     std::lock_guard<std::mutex> lock(writer_mutex_);
-    if (auto it = written_files_.find(session.id); it != written_files_.end()) {
-      session.file = it->second;  // this replica's own latest write (none: it failed)
-      written_files_.erase(it);
-    }
+    TakeWrittenFile(session);
     // A write of this copy still waits: it is the newest there is.
     if (unwritten_.count(session.id) > 0 || unwritable_.count(session.id) > 0) {
       return FileState::kUnknown;
@@ -906,11 +916,8 @@ absl::StatusOr<std::string> Engine::EncodeSession(Session& session) {
 
 absl::Status Engine::WriteToDisk(Session& session) {
   FWP_ASSIGN_OR_RETURN(std::string bytes, EncodeSession(session));
-  const std::string path = SnapshotPath(session.id);
-  FWP_RETURN_IF_ERROR(WriteFileAtomically(path, bytes));
-  std::error_code ignored;
-  std::filesystem::last_write_time(path, UsedTime(session), ignored);
-  session.file = StatFile(path);
+  FWP_ASSIGN_OR_RETURN(session.file,
+                       WriteSnapshotFile(SnapshotPath(session.id), bytes, UsedTime(session)));
   return absl::OkStatus();
 }
 
@@ -1004,20 +1011,18 @@ void Engine::WriteNext(std::unique_lock<std::mutex>& lock) {
   writing_ = true;
   lock.unlock();
   const std::string path = SnapshotPath(write.id);
-  const absl::Status written = WriteFileAtomically(path, *write.bytes);
+  const absl::StatusOr<std::optional<FileId>> file =
+      WriteSnapshotFile(path, *write.bytes, write.used);
+  const absl::Status written = file.status();
   if (!written.ok()) {
     std::fprintf(stderr, "fwp-server: cannot write %s: %s%s\n", path.c_str(),
                  std::string(written.message()).c_str(),
                  write.then ? "" : " (the session stays in memory; written again later)");
     ++metrics_->snapshot_write_failures;
-  } else {
-    std::error_code ignored;
-    std::filesystem::last_write_time(path, write.used, ignored);
   }
   if (options_.snapshot_every_turn) {  // (for HeldFileState; a failure: none)
-    const std::optional<FileId> file = written.ok() ? StatFile(path) : std::nullopt;
     std::lock_guard<std::mutex> relock(writer_mutex_);
-    written_files_[write.id] = file;
+    written_files_[write.id] = file.ok() ? *file : std::nullopt;
   }
   if (write.then) write.then(written);
   lock.lock();
@@ -1029,6 +1034,11 @@ void Engine::WriteNext(std::unique_lock<std::mutex>& lock) {
     unwritten_.erase(it);
   }
   writer_idle_.notify_all();
+}
+
+bool Engine::WriteQueued(std::unique_lock<std::mutex>& lock) {
+  while (!writes_.empty()) WriteNext(lock);
+  return !writer_stop_;
 }
 
 // The age past which a snapshot file no session here holds is abandoned
@@ -1057,12 +1067,11 @@ void Engine::ScanSnapshots(std::unique_lock<std::mutex>& lock) {
   std::filesystem::directory_iterator it(options_.snapshot_dir, error);
   for (int64_t seen = 0; !error && it != std::filesystem::directory_iterator();
        it.increment(error)) {
-    if (++seen % 64 == 0) {  // queued snapshots go first
+    if (++seen % 64 == 0) {
       lock.lock();
-      while (!writes_.empty()) WriteNext(lock);
-      const bool stop = writer_stop_;
+      const bool go_on = WriteQueued(lock);
       lock.unlock();
-      if (stop) break;
+      if (!go_on) break;
       if (old.size() >= 256) hand_over();
     }
     const std::string name = it->path().filename().string();
@@ -1098,10 +1107,7 @@ void Engine::RemoveAbandoned(const std::vector<std::string>& ids,
   const auto ttl = AbandonedAge(options_.session_ttl_s);
   for (size_t i = 0; i < ids.size(); ++i) {
     const std::string& id = ids[i];
-    if (i % 64 == 0) {  // queued snapshots go first
-      while (!writes_.empty()) WriteNext(lock);
-      if (writer_stop_) return;
-    }
+    if (i % 64 == 0 && !WriteQueued(lock)) return;
     if (unwritten_.count(id) > 0 || unwritable_.count(id) > 0) continue;
     lock.unlock();
     // Still as old: a replica that asks for it since (this one too: Lookup
@@ -1629,7 +1635,6 @@ void Engine::Step() {
   }
   for (auto& a : active_) {
     if (a->phase == Active::Phase::kDecode && !a->paused(options_.stream_buffer)) {
-      a->session->evictable = false;
       if (a->session->tier != Tier::kDevice) {  // (its client read since the admission)
         const absl::Status back = BringBack(*a);
         if (absl::IsResourceExhausted(back)) continue;  // no slot this step

@@ -227,6 +227,9 @@ class Engine {
   // known (kUnknown: the copy must be written to be on disk).
   enum class FileState { kUnknown, kCurrent, kStale };
   FileState HeldFileState(Session& session);
+  // writer_mutex_ held: the identity of the writer's last write of the
+  // session (written_files_), taken into session.file.
+  void TakeWrittenFile(Session& session);
   // Its snapshot, from `bytes` (a copy waiting for the disk) or its file,
   // checked; errors name the session.
   absl::StatusOr<SessionSnapshot> ReadSession(const std::string& id, const std::string* bytes,
@@ -279,6 +282,9 @@ class Engine {
   void RemoveAbandoned(const std::vector<std::string>& ids, std::unique_lock<std::mutex>& lock);
   // Writer thread, `lock` held: writes the first queued snapshot.
   void WriteNext(std::unique_lock<std::mutex>& lock);
+  // Writer thread, `lock` held: writes every queued snapshot (they go before
+  // the directory's clean-up); false when the writer is stopping.
+  bool WriteQueued(std::unique_lock<std::mutex>& lock);
   // remove_file: its snapshot file goes too (a delete); not on expiry.
   void RemoveSession(Session* session, bool remove_file = true);
   SessionInfo Info(const Session& session) const;
